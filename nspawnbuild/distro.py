@@ -1,0 +1,109 @@
+"""The small interface every distro plugin implements, so features never branch on the distro.
+
+Modelled on mkosi's ``distribution/<distro>.py``: one class per distro; the field's own tools
+(mmdebstrap, dnf, apk) do the work, the class only knows how to call them.
+"""
+
+from __future__ import annotations
+
+import shutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .errors import HostToolMissing
+from .steplog import StepLog
+
+
+@dataclass(frozen=True, order=True)
+class Package:
+    """An installed package as recorded in the manifest."""
+
+    name: str
+    version: str
+    arch: str = ""
+    installed_size_kib: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "arch": self.arch,
+                "installed_size_kib": self.installed_size_kib}
+
+
+class Distro(ABC):
+    """One distro family's way of making and maintaining a root filesystem.
+
+    An instance is made from a recipe's ``[base]`` table (see ``nspawnbuild_make_distro``).
+    Methods that change a tree get the tree's path; methods that must run inside the image
+    return an argv that the caller runs in the sandbox, so that the distro object never
+    executes anything from the image on the host.
+    """
+
+    #: the ``[base] distro`` value
+    name: ClassVar[str]
+    #: JSON Schema properties this distro accepts in ``[base]`` besides the common ones
+    base_schema: ClassVar[dict[str, Any]] = {}
+    #: the init system the guest runs; anything but "systemd" gets ``KillSignal=SIGTERM``
+    init: ClassVar[str] = "systemd"
+
+    def __init__(self, base: dict[str, Any]):
+        self.base = dict(base)
+
+    # -- identity -------------------------------------------------------------------------
+    @property
+    def release(self) -> str:
+        return str(self.base["release"])
+
+    @property
+    def arch(self) -> str:
+        return str(self.base["arch"])
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Values filled into ``[base]`` when the recipe leaves them out."""
+        return {}
+
+    # -- bootstrap ------------------------------------------------------------------------
+    @abstractmethod
+    def bootstrapper(self) -> tuple[str, str]:
+        """Return ``(tool, version)`` of the host program that will bootstrap the tree.
+
+        Raises :class:`HostToolMissing` when no suitable program is installed. The result is
+        part of the bootstrap cache key.
+        """
+
+    @abstractmethod
+    def bootstrap(self, dest: Path, packages: list[str], epoch: int, log: StepLog) -> None:
+        """Create a root filesystem at ``dest`` (absent) with ``packages`` installed."""
+
+    def base_packages(self) -> list[str]:
+        """Packages every image of this distro needs to boot in systemd-nspawn."""
+        return []
+
+    def map_package(self, generic: str) -> str:
+        """Translate a generic package name (``openssh-server``) to this distro's name."""
+        return generic
+
+    # -- inside the image ------------------------------------------------------------------
+    @abstractmethod
+    def install_command(self, packages: list[str]) -> list[str]:
+        """argv that installs ``packages`` inside the image (run in the sandbox)."""
+
+    def enable_service_command(self, unit: str) -> list[str]:
+        """argv that enables a service inside the image (run in the sandbox)."""
+        return ["systemctl", "enable", unit]
+
+    @abstractmethod
+    def list_packages(self, root: Path) -> list[Package]:
+        """Installed packages with versions, read from the tree without running it."""
+
+    def clean(self, root: Path) -> None:
+        """Remove package manager caches and lists from the tree."""
+
+
+def require_tool(tool: str, package: str, why: str) -> str:
+    """Return the path of ``tool`` or raise a :class:`HostToolMissing` naming its package."""
+    path = shutil.which(tool)
+    if path is None:
+        raise HostToolMissing(tool, package, why)
+    return path

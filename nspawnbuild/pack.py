@@ -1,0 +1,202 @@
+"""Deterministic, streaming PAX tar of an image tree, compressed with zstd, xz, gzip or not.
+
+The same tree gives the same bytes on any machine: entries sorted by name, numeric owners with
+empty names, mtimes clamped to SOURCE_DATE_EPOCH, xattrs (file capabilities) kept as PAX
+``SCHILY.xattr.*`` records, hardlinks kept, device nodes and sockets dropped, no absolute or
+``..`` names. Files are streamed: memory use does not grow with the image.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import lzma
+import os
+import stat
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import zstandard
+
+SUFFIXES = {"zstd": ".tar.zst", "xz": ".tar.xz", "gzip": ".tar.gz", "none": ".tar"}
+COPY_BUFSIZE = 1 << 20
+
+
+@dataclass
+class PackResult:
+    """What the manifest records about a packed image."""
+
+    tar_sha256: str
+    tar_size: int
+    sha256: str
+    size: int
+    tree_bytes: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"tar_sha256": self.tar_sha256, "tar_size": self.tar_size,
+                "sha256": self.sha256, "size": self.size, "tree_bytes": self.tree_bytes,
+                "counts": dict(sorted(self.counts.items())), "dropped": self.dropped}
+
+
+class _HashingWriter:
+    """A write-only file object that hashes and counts bytes before passing them on."""
+
+    def __init__(self, inner: IO[bytes]):
+        self.inner = inner
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.hash.update(data)
+        self.size += len(data)
+        self.inner.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+
+def walk_sorted(root: Path) -> Iterator[tuple[str, Path]]:
+    """Yield ``(archive name, path)`` depth-first, siblings sorted by their byte names.
+
+    Names start with ``./`` like the tarballs of debootstrap and mmdebstrap.
+    """
+    def rec(rel: bytes, path: bytes) -> Iterator[tuple[str, Path]]:
+        with os.scandir(path) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            name = rel + b"/" + entry.name
+            yield os.fsdecode(name), Path(os.fsdecode(entry.path))
+            if entry.is_dir(follow_symlinks=False):
+                yield from rec(name, entry.path)
+    yield from rec(b".", os.fsencode(root))
+
+
+def _xattrs(path: Path) -> dict[str, str]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return {}
+    out = {}
+    for name in sorted(names):
+        if name.startswith("system.posix_acl") or name.startswith("security.selinux"):
+            # ACLs have their own PAX records; SELinux labels are host policy, not image data.
+            continue
+        value = os.getxattr(path, name, follow_symlinks=False)
+        out["SCHILY.xattr." + name] = value.decode("utf-8", "surrogateescape")
+    return out
+
+
+def make_tarinfo(name: str, path: Path, st: os.stat_result, epoch: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.mode = stat.S_IMODE(st.st_mode)
+    info.uid, info.gid = st.st_uid, st.st_gid
+    info.uname = info.gname = ""
+    info.mtime = min(int(st.st_mtime), epoch)
+    info.pax_headers = _xattrs(path)
+    return info
+
+
+def write_tar(root: Path, fileobj: IO[bytes], epoch: int) -> PackResult:
+    """Write the deterministic tar of ``root`` to ``fileobj``; return digests and counts."""
+    hashing = _HashingWriter(fileobj)
+    counts: dict[str, int] = {}
+    dropped: list[str] = []
+    tree_bytes = 0
+    links: dict[tuple[int, int], str] = {}
+    with tarfile.open(fileobj=hashing, mode="w|", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
+                      encoding="utf-8", errors="surrogateescape", bufsize=COPY_BUFSIZE) as tar:
+        tar.copybufsize = COPY_BUFSIZE
+        root_st = root.lstat()
+        top = make_tarinfo(".", root, root_st, epoch)
+        top.type = tarfile.DIRTYPE
+        tar.addfile(top)
+        for name, path in walk_sorted(root):
+            st = path.lstat()
+            info = make_tarinfo(name, path, st, epoch)
+            mode = st.st_mode
+            if stat.S_ISREG(mode):
+                key = (st.st_dev, st.st_ino)
+                if st.st_nlink > 1 and key in links:
+                    info.type = tarfile.LNKTYPE
+                    info.linkname = links[key]
+                    counts["hardlinks"] = counts.get("hardlinks", 0) + 1
+                    tar.addfile(info)
+                    continue
+                if st.st_nlink > 1:
+                    links[key] = name
+                info.type = tarfile.REGTYPE
+                info.size = st.st_size
+                tree_bytes += st.st_size
+                counts["files"] = counts.get("files", 0) + 1
+                with open(path, "rb") as fh:
+                    tar.addfile(info, fh)
+            elif stat.S_ISDIR(mode):
+                info.type = tarfile.DIRTYPE
+                counts["dirs"] = counts.get("dirs", 0) + 1
+                tar.addfile(info)
+            elif stat.S_ISLNK(mode):
+                info.type = tarfile.SYMTYPE
+                info.linkname = os.readlink(path)
+                counts["symlinks"] = counts.get("symlinks", 0) + 1
+                tar.addfile(info)
+            elif stat.S_ISFIFO(mode):
+                info.type = tarfile.FIFOTYPE
+                counts["fifos"] = counts.get("fifos", 0) + 1
+                tar.addfile(info)
+            else:  # device nodes and sockets are not image content
+                dropped.append(name)
+    return PackResult(hashing.hash.hexdigest(), hashing.size, "", 0, tree_bytes, counts, dropped)
+
+
+def pack(root: Path, dest: Path, epoch: int, compression: str = "zstd", level: int = 12,
+         threads: int | None = None) -> PackResult:
+    """Pack ``root`` into ``dest``, written under a temporary name and renamed when complete.
+
+    zstd always runs in multi-threaded mode (``threads`` >= 1): its output is identical for any
+    worker count but differs from single-threaded mode, so the bytes never depend on the
+    number of CPU cores.
+    """
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as raw:
+            out = _HashingWriter(raw)
+            if compression == "zstd":
+                workers = threads or max(1, len(os.sched_getaffinity(0)))
+                cctx = zstandard.ZstdCompressor(level=level, threads=max(1, workers),
+                                                write_checksum=True)
+                with cctx.stream_writer(out, closefd=False) as comp:
+                    result = write_tar(root, comp, epoch)  # type: ignore[arg-type]
+            elif compression == "xz":
+                with lzma.LZMAFile(out, "wb", preset=level) as comp:  # type: ignore[arg-type]
+                    result = write_tar(root, comp, epoch)
+            elif compression == "gzip":
+                with gzip.GzipFile(filename="", mode="wb", fileobj=out,  # type: ignore[arg-type]
+                                   compresslevel=level, mtime=0) as comp:
+                    result = write_tar(root, comp, epoch)
+            elif compression == "none":
+                result = write_tar(root, out, epoch)  # type: ignore[arg-type]
+            else:
+                raise ValueError(f"unknown compression {compression!r}")
+            raw.flush()
+            os.fsync(raw.fileno())
+        result.sha256 = out.hash.hexdigest()
+        result.size = out.size
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return result
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(COPY_BUFSIZE):
+            h.update(chunk)
+    return h.hexdigest()

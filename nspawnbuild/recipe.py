@@ -1,0 +1,549 @@
+"""Load a TOML recipe: find it, read it, apply ``extends``, validate it, fill in defaults.
+
+Everything a user can get wrong in a recipe is caught here, before any work starts, and
+reported with the file, the key, the line where it can be found, and how to fix it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import jinja2.sandbox
+import jsonschema
+
+from .errors import Problem, RecipeError
+from .plugins import get_plugin_manager
+from .schema import COMPRESSION_LEVELS, MACHINE_NAME_HINT, MACHINE_NAME_PATTERN, full_schema
+from .settings import suggest, table_to_settings
+
+DEFAULT_EPOCH = 1704067200  # 2024-01-01T00:00:00Z; see README "Reproducibility"
+DEFAULT_TARGET_SYSTEMD = 252
+DEFAULT_LEVELS = {"zstd": 12, "xz": 6, "gzip": 9, "none": 0}
+APPEND_LISTS = ("packages", "post", "files")
+MAX_RECIPE_BYTES = 1 << 20
+MAX_FILE_BYTES = 1 << 30
+
+_NAME_RE = re.compile(MACHINE_NAME_PATTERN)
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A ``[[files]]`` entry with its source resolved against the recipe that declared it."""
+
+    src: Path
+    dest: str
+    mode: int | None
+    owner: str | None
+    template: bool
+    declared_in: Path
+    index: int
+    content: bytes = field(repr=False, default=b"")
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.content).hexdigest()
+
+
+@dataclass
+class Recipe:
+    """A validated recipe with ``extends`` applied and defaults filled in."""
+
+    name: str
+    path: Path
+    chain: list[Path]
+    data: dict[str, Any]
+    files: list[FileEntry]
+
+    @property
+    def base(self) -> dict[str, Any]:
+        return self.data["base"]
+
+    @property
+    def packages(self) -> list[str]:
+        return list(self.data.get("packages", []))
+
+    @property
+    def features(self) -> dict[str, dict[str, Any]]:
+        return self.data.get("features", {})
+
+    def feature(self, name: str) -> dict[str, Any] | None:
+        """The ``[features.<name>]`` table, or None when the feature is off."""
+        return self.features.get(name)
+
+    @property
+    def post(self) -> list[dict[str, Any]]:
+        return list(self.data.get("post", []))
+
+    @property
+    def epoch(self) -> int:
+        return int(self.data["epoch"])
+
+    @property
+    def target_systemd(self) -> int:
+        return int(self.data["target_systemd"])
+
+    @property
+    def output(self) -> dict[str, Any]:
+        return self.data["output"]
+
+    def digest(self) -> str:
+        """sha256 of the resolved recipe and the content of its files: its identity.
+
+        Whitespace, comments, key order and the recipe's location do not change it.
+        """
+        doc = {"recipe": self.data, "files": [f.sha256 for f in self.files]}
+        return hashlib.sha256(canonical_json(doc)).hexdigest()
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Deterministic JSON bytes for digests."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+# -- finding recipes --------------------------------------------------------------------------
+
+def project_recipes_dir() -> Path:
+    """The example recipes shipped in the nspawnbuild source tree."""
+    return Path(__file__).resolve().parent.parent / "recipes"
+
+
+def search_path(cwd: Path | None = None) -> list[Path]:
+    """Where recipe names are looked up, in order."""
+    cwd = cwd or Path.cwd()
+    dirs = [cwd / "recipes", cwd, project_recipes_dir()]
+    seen: list[Path] = []
+    for d in dirs:
+        if d.resolve() not in [s.resolve() for s in seen]:
+            seen.append(d)
+    return seen
+
+
+def looks_like_path(ref: str) -> bool:
+    return "/" in ref or ref.endswith(".toml")
+
+
+def find_recipe(ref: str, cwd: Path | None = None) -> Path:
+    """Resolve a recipe reference (a name or a path) to a file, or raise RecipeError."""
+    if looks_like_path(ref):
+        path = Path(ref)
+        if not path.is_absolute():
+            path = (cwd or Path.cwd()) / path
+        if not path.is_file():
+            raise RecipeError(Problem(path, None, "recipe file not found",
+                                      "check the path, or give a recipe name instead"))
+        return path
+    for d in search_path(cwd):
+        candidate = d / f"{ref}.toml"
+        if candidate.is_file():
+            return candidate
+    known = sorted({p.stem for d in search_path(cwd) if d.is_dir() for p in d.glob("*.toml")})
+    hint = suggest(ref, known) or (f"known recipes: {', '.join(known)}" if known else
+                                   "create recipes/NAME.toml")
+    raise RecipeError(Problem(None, None, f"no recipe named '{ref}' in "
+                              + ", ".join(str(d) for d in search_path(cwd)), hint))
+
+
+def list_recipes(cwd: Path | None = None) -> list[Path]:
+    """Every recipe file on the search path, first one wins for a name."""
+    found: dict[str, Path] = {}
+    for d in search_path(cwd):
+        if d.is_dir():
+            for p in sorted(d.glob("*.toml")):
+                found.setdefault(p.stem, p)
+    return [found[k] for k in sorted(found)]
+
+
+# -- reading and merging ----------------------------------------------------------------------
+
+@dataclass
+class _Doc:
+    path: Path
+    text: str
+    data: dict[str, Any]
+
+
+def read_toml(path: Path) -> _Doc:
+    """Read one recipe file, turning every way it can be unreadable into a RecipeError."""
+    try:
+        st = path.stat()
+        if not path.is_file():
+            raise RecipeError(Problem(path, None, "is not a regular file"))
+        if st.st_size > MAX_RECIPE_BYTES:
+            raise RecipeError(Problem(path, None, f"is {st.st_size} bytes; a recipe may have "
+                                      f"at most {MAX_RECIPE_BYTES}"))
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise RecipeError(Problem(path, None, "recipe file not found")) from None
+    except PermissionError:
+        raise RecipeError(Problem(path, None, "recipe file is not readable",
+                                  "check its permissions")) from None
+    except IsADirectoryError:
+        raise RecipeError(Problem(path, None, "is a directory, not a recipe file")) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RecipeError(Problem(path, None, f"is not UTF-8 text (byte {e.start})",
+                                  "save the recipe as UTF-8")) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"at line (\d+)", str(e))
+        raise RecipeError(Problem(path, None, f"TOML syntax error: {e}",
+                                  "see https://toml.io for the syntax",
+                                  int(m.group(1)) if m else None)) from None
+    return _Doc(path, text, data)
+
+
+def merge(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """Child values win; tables merge key by key; the lists in APPEND_LISTS append."""
+    out = copy.deepcopy(parent)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        elif key in APPEND_LISTS and isinstance(value, list) and isinstance(out.get(key), list):
+            out[key] = out[key] + [v for v in value if key == "post" or key == "files"
+                                   or v not in out[key]]
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _load_chain(path: Path, cwd: Path | None, seen: list[Path]) -> list[_Doc]:
+    """The recipe and its ``extends`` ancestors, root ancestor first."""
+    resolved = path.resolve()
+    if resolved in seen:
+        cycle = " -> ".join(str(p) for p in [*seen, resolved])
+        raise RecipeError(Problem(seen[-1], "extends", f"extends cycle: {cycle}",
+                                  "remove one of the extends keys"))
+    doc = read_toml(path)
+    parent_ref = doc.data.get("extends")
+    if parent_ref is None:
+        return [doc]
+    if not isinstance(parent_ref, str) or not parent_ref:
+        raise RecipeError(Problem(path, "extends", "must be a recipe name or a relative path",
+                                  line=locate(doc.text, ["extends"])))
+    try:
+        if looks_like_path(parent_ref):
+            parent = (path.parent / parent_ref) if not Path(parent_ref).is_absolute() else Path(parent_ref)
+            if not parent.is_file():
+                raise RecipeError(Problem(path, "extends", f"parent recipe '{parent_ref}' not "
+                                          f"found (looked for {parent})",
+                                          line=locate(doc.text, ["extends"])))
+        else:
+            parent = find_recipe(parent_ref, cwd)
+    except RecipeError as e:
+        if e.problems[0].file == path:
+            raise
+        raise RecipeError(Problem(path, "extends", f"parent recipe '{parent_ref}' not found",
+                                  e.problems[0].hint, locate(doc.text, ["extends"]))) from None
+    return [*_load_chain(parent, cwd, [*seen, resolved]), doc]
+
+
+# -- locating keys for messages ---------------------------------------------------------------
+
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\[\]#]+?)\s*\]\]?\s*(#.*)?$")
+_KEYLINE = re.compile(r"^\s*([A-Za-z0-9_\-\"'. ]+?)\s*=")
+
+
+def _split_key(key: str) -> list[str]:
+    return [part.strip().strip("\"'") for part in key.split(".")]
+
+
+def locate(text: str, path: list[str | int]) -> int | None:
+    """Best-effort line number (1-based) where ``path`` is set in a TOML text."""
+    counts: dict[tuple[str, ...], int] = {}
+    current: list[str | int] = []
+    best: tuple[int, int] | None = None  # (match length, line)
+
+    def consider(full: list[str | int], lineno: int) -> None:
+        nonlocal best
+        n = 0
+        for a, b in zip(full, path, strict=False):
+            if a != b:
+                break
+            n += 1
+        if n == len(full) and n > 0 and (best is None or n > best[0]):
+            best = (n, lineno)
+
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        m = _HEADER.match(line)
+        if m:
+            parts = _split_key(m.group(2))
+            if m.group(1) == "[[":
+                idx = counts.get(tuple(parts), 0)
+                counts[tuple(parts)] = idx + 1
+                current = [*parts, idx]
+            else:
+                current = list(parts)
+            consider(current, lineno)
+            continue
+        k = _KEYLINE.match(line)
+        if k:
+            consider([*current, *_split_key(k.group(1))], lineno)
+    return best[1] if best else None
+
+
+# -- validation -------------------------------------------------------------------------------
+
+def _dotted(path: list[Any]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _owner_of(key_path: list[Any], docs: list[_Doc], origins: dict[str, list[tuple[int, int]]]
+              ) -> tuple[_Doc, list[Any]]:
+    """Which file in the chain set ``key_path`` (child-most wins), and the path in that file."""
+    if key_path and key_path[0] in origins and len(key_path) > 1 and isinstance(key_path[1], int):
+        doc_i, local = origins[key_path[0]][key_path[1]]
+        return docs[doc_i], [key_path[0], local, *key_path[2:]]
+    for doc in reversed(docs):
+        node: Any = doc.data
+        ok = True
+        for part in key_path:
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            else:
+                ok = False
+                break
+        if ok and key_path:
+            return doc, key_path
+    return docs[-1], key_path
+
+
+def _schema_problem(err: jsonschema.ValidationError) -> tuple[list[Any], str, str | None]:
+    path = list(err.absolute_path)
+    schema = err.schema if isinstance(err.schema, dict) else {}
+    hint = schema.get("x-hint")
+    inst = err.instance
+    if err.validator == "additionalProperties" and isinstance(inst, dict):
+        known = schema.get("properties", {})
+        extra = [k for k in inst if k not in known]
+        key = extra[0] if extra else "?"
+        section = _dotted(path) or "the recipe"
+        if path == ["features"]:
+            msg = f"unknown feature '{key}'"
+            hint = suggest(key, known) or (
+                f"known features: {', '.join(sorted(known))}" if known else
+                "no feature plugins are installed") + "; see `nspawnbuild plugins`"
+        else:
+            msg = f"unknown key '{key}' in {section}"
+            hint = suggest(key, known) or f"allowed keys: {', '.join(sorted(known))}"
+        return [*path, key], msg, hint
+    if err.validator == "required":
+        missing = re.findall(r"'([^']+)' is a required property", err.message)
+        key = missing[0] if missing else "?"
+        return [*path, key], "is required but missing", hint
+    if err.validator == "type":
+        want = schema.get("type")
+        want_s = " or ".join(want) if isinstance(want, list) else want
+        return path, f"must be {_article(want_s)}, not {_toml_type(inst)} ({_short(inst)})", hint
+    if err.validator == "pattern":
+        return path, f"invalid value {_short(inst)}", hint
+    if err.validator == "enum":
+        choices = ", ".join(repr(c) for c in schema.get("enum", []))
+        return path, f"invalid value {_short(inst)}; must be one of {choices}", \
+            suggest(str(inst), [str(c) for c in schema.get("enum", [])]) or hint
+    if err.validator == "anyOf" and schema.get("x-hint"):
+        return path, f"invalid value {_short(inst)}", hint
+    return path, err.message, hint
+
+
+def _article(word: str | None) -> str:
+    names = {"string": "a string", "integer": "an integer", "boolean": "a boolean (true/false)",
+             "array": "an array", "object": "a table", "number": "a number"}
+    if not word:
+        return "a different type"
+    return " or ".join(names.get(w.strip(), w) for w in word.split(" or "))
+
+
+def _toml_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return type(value).__name__
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def load_recipe(ref: str | Path, cwd: Path | None = None) -> Recipe:
+    """Find, read, merge and validate a recipe. Raises RecipeError with every problem found."""
+    path = Path(ref) if isinstance(ref, Path) else find_recipe(ref, cwd)
+    docs = _load_chain(path, cwd, [])
+    leaf = docs[-1]
+
+    merged: dict[str, Any] = {}
+    origins: dict[str, list[tuple[int, int]]] = {k: [] for k in APPEND_LISTS}
+    for i, doc in enumerate(docs):
+        inherited = {k: v for k, v in doc.data.items() if k not in ("name", "extends")}
+        if doc is leaf:
+            inherited = dict(doc.data)
+            inherited.pop("extends", None)
+        for key in APPEND_LISTS:
+            value = doc.data.get(key)
+            if isinstance(value, list):
+                if not isinstance(merged.get(key), list):
+                    origins[key] = []
+                for j, item in enumerate(value):
+                    if key in ("post", "files") or item not in merged.get(key, []):
+                        origins[key].append((i, j))
+        merged = merge(merged, inherited)
+
+    problems: list[Problem] = []
+
+    def add(key_path: list[Any], message: str, hint: str | None = None) -> None:
+        doc, local = _owner_of(key_path, docs, origins)
+        problems.append(Problem(doc.path, _dotted(local) or None, message, hint,
+                                locate(doc.text, local)))
+
+    pm = get_plugin_manager()
+    features = {}
+    for table in pm.hook.nspawnbuild_feature_schemas():
+        features.update(table or {})
+    distro_names = sorted({n for names in pm.hook.nspawnbuild_distro_names() for n in names})
+
+    distro_cls = None
+    base = merged.get("base")
+    if isinstance(base, dict) and isinstance(base.get("distro"), str):
+        if base["distro"] not in distro_names:
+            add(["base", "distro"], f"unknown distro '{base['distro']}'",
+                suggest(base["distro"], distro_names)
+                or f"known distros: {', '.join(distro_names) or 'none (no distro plugin loaded)'}")
+        else:
+            distro = pm.hook.nspawnbuild_make_distro(base={**base})
+            distro_cls = type(distro)
+
+    schema = full_schema(getattr(distro_cls, "base_schema", None), features)
+    validator = jsonschema.Draft202012Validator(schema)
+    for err in sorted(validator.iter_errors(merged), key=lambda e: list(map(str, e.absolute_path))):
+        key_path, message, hint = _schema_problem(err)
+        add(key_path, message, hint)
+    if problems:
+        raise RecipeError(problems)
+
+    # -- semantic checks the schema cannot express ----------------------------------------
+    name = merged.get("name") or leaf.path.stem
+    if "name" not in merged and not _NAME_RE.match(name):
+        add(["name"], f"the name defaults to the file stem '{name}', which is not a valid "
+            "machine name", f"set name = \"...\" in the recipe; {MACHINE_NAME_HINT}")
+
+    out = merged.setdefault("output", {})
+    out.setdefault("compression", "zstd")
+    lo, hi = COMPRESSION_LEVELS[out["compression"]]
+    out.setdefault("level", DEFAULT_LEVELS[out["compression"]])
+    if not lo <= out["level"] <= hi:
+        add(["output", "level"], f"level {out['level']} is out of range for "
+            f"{out['compression']}", f"use {lo} to {hi}")
+
+    for kind in ("nspawn", "unit"):
+        _, setting_problems = table_to_settings(kind, merged.get(kind, {}))
+        for dotted, message, hint in setting_problems:
+            add(dotted.split("."), message, hint)
+
+    files = _load_files(merged, docs, origins, add)
+    if problems:
+        raise RecipeError(problems)
+
+    merged["name"] = name
+    merged.pop("extends", None)
+    env_epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    if "epoch" not in merged:
+        merged["epoch"] = int(env_epoch) if env_epoch.isdigit() and int(env_epoch) >= 86400 \
+            else DEFAULT_EPOCH
+    merged.setdefault("target_systemd", DEFAULT_TARGET_SYSTEMD)
+    merged.setdefault("description", "")
+    assert distro_cls is not None
+    for key, value in distro_cls.defaults().items():
+        merged["base"].setdefault(key, value)
+
+    recipe = Recipe(name=name, path=leaf.path, chain=[d.path for d in docs], data=merged,
+                    files=[])
+    recipe.files = _render_templates(recipe, files, docs, origins)
+    pm.hook.nspawnbuild_validate(recipe=recipe)
+    return recipe
+
+
+def _load_files(merged: dict[str, Any], docs: list[_Doc], origins: dict[str, list[tuple[int, int]]],
+                add: Any) -> list[FileEntry]:
+    entries: list[FileEntry] = []
+    for i, item in enumerate(merged.get("files", [])):
+        doc_i, local = origins["files"][i]
+        declared = docs[doc_i].path
+        src = Path(item["src"])
+        src = src if src.is_absolute() else declared.parent / src
+        if not src.exists():
+            add(["files", i, "src"], f"source file {src} does not exist",
+                "src is relative to the recipe file that names it")
+            continue
+        if not src.is_file():
+            add(["files", i, "src"], f"source {src} is not a regular file")
+            continue
+        if src.stat().st_size > MAX_FILE_BYTES:
+            add(["files", i, "src"], f"source {src} is larger than {MAX_FILE_BYTES} bytes")
+            continue
+        try:
+            content = src.read_bytes()
+        except OSError as e:
+            add(["files", i, "src"], f"cannot read {src}: {e.strerror}")
+            continue
+        mode = item.get("mode")
+        entries.append(FileEntry(
+            src=src, dest=item["dest"],
+            mode=int(mode, 8) if isinstance(mode, str) else mode,
+            owner=item.get("owner"), template=bool(item.get("template", False)),
+            declared_in=declared, index=local, content=content))
+    return entries
+
+
+def _render_templates(recipe: Recipe, files: list[FileEntry], docs: list[_Doc],
+                      origins: dict[str, list[tuple[int, int]]]) -> list[FileEntry]:
+    """Render ``template = true`` files with the recipe as context (sandboxed Jinja2)."""
+    env = jinja2.sandbox.SandboxedEnvironment(undefined=jinja2.StrictUndefined,
+                                              keep_trailing_newline=True, autoescape=False)
+    out: list[FileEntry] = []
+    problems: list[Problem] = []
+    context = {"recipe": recipe.data, "name": recipe.name}
+    for i, entry in enumerate(files):
+        if not entry.template:
+            out.append(entry)
+            continue
+        doc = docs[origins["files"][i][0]]
+        try:
+            text = env.from_string(entry.content.decode("utf-8")).render(context)
+        except UnicodeDecodeError:
+            problems.append(Problem(doc.path, f"files[{entry.index}].src",
+                                    f"template {entry.src} is not UTF-8 text"))
+            continue
+        except jinja2.TemplateError as e:
+            problems.append(Problem(doc.path, f"files[{entry.index}].src",
+                                    f"template {entry.src} failed to render: {e}",
+                                    "the context has `recipe` (the resolved recipe) and `name`",
+                                    locate(doc.text, ["files", entry.index, "src"])))
+            continue
+        out.append(FileEntry(entry.src, entry.dest, entry.mode, entry.owner, True,
+                             entry.declared_in, entry.index, text.encode("utf-8")))
+    if problems:
+        raise RecipeError(problems)
+    return out

@@ -1,0 +1,257 @@
+"""The image tree on disk: symlink-safe writes, safe removal, and scrubbing host state.
+
+Every path inside an image is resolved as if the image were ``/``: an absolute symlink in the
+image points into the image, and ``..`` stops at its root. A hostile or merely unlucky image
+(``/etc/motd -> /etc/shadow``) can therefore never make the build write on the host.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
+from .errors import BuildError
+from .steplog import StepLog
+
+if TYPE_CHECKING:
+    from .distro import Distro
+    from .recipe import Recipe
+
+MAX_SYMLINKS = 40
+
+
+def resolve_in_root(root: Path, path: str, *, follow_final: bool = True) -> Path:
+    """Map an absolute path inside the image to a host path below ``root``.
+
+    Symlinks are followed the way the kernel would inside a chroot at ``root`` (``RESOLVE_IN_ROOT``
+    semantics): absolute targets restart at ``root``, ``..`` never climbs above it.
+    """
+    if not path.startswith("/"):
+        raise ValueError(f"path inside the image must be absolute: {path!r}")
+    todo = list(reversed(PurePosixPath(path).parts[1:]))
+    done: list[str] = []
+    hops = 0
+    while todo:
+        part = todo.pop()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        candidate = root.joinpath(*done, part)
+        if (todo or follow_final) and candidate.is_symlink():
+            hops += 1
+            if hops > MAX_SYMLINKS:
+                raise BuildError(f"too many levels of symbolic links resolving {path} in the image")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                done = []
+            todo.extend(reversed([p for p in PurePosixPath(target).parts if p != "/"]))
+            continue
+        done.append(part)
+    return root.joinpath(*done)
+
+
+def make_dirs(root: Path, path: str, mode: int = 0o755) -> Path:
+    """``mkdir -p`` inside the image; every component is resolved inside ``root``."""
+    current = "/"
+    host = root
+    for part in PurePosixPath(path).parts[1:]:
+        current = str(PurePosixPath(current) / part)
+        host = resolve_in_root(root, current)
+        if host.is_symlink() or (host.exists() and not host.is_dir()):
+            raise BuildError(f"cannot create directory {current} in the image: a non-directory "
+                             "is in the way")
+        if not host.exists():
+            os.mkdir(host, mode)
+            os.chmod(host, mode)
+    return host
+
+
+def _lookup_id(root: Path, table: str, name: str) -> int:
+    if name.isdigit():
+        return int(name)
+    db = resolve_in_root(root, f"/etc/{table}")
+    if db.is_file():
+        for line in db.read_text(encoding="utf-8", errors="replace").splitlines():
+            fields = line.split(":")
+            if len(fields) > 2 and fields[0] == name:
+                return int(fields[2])
+    raise BuildError(f"no {'user' if table == 'passwd' else 'group'} named '{name}' in the "
+                     f"image's /etc/{table}; create it first (a post-step or the users feature)")
+
+
+def parse_owner(root: Path, owner: str | None) -> tuple[int, int]:
+    """Resolve ``USER[:GROUP]`` against the image's own passwd and group files."""
+    if not owner:
+        return 0, 0
+    user, _, group = owner.partition(":")
+    uid = _lookup_id(root, "passwd", user)
+    if group:
+        gid = _lookup_id(root, "group", group)
+    elif user.isdigit():
+        gid = uid
+    else:
+        passwd = resolve_in_root(root, "/etc/passwd").read_text(errors="replace").splitlines()
+        gid = next(int(f[3]) for f in (line.split(":") for line in passwd) if f[0] == user)
+    return uid, gid
+
+
+def write_file(root: Path, dest: str, data: bytes, *, mode: int = 0o644,
+               uid: int = 0, gid: int = 0) -> Path:
+    """Write ``data`` at ``dest`` inside the image, atomically, without leaving the image."""
+    parent = make_dirs(root, str(PurePosixPath(dest).parent))
+    target = resolve_in_root(root, dest)  # always below root, by construction
+    if target.parent != parent:
+        make_dirs(root, str(PurePosixPath("/") / target.parent.relative_to(root)))
+    if target.is_dir():
+        raise BuildError(f"cannot write {dest} in the image: it is a directory")
+    tmp = target.parent / f".{target.name}.nspawnbuild-tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            os.fchown(fh.fileno(), uid, gid)
+            os.fchmod(fh.fileno(), mode)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def remove_in_root(root: Path, path: str) -> None:
+    """Remove a file or symlink inside the image (not following a final symlink)."""
+    target = resolve_in_root(root, path, follow_final=False)
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+
+
+def mounts_below(path: Path) -> list[str]:
+    """Mount points at or below ``path`` (from /proc/self/mountinfo)."""
+    prefix = str(path.resolve())
+    found = []
+    with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+        for line in fh:
+            mnt = line.split()[4].encode().decode("unicode_escape")
+            if mnt == prefix or mnt.startswith(prefix.rstrip("/") + "/"):
+                found.append(mnt)
+    return found
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a work or cache directory, never crossing into a mount or another filesystem."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() or not path.is_dir():
+        path.unlink()
+        return
+    mounted = mounts_below(path)
+    if mounted:
+        raise BuildError(f"refusing to remove {path}: something is mounted below it "
+                         f"({', '.join(mounted)}); unmount it first")
+    subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], check=True)
+
+
+def copy_tree(src: Path, dest: Path) -> None:
+    """Copy a tree keeping owners, modes, hardlinks, xattrs (file capabilities) and timestamps."""
+    subprocess.run(["cp", "-a", "--reflink=auto", "--", str(src), str(dest)], check=True)
+
+
+# -- scrubbing --------------------------------------------------------------------------------
+
+#: files that carry host state, secrets or run-to-run noise; removed from every image
+SCRUB_FILES = (
+    "/etc/resolv.conf",  # unless it is a symlink (to resolved's stub), see scrub()
+    "/var/lib/dbus/machine-id",
+    "/var/lib/systemd/random-seed",
+    "/var/lib/systemd/credential.secret",
+    "/var/cache/ldconfig/aux-cache",
+    "/root/.bash_history",
+    "/root/.lesshst",
+    "/root/.viminfo",
+)
+#: directories emptied but kept
+SCRUB_DIRS_CONTENT = ("/tmp", "/var/tmp", "/run")
+
+
+def scrub(root: Path, hostname: str) -> None:
+    """Remove host state and per-machine secrets; leave what first boot must create empty.
+
+    - ``/etc/machine-id`` empty: systemd makes one on each container's first boot;
+    - no ``/etc/ssh/ssh_host_*``: each container makes its own keys;
+    - ``/etc/hostname`` is the machine name, never the build host's;
+    - non-empty logs are removed (empty ones stay: packages create them with their modes).
+    """
+    machine_id = resolve_in_root(root, "/etc/machine-id", follow_final=False)
+    if machine_id.is_symlink():
+        machine_id.unlink()
+    if machine_id.parent.is_dir():
+        write_file(root, "/etc/machine-id", b"", mode=0o444)
+    write_file(root, "/etc/hostname", f"{hostname}\n".encode())
+
+    resolv = resolve_in_root(root, "/etc/resolv.conf", follow_final=False)
+    if resolv.exists() and not resolv.is_symlink():
+        resolv.unlink()
+    for path in SCRUB_FILES[1:]:
+        target = resolve_in_root(root, path, follow_final=False)
+        if path == "/var/lib/dbus/machine-id" and target.is_symlink():
+            continue  # Debian's symlink to /etc/machine-id is fine
+        remove_in_root(root, path)
+
+    ssh = resolve_in_root(root, "/etc/ssh")
+    if ssh.is_dir() and not ssh.is_symlink():
+        for key in ssh.glob("ssh_host_*"):
+            key.unlink()
+
+    for path in SCRUB_DIRS_CONTENT:
+        d = resolve_in_root(root, path)
+        if d.is_dir() and not d.is_symlink():
+            for child in d.iterdir():
+                remove_tree(child)
+
+    log = resolve_in_root(root, "/var/log")
+    if log.is_dir() and not log.is_symlink():
+        for dirpath, _dirs, files in os.walk(log):
+            for f in files:
+                p = Path(dirpath) / f
+                st = p.lstat()
+                if stat.S_ISREG(st.st_mode) and st.st_size > 0:
+                    p.unlink()
+
+
+@dataclass
+class RootfsContext:
+    """What a feature plugin gets to change an image: the tree, the recipe, the distro, a log."""
+
+    root: Path
+    recipe: Recipe
+    distro: Distro
+    log: StepLog
+
+    def path(self, image_path: str) -> Path:
+        """The host path of ``image_path``, resolved inside the image."""
+        return resolve_in_root(self.root, image_path)
+
+    def write_file(self, dest: str, data: bytes | str, *, mode: int = 0o644,
+                   owner: str | None = None) -> Path:
+        """Write a file into the image (symlink-safe, atomic)."""
+        uid, gid = parse_owner(self.root, owner)
+        raw = data.encode() if isinstance(data, str) else data
+        return write_file(self.root, dest, raw, mode=mode, uid=uid, gid=gid)
+
+    def run(self, command: list[str], *, step: str, network: bool = True) -> None:
+        """Run a command inside the image with systemd-nspawn."""
+        from .sandbox import run_in_root
+
+        run_in_root(self.log, self.root, self.recipe.name, command, step=step, network=network,
+                    env={"SOURCE_DATE_EPOCH": str(self.recipe.epoch)})
+
+    def enable_service(self, unit: str) -> None:
+        """Enable a service the distro's way (systemctl or rc-update), inside the image."""
+        self.run(self.distro.enable_service_command(unit), step=f"enable {unit}", network=False)

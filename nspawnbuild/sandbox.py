@@ -1,0 +1,70 @@
+"""Run commands inside an image with systemd-nspawn, never on the host.
+
+Post-steps and feature commands are code from the image (maintainer scripts, the recipe's
+shell); running them in a container means nothing of the host is visible to them except what
+is bound in on purpose, and the host's /dev, /proc and /home cannot be touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .distro import require_tool
+from .steplog import StepLog
+
+#: environment every command in the sandbox gets
+BASE_ENV = {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8"}
+
+
+def nspawn_argv(
+    root: Path,
+    machine: str,
+    command: Sequence[str],
+    *,
+    network: bool = True,
+    env: Mapping[str, str] | None = None,
+    binds_ro: Sequence[tuple[Path, str]] = (),
+) -> list[str]:
+    """The systemd-nspawn command line that runs ``command`` inside ``root``.
+
+    - ``--register=no --keep-unit``: no machined needed, no transient unit on the host;
+    - ``--private-users=no``: files the step creates belong to the image's own root;
+    - ``--resolv-conf=bind-host``: the host's resolv.conf is *bound* for name lookups, never
+      copied into the tree (``off`` without network);
+    - ``--timezone=off``: the host's timezone is not copied into the image;
+    - ``--link-journal=no``: nothing of the guest journal leaks to the host;
+    - ``--as-pid2``: a stub init reaps the step's zombies and forwards signals.
+    """
+    nspawn = require_tool("systemd-nspawn", "systemd-container", "to run steps inside the image")
+    argv = [
+        nspawn, "--quiet", "--register=no", "--keep-unit", "--as-pid2", "--console=pipe",
+        f"--directory={root}", f"--machine={machine}", "--private-users=no",
+        "--timezone=off", "--link-journal=no",
+        "--resolv-conf=bind-host" if network else "--resolv-conf=off",
+    ]
+    if not network:
+        argv.append("--private-network")
+    for host_path, guest_path in binds_ro:
+        argv.append(f"--bind-ro={host_path}:{guest_path}")
+    for key, value in sorted({**BASE_ENV, **(env or {})}.items()):
+        argv.append(f"--setenv={key}={value}")
+    argv.append("--")
+    argv.extend(command)
+    return argv
+
+
+def run_in_root(
+    log: StepLog,
+    root: Path,
+    machine: str,
+    command: Sequence[str],
+    *,
+    step: str,
+    network: bool = True,
+    env: Mapping[str, str] | None = None,
+    shown_command: str | None = None,
+) -> None:
+    """Run ``command`` inside the image at ``root``; raise BuildError naming ``step`` on failure."""
+    argv = nspawn_argv(root, machine, command, network=network, env=env)
+    log.run(argv, step=step, shown_command=shown_command)

@@ -1,0 +1,140 @@
+"""The recipe's JSON Schema: the core keys here, ``[base]`` extras and features from plugins.
+
+One schema serves three purposes: validating recipes (with jsonschema), documenting them, and
+giving editors completion (``nspawnbuild schema``). Nodes may carry ``x-hint``, a sentence
+telling the user how to fix a value that does not match.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+MACHINE_NAME_PATTERN = r"^(?![-.])(?!.*\.\.)(?!.*[.-]$)[A-Za-z0-9.-]{1,64}$"
+MACHINE_NAME_HINT = (
+    "a machine name has 1 to 64 letters, digits, '-' and '.', does not start or end with "
+    "'-' or '.', and has no '..' and no '_'"
+)
+PACKAGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9+._~:=-]*$"
+ABSOLUTE_PATH_PATTERN = r"^/(?!.*(^|/)\.\.?(/|$))[^\x00-\x1f]*$"
+SCALAR = {"type": ["string", "integer", "boolean"]}
+SETTING_VALUE = {"anyOf": [SCALAR, {"type": "array", "items": SCALAR}]}
+
+COMPRESSION_LEVELS = {"zstd": (1, 22), "xz": (0, 9), "gzip": (1, 9), "none": (0, 0)}
+
+
+def core_schema() -> dict[str, Any]:
+    """The schema of the keys the core owns (everything but feature tables and distro extras)."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "nspawnbuild recipe",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["base"],
+        "properties": {
+            "name": {
+                "type": "string", "pattern": MACHINE_NAME_PATTERN, "x-hint": MACHINE_NAME_HINT,
+                "description": "Machine name of the image; defaults to the recipe file's stem.",
+            },
+            "description": {"type": "string", "maxLength": 1000},
+            "extends": {
+                "type": "string", "minLength": 1,
+                "description": "Parent recipe: a name on the search path or a path relative "
+                               "to this file. Child values win; packages, post and files append.",
+            },
+            "epoch": {
+                "type": "integer", "minimum": 86400, "maximum": 4102444800,
+                "x-hint": "a Unix time in seconds, e.g. 1704067200 for 2024-01-01",
+                "description": "SOURCE_DATE_EPOCH: mtimes in the image are clamped to it.",
+            },
+            "target_systemd": {
+                "type": "integer", "minimum": 230, "maximum": 999,
+                "description": "systemd version of the hosts the image is for (default 252).",
+            },
+            "base": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["distro"],
+                "properties": {
+                    "distro": {"type": "string"},
+                    "release": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                                "x-hint": "a release code name or number, e.g. bookworm"},
+                    "arch": {"type": "string", "pattern": r"^[a-z0-9_]+$",
+                             "x-hint": "an architecture name such as amd64 or arm64"},
+                    "mirror": {"type": "string", "pattern": r"^(https?|file)://[^\s,]+$",
+                               "x-hint": "a URL such as http://HOST/debian, without spaces"},
+                    "components": {"type": "array", "minItems": 1, "uniqueItems": True,
+                                   "items": {"type": "string", "pattern": r"^[a-z0-9-]+$"}},
+                    "variant": {"type": "string", "pattern": r"^[a-z-]+$"},
+                },
+            },
+            "packages": {
+                "type": "array", "uniqueItems": True,
+                "items": {"type": "string", "pattern": PACKAGE_PATTERN,
+                          "x-hint": "package names have letters, digits and + . _ ~ : = -"},
+                "description": "Extra packages installed in the bootstrap run (appends).",
+            },
+            "features": {"type": "object", "additionalProperties": False, "properties": {}},
+            "post": {
+                "type": "array",
+                "description": "Shell scripts run inside the image with systemd-nspawn (appends).",
+                "items": {
+                    "type": "object", "additionalProperties": False, "required": ["run"],
+                    "properties": {
+                        "run": {"type": "string", "minLength": 1},
+                        "name": {"type": "string", "maxLength": 200},
+                        "network": {"type": "boolean"},
+                        "shell": {"type": "string", "pattern": ABSOLUTE_PATH_PATTERN,
+                                  "x-hint": "an absolute path inside the image, e.g. /bin/bash"},
+                    },
+                },
+            },
+            "files": {
+                "type": "array",
+                "description": "Files copied into the image (appends).",
+                "items": {
+                    "type": "object", "additionalProperties": False,
+                    "required": ["src", "dest"],
+                    "properties": {
+                        "src": {"type": "string", "minLength": 1},
+                        "dest": {"type": "string", "pattern": ABSOLUTE_PATH_PATTERN,
+                                 "x-hint": "an absolute path inside the image without '..', "
+                                           "e.g. /etc/motd"},
+                        "mode": {"anyOf": [
+                            {"type": "string", "pattern": r"^0?[0-7]{3,4}$"},
+                            {"type": "integer", "minimum": 0, "maximum": 0o7777},
+                        ], "x-hint": "an octal string such as \"0644\""},
+                        "owner": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?$",
+                                  "x-hint": "USER or USER:GROUP, names or numbers"},
+                        "template": {"type": "boolean"},
+                    },
+                },
+            },
+            "nspawn": {
+                "type": "object",
+                "description": "Extra .nspawn settings: [nspawn.Exec], [nspawn.Files], [nspawn.Network].",
+                "additionalProperties": {"type": "object", "additionalProperties": SETTING_VALUE},
+            },
+            "unit": {
+                "type": "object",
+                "description": "Extra drop-in settings for systemd-nspawn@NAME.service.",
+                "additionalProperties": {"type": "object", "additionalProperties": SETTING_VALUE},
+            },
+            "output": {
+                "type": "object", "additionalProperties": False,
+                "properties": {
+                    "compression": {"enum": list(COMPRESSION_LEVELS)},
+                    "level": {"type": "integer", "minimum": 0, "maximum": 22},
+                },
+            },
+        },
+    }
+
+
+def full_schema(distro_schema: dict[str, Any] | None, features: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The core schema with a distro's ``[base]`` extras and the plugins' feature tables."""
+    schema = copy.deepcopy(core_schema())
+    if distro_schema:
+        schema["properties"]["base"]["properties"].update(copy.deepcopy(distro_schema))
+    schema["properties"]["features"]["properties"] = copy.deepcopy(features)
+    return schema

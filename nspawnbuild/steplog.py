@@ -1,0 +1,102 @@
+"""Run external programs with their output in a log file, and fail with a useful message.
+
+A failed step must tell the user which step failed, the command, its exit code, the last lines
+of its output and where the full log is, without a traceback; this module is the one place
+that knows how to do that.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .errors import BuildError
+
+TAIL_LINES = 25
+
+
+class StepLog:
+    """An append-only log for one task of one recipe, e.g. ``.nspawnbuild/NAME/logs/rootfs.log``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(path, "w", encoding="utf-8", errors="replace")  # noqa: SIM115
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> StepLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def note(self, text: str) -> None:
+        """Write a line of our own into the log (a step header, a decision)."""
+        self._fh.write(f"[nspawnbuild {time.strftime('%H:%M:%S')}] {text}\n")
+        self._fh.flush()
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        step: str,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | None = None,
+        shown_command: str | None = None,
+    ) -> None:
+        """Run ``argv``; its stdout and stderr go to the log. Raise BuildError on failure."""
+        shown = shown_command or shlex.join(argv)
+        self.note(f"{step}: {shlex.join(argv)}")
+        tail: deque[str] = deque(maxlen=TAIL_LINES)
+        full_env = dict(os.environ)
+        if env:
+            full_env.update(env)
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+        )
+        try:
+            if stdin is not None:
+                assert proc.stdin is not None
+                proc.stdin.write(stdin)
+                proc.stdin.close()
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                line = raw.decode("utf-8", "replace")
+                self._fh.write(line)
+                tail.append(line.rstrip("\n"))
+            code = proc.wait()
+        except BaseException:
+            # Ctrl-C or SIGTERM: stop the child promptly, then let the interruption through.
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            raise
+        finally:
+            self._fh.flush()
+        if code != 0:
+            self.note(f"{step}: exit code {code}")
+            raise BuildError(format_failure(step, shown, code, list(tail), self.path))
+
+
+def format_failure(step: str, command: str, code: int, tail: list[str], log: Path) -> str:
+    """The message of a failed step: what, which command, exit code, last lines, full log."""
+    lines = [f"{step} failed with exit code {code}", f"  command: {command}"]
+    if tail:
+        lines.append("  last lines of its output:")
+        lines.extend(f"    {t}" for t in tail)
+    lines.append(f"  full log: {log}")
+    return "\n".join(lines)

@@ -1,0 +1,324 @@
+"""doit task creators and actions: resolve, bootstrap, rootfs, pack, configure, manifest.
+
+Each recipe gets its own tasks (``rootfs:NAME``), so the state of one recipe never mixes with
+another's. Actions are module-level functions (closures do not pickle for ``doit -n``) and
+read what they need from the plan files that ``resolve`` wrote, so an action does exactly what
+the recorded plan says.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from doit import get_var
+from doit.exceptions import TaskFailed
+from doit.tools import config_changed
+
+from . import __version__
+from .errors import NspawnbuildError, RecipeError
+from .lock import exclusive
+from .pack import SUFFIXES, pack, sha256_file
+from .paths import Layout
+from .plan import Plan, digest, make_distro, make_plan
+from .plugins import get_plugin_manager
+from .recipe import Recipe, list_recipes, load_recipe
+from .render import render_dropin, render_nspawn
+from .reporter import Reporter
+from .rootfs import RootfsContext, copy_tree, parse_owner, remove_tree, scrub, write_file
+from .sandbox import run_in_root
+from .settings import Setting
+from .steplog import StepLog
+
+STAGES = ("resolve", "bootstrap", "rootfs", "pack", "configure", "manifest")
+
+
+def doit_config(layout: Layout | None = None) -> dict[str, Any]:
+    """DOIT_CONFIG for dodo.py and the embedded runner: sqlite state under the work dir."""
+    layout = layout or Layout.from_env()
+    layout.work.mkdir(parents=True, exist_ok=True)
+    return {
+        "backend": "sqlite3",
+        "dep_file": str(layout.state_db),
+        "default_tasks": ["build"],
+        "reporter": Reporter,
+        "verbosity": 0,
+        "action_string_formatting": "new",
+    }
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+def _guarded(fn: Callable[..., None]) -> Callable[..., TaskFailed | None]:
+    """Turn our own errors into a doit failure with a clean message (no traceback)."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> TaskFailed | None:
+        try:
+            fn(*args, **kwargs)
+        except NspawnbuildError as e:
+            return TaskFailed(str(e))
+        except KeyboardInterrupt:
+            return TaskFailed("interrupted")
+        return None
+    return wrapper
+
+
+_recipes: dict[str, Recipe] = {}
+
+
+def _recipe(path: str) -> Recipe:
+    """The recipe loaded at task creation (actions run in the same process for -n 1)."""
+    if path not in _recipes:
+        _recipes[path] = load_recipe(Path(path))
+    return _recipes[path]
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    _write_atomic(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+# -- actions ----------------------------------------------------------------------------------
+
+@_guarded
+def action_resolve(work: str, documents: dict[str, Any]) -> None:
+    for stage, doc in documents.items():
+        _write_json(Path(work) / "plan" / f"{stage}.json", doc)
+
+
+@_guarded
+def action_bootstrap(recipe_path: str, key: str) -> None:
+    """Bootstrap into the content-addressed cache, unless the entry is already there."""
+    recipe = _recipe(recipe_path)
+    layout = Layout.from_env()
+    entry = layout.bootstrap_entry(key)
+    spec = _read_json(layout.plan_file(recipe.name, "bootstrap"))
+    with exclusive(entry.with_suffix(".lock"), wait=True, what=f"bootstrap cache entry {key}"):
+        if (entry / "info.json").is_file():
+            return
+        tmp = entry.with_name(f".{key}.tmp-{os.getpid()}")
+        remove_tree(tmp)
+        tmp.mkdir(parents=True)
+        try:
+            with StepLog(layout.log(recipe.name, "bootstrap")) as log:
+                distro = make_distro(recipe)
+                log.note(f"bootstrapping {distro.name} {distro.release} {distro.arch} with "
+                         f"{' '.join(spec['bootstrapper'])}")
+                distro.bootstrap(tmp / "root", spec["packages"], spec["epoch"], log)
+            _write_json(tmp / "info.json", {"key": key, "spec": spec})
+            os.replace(tmp, entry)
+        except BaseException:
+            remove_tree(tmp)
+            raise
+
+
+@_guarded
+def action_rootfs(recipe_path: str) -> None:
+    """Copy the cached bootstrap, apply features, files and post-steps, scrub, list packages."""
+    recipe = _recipe(recipe_path)
+    layout = Layout.from_env()
+    name = recipe.name
+    spec = _read_json(layout.plan_file(name, "rootfs"))
+    entry = layout.bootstrap_entry(spec["bootstrap_key"])
+    work = layout.work_dir(name)
+    new = work / "rootfs.new"
+    with exclusive(work / "lock", wait=False, what=f"recipe {name}"), \
+            StepLog(layout.log(name, "rootfs")) as log:
+        remove_tree(new)
+        log.note(f"copying bootstrap {spec['bootstrap_key'][:16]} into {new}")
+        copy_tree(entry / "root", new)
+        try:
+            distro = make_distro(recipe)
+            ctx = RootfsContext(new, recipe, distro, log)
+            get_plugin_manager().hook.nspawnbuild_configure_rootfs(ctx=ctx)
+            for f in recipe.files:
+                uid, gid = parse_owner(new, f.owner)
+                log.note(f"file {f.dest} from {f.src}")
+                write_file(new, f.dest, f.content, mode=f.mode if f.mode is not None else 0o644,
+                           uid=uid, gid=gid)
+            for i, step in enumerate(recipe.post, start=1):
+                label = f"post-step {i}" + (f" ({step['name']})" if step.get("name") else "")
+                shell = step.get("shell", "/bin/sh")
+                first = step["run"].strip().splitlines()[0] if step["run"].strip() else ""
+                run_in_root(log, new, name, [shell, "-e", "-c", step["run"]], step=label,
+                            network=step.get("network", True),
+                            env={"SOURCE_DATE_EPOCH": str(recipe.epoch)},
+                            shown_command=first + (" ..." if "\n" in step["run"].strip() else ""))
+            get_plugin_manager().hook.nspawnbuild_finalize_rootfs(ctx=ctx)
+            scrub(new, name)
+            distro.clean(new)
+            packages = [p.as_dict() for p in distro.list_packages(new)]
+            remove_tree(work / "rootfs")
+            os.replace(new, work / "rootfs")
+        except BaseException:
+            remove_tree(new)
+            raise
+        _write_json(work / "rootfs.json", {"spec": digest(spec), "packages": packages})
+
+
+@_guarded
+def action_pack(name: str) -> None:
+    layout = Layout.from_env()
+    spec = _read_json(layout.plan_file(name, "pack"))
+    work = layout.work_dir(name)
+    dest = layout.tarball(name, spec["compression"])
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(work / "lock", wait=False, what=f"recipe {name}"):
+        result = pack(work / "rootfs", dest, spec["epoch"], spec["compression"], spec["level"])
+        for compression in SUFFIXES:  # a tarball of another compression is now stale
+            other = layout.tarball(name, compression)
+            if other != dest:
+                other.unlink(missing_ok=True)
+        _write_json(work / "pack.json", {"file": dest.name, **result.as_dict()})
+
+
+@_guarded
+def action_configure(name: str) -> None:
+    layout = Layout.from_env()
+    spec = _read_json(layout.plan_file(name, "config"))
+    common = {"name": spec["name"], "digest": spec["digest"], "version": spec["version"]}
+    nspawn = render_nspawn([Setting(*s) for s in spec["nspawn"]], **common)
+    dropin = render_dropin([Setting(*s) for s in spec["unit"]], **common)
+    _write_atomic(layout.nspawn_file(name), nspawn.encode())
+    _write_atomic(layout.dropin(name), dropin.encode())
+
+
+@_guarded
+def action_manifest(name: str) -> None:
+    layout = Layout.from_env()
+    spec = _read_json(layout.plan_file(name, "manifest"))
+    work = layout.work_dir(name)
+    rootfs = _read_json(work / "rootfs.json")
+    packed = _read_json(work / "pack.json")
+    out = layout.out_dir(name)
+    nspawn, dropin = layout.nspawn_file(name), layout.dropin(name)
+    manifest = {
+        "format": 1,
+        **{k: spec[k] for k in ("name", "description", "recipe_digest", "source_date_epoch",
+                                "target_systemd", "base", "bootstrapper")},
+        "tool": {"name": "nspawnbuild", "version": spec["nspawnbuild"]},
+        "packages": rootfs["packages"],
+        "tree": {"bytes": packed["tree_bytes"], **packed["counts"]},
+        "artifacts": {
+            "tarball": {"file": packed["file"], "sha256": packed["sha256"],
+                        "size": packed["size"], **spec["compression"]},
+            "tar": {"sha256": packed["tar_sha256"], "size": packed["tar_size"]},
+            "nspawn": {"file": nspawn.name, "sha256": sha256_file(nspawn)},
+            "dropin": {"file": str(dropin.relative_to(out)), "sha256": sha256_file(dropin)},
+        },
+    }
+    _write_json(out / "manifest.json", manifest)
+    sums = {packed["file"]: packed["sha256"], nspawn.name: manifest["artifacts"]["nspawn"]["sha256"],
+            manifest["artifacts"]["dropin"]["file"]: manifest["artifacts"]["dropin"]["sha256"],
+            "manifest.json": sha256_file(out / "manifest.json")}
+    _write_atomic(out / "SHA256SUMS",
+                  "".join(f"{h}  {f}\n" for f, h in sorted(sums.items())).encode())
+
+
+# -- uptodate checks --------------------------------------------------------------------------
+
+def cache_entry_exists(key: str) -> bool:
+    return (Layout.from_env().bootstrap_entry(key) / "info.json").is_file()
+
+
+def tree_exists(path: str) -> bool:
+    return Path(path).is_dir()
+
+
+# -- task creation ----------------------------------------------------------------------------
+
+def recipe_tasks(recipe: Recipe, plan: Plan, layout: Layout) -> Iterator[dict[str, Any]]:
+    """The six tasks of one recipe, wired by their files."""
+    name = recipe.name
+    work = layout.work_dir(name)
+    docs = plan.documents()
+    plan_files = {stage: str(layout.plan_file(name, stage)) for stage in docs}
+    rootfs_json, pack_json = str(work / "rootfs.json"), str(work / "pack.json")
+    tarball = str(layout.tarball(name, plan.pack["compression"]))
+    nspawn, dropin = str(layout.nspawn_file(name)), str(layout.dropin(name))
+    out = layout.out_dir(name)
+
+    yield {"basename": "resolve", "name": name, "doc": f"resolve and validate recipe {name}",
+           "actions": [(action_resolve, [str(work), docs])],
+           "targets": list(plan_files.values()),
+           "uptodate": [config_changed(digest(docs))], "verbosity": 0}
+    yield {"basename": "bootstrap", "name": name,
+           "doc": f"bootstrap {recipe.base['distro']} {recipe.base.get('release', '')} "
+                  f"(cache key {plan.bootstrap_key[:12]})",
+           "actions": [(action_bootstrap, [str(recipe.path), plan.bootstrap_key])],
+           "file_dep": [plan_files["bootstrap"]],
+           "uptodate": [(cache_entry_exists, [plan.bootstrap_key])], "verbosity": 0}
+    yield {"basename": "rootfs", "name": name, "doc": "features, files, post-steps, scrub",
+           "actions": [(action_rootfs, [str(recipe.path)])],
+           "file_dep": [plan_files["rootfs"]], "task_dep": [f"bootstrap:{name}"],
+           "targets": [rootfs_json],
+           "uptodate": [(tree_exists, [str(layout.rootfs(name))])], "verbosity": 0}
+    yield {"basename": "pack", "name": name, "doc": "pack the rootfs into a tarball",
+           "actions": [(action_pack, [name])],
+           "file_dep": [plan_files["pack"], rootfs_json],
+           "targets": [tarball, pack_json], "verbosity": 0}
+    yield {"basename": "configure", "name": name, "doc": "render .nspawn and unit drop-in",
+           "actions": [(action_configure, [name])],
+           "file_dep": [plan_files["config"]], "targets": [nspawn, dropin], "verbosity": 0}
+    yield {"basename": "manifest", "name": name, "doc": "manifest.json and SHA256SUMS",
+           "actions": [(action_manifest, [name])],
+           "file_dep": [plan_files["manifest"], rootfs_json, pack_json, tarball, nspawn, dropin],
+           "targets": [str(out / "manifest.json"), str(out / "SHA256SUMS")], "verbosity": 0}
+
+
+def selected_recipes() -> list[str]:
+    """Recipes named by ``recipe=a,b`` on the doit command line, or every recipe found."""
+    value = get_var("recipe", None) or os.environ.get("NSPAWNBUILD_RECIPES", "")
+    if value:
+        return [r for r in (part.strip() for part in value.split(",")) if r]
+    return [str(p) for p in list_recipes()]
+
+
+def load_or_exit(refs: list[str]) -> list[Recipe]:
+    """Load every selected recipe; on bad input print every problem and exit 2 (no traceback)."""
+    recipes, problems = [], []
+    for ref in refs:
+        try:
+            recipes.append(load_recipe(ref))
+        except RecipeError as e:
+            problems.append(str(e))
+    if problems:
+        for p in problems:
+            print(f"error: {p}", file=sys.stderr)
+        raise SystemExit(2)
+    return recipes
+
+
+def task_build() -> Iterator[dict[str, Any]]:
+    """Build recipes: ``doit build recipe=NAME[,NAME...]`` (default: every recipe found)."""
+    layout = Layout.from_env()
+    for recipe in load_or_exit(selected_recipes()):
+        _recipes[str(recipe.path)] = recipe
+        try:
+            plan = make_plan(recipe)
+        except NspawnbuildError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(e.exit_code) from None
+        yield from recipe_tasks(recipe, plan, layout)
+        yield {"name": recipe.name, "doc": f"build {recipe.name} into {layout.out_dir(recipe.name)}",
+               "actions": None, "task_dep": [f"manifest:{recipe.name}"]}
+

@@ -1,0 +1,1 @@
+"""nspawnbuild's built-in plugins, registered through the ``nspawnbuild`` entry-point group."""

@@ -1,0 +1,166 @@
+"""Debian and Ubuntu: mmdebstrap (or debootstrap when mmdebstrap is missing), dpkg, apt.
+
+No mirror is ever written here: when a recipe names none, the bootstrapper uses its own
+default for the suite.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, ClassVar
+
+from nspawnbuild import hookimpl
+from nspawnbuild.distro import Distro, Package, require_tool
+from nspawnbuild.errors import BuildError, HostToolMissing
+from nspawnbuild.rootfs import remove_tree, resolve_in_root
+from nspawnbuild.steplog import StepLog
+
+DEBOOTSTRAP_VARIANTS = {"minbase", "buildd", "fakechroot"}
+
+
+def host_arch() -> str:
+    try:
+        return subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        import platform
+
+        return {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+
+
+def _tool_version(argv: list[str]) -> str:
+    out = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+    m = re.search(r"(\d+(?:\.\d+)+\S*)", out)
+    return m.group(1) if m else out.strip() or "unknown"
+
+
+def parse_dpkg_status(text: str) -> list[Package]:
+    """Installed packages from /var/lib/dpkg/status (read, never executed)."""
+    packages = []
+    for stanza in text.split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in stanza.splitlines():
+            if line and not line[0].isspace() and ":" in line:
+                key, _, value = line.partition(":")
+                fields[key] = value.strip()
+        if fields.get("Status", "").endswith(" installed") and "Package" in fields:
+            packages.append(Package(fields["Package"], fields.get("Version", ""),
+                                    fields.get("Architecture", ""),
+                                    int(fields.get("Installed-Size", "0") or 0)))
+    return sorted(packages)
+
+
+class Debian(Distro):
+    name = "debian"
+    default_release: ClassVar[str] = "bookworm"
+    default_components: ClassVar[list[str]] = ["main"]
+    keyring_package: ClassVar[str] = "debian-archive-keyring"
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {"release": cls.default_release, "arch": host_arch(),
+                "components": list(cls.default_components), "variant": "minbase"}
+
+    def __init__(self, base: dict[str, Any]):
+        super().__init__({**self.defaults(), **base})
+
+    def bootstrapper(self) -> tuple[str, str]:
+        if shutil.which("mmdebstrap"):
+            return "mmdebstrap", _tool_version(["mmdebstrap", "--version"])
+        if shutil.which("debootstrap"):
+            return "debootstrap", _tool_version(["debootstrap", "--version"])
+        raise HostToolMissing("mmdebstrap", "mmdebstrap",
+                              f"to bootstrap {self.name} (debootstrap would do as well)")
+
+    def base_packages(self) -> list[str]:
+        # minbase has no init: systemd-sysv makes the image bootable with machinectl start,
+        # dbus lets machinectl login/shell talk to it.
+        return ["systemd-sysv", "dbus"]
+
+    def bootstrap(self, dest: Path, packages: list[str], epoch: int, log: StepLog) -> None:
+        tool, _ = self.bootstrapper()
+        base = self.base
+        env = {"SOURCE_DATE_EPOCH": str(epoch), "LC_ALL": "C.UTF-8"}
+        mirror = [base["mirror"]] if base.get("mirror") else []
+        if tool == "mmdebstrap":
+            argv = [
+                "mmdebstrap", "--mode=root", f"--variant={base['variant']}",
+                f"--architectures={base['arch']}",
+                f"--components={','.join(base['components'])}",
+                "--skip=output/dev",
+            ]
+            if packages:
+                argv.append(f"--include={','.join(packages)}")
+            argv += [base["release"], str(dest), *mirror]
+        else:
+            if base["variant"] not in DEBOOTSTRAP_VARIANTS:
+                raise BuildError(f"debootstrap has no variant '{base['variant']}' (it knows "
+                                 f"{', '.join(sorted(DEBOOTSTRAP_VARIANTS))}); install mmdebstrap "
+                                 "or change [base] variant")
+            argv = ["debootstrap", f"--variant={base['variant']}", f"--arch={base['arch']}",
+                    f"--components={','.join(base['components'])}"]
+            if packages:
+                argv.append(f"--include={','.join(packages)}")
+            argv += [base["release"], str(dest), *mirror]
+        log.run(argv, step=f"bootstrap ({tool})", env=env)
+        if tool == "debootstrap":
+            # debootstrap leaves its downloads behind; mmdebstrap cleans them itself
+            self.clean(dest)
+
+    def install_command(self, packages: list[str]) -> list[str]:
+        return ["sh", "-ec", "apt-get update && apt-get install -y --no-install-recommends "
+                + " ".join(packages)]
+
+    def list_packages(self, root: Path) -> list[Package]:
+        status = resolve_in_root(root, "/var/lib/dpkg/status")
+        if not status.is_file():
+            return []
+        return parse_dpkg_status(status.read_text(encoding="utf-8", errors="replace"))
+
+    def clean(self, root: Path) -> None:
+        for pattern_dir, pattern in (("/var/lib/apt/lists", "*"), ("/var/cache/apt", "*.bin"),
+                                     ("/var/cache/apt/archives", "*.deb"),
+                                     ("/var/cache/debconf", "*-old"), ("/var/lib/dpkg", "*-old")):
+            d = resolve_in_root(root, pattern_dir)
+            if not d.is_dir() or d.is_symlink():
+                continue
+            for p in d.glob(pattern):
+                if p.name in ("lock", "partial"):
+                    continue
+                if p.is_dir() and not p.is_symlink():
+                    remove_tree(p)
+                else:
+                    p.unlink()
+
+
+class Ubuntu(Debian):
+    name = "ubuntu"
+    default_release = "noble"
+    default_components = ["main", "universe"]
+    keyring_package = "ubuntu-keyring"
+
+    def bootstrapper(self) -> tuple[str, str]:
+        if not Path("/usr/share/keyrings/ubuntu-archive-keyring.gpg").exists():
+            raise HostToolMissing("ubuntu-archive-keyring.gpg", "ubuntu-keyring",
+                                  "to verify Ubuntu's archive")
+        return super().bootstrapper()
+
+
+DISTROS: dict[str, type[Debian]] = {"debian": Debian, "ubuntu": Ubuntu}
+
+
+@hookimpl
+def nspawnbuild_distro_names() -> list[str]:
+    return sorted(DISTROS)
+
+
+@hookimpl
+def nspawnbuild_make_distro(base: dict[str, Any]) -> Distro | None:
+    cls = DISTROS.get(base.get("distro", ""))
+    return cls(base) if cls else None
+
+
+__all__ = ["Debian", "Ubuntu", "require_tool"]
