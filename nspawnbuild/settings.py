@@ -78,14 +78,17 @@ def suggest(word: str, choices: object) -> str | None:
     return f"did you mean '{match[0]}'?" if match else None
 
 
-def table_to_settings(kind: str, table: dict[str, Any]) -> tuple[list[Setting], list[tuple[str, str, str | None]]]:
+SettingProblem = tuple[str, str, str | None]
+
+
+def table_to_settings(kind: str, table: dict[str, Any]) -> tuple[list[Setting], list[SettingProblem]]:
     """Turn a recipe's ``[nspawn]`` or ``[unit]`` table into settings.
 
     Returns ``(settings, problems)``; each problem is ``(dotted key, message, hint)``.
     ``kind`` is "nspawn" or "unit". Lists become repeated keys.
     """
     settings: list[Setting] = []
-    problems: list[tuple[str, str, str | None]] = []
+    problems: list[SettingProblem] = []
     for section, keys in table.items():
         where = f"{kind}.{section}"
         if kind == "nspawn" and section not in NSPAWN_KEYS:

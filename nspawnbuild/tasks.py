@@ -20,7 +20,6 @@ from doit import get_var
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from . import __version__
 from .errors import NspawnbuildError, RecipeError
 from .lock import exclusive
 from .pack import SUFFIXES, pack, sha256_file
