@@ -92,8 +92,38 @@ def _xattrs(path: Path) -> dict[str, str]:
     return out
 
 
+class _TarInfo(tarfile.TarInfo):
+    """A TarInfo whose PAX records hold raw bytes, without a ``hdrcharset=BINARY`` record.
+
+    tarfile marks every header with a non-UTF-8 value (most binary file capabilities) with
+    ``hdrcharset=BINARY``; GNU tar, which systemd-import runs, does not know that keyword and
+    warns on each import. ``SCHILY.xattr.*`` values are raw bytes by convention (star, GNU tar,
+    libarchive), and GNU tar writes names it cannot convert as raw bytes too, so every value is
+    written as its original bytes and the record is left out.
+    """
+
+    @classmethod
+    def _create_pax_generic_header(cls, pax_headers, type, encoding):  # type: ignore[no-untyped-def]
+        records = b""
+        for keyword, value in pax_headers.items():
+            key = keyword.encode("utf-8")
+            raw = value.encode(encoding, "surrogateescape")
+            length = len(key) + len(raw) + 3  # ' ' + '=' + '\n'
+            n = p = 0
+            while True:  # the length field counts its own digits
+                n = length + len(str(p))
+                if n == p:
+                    break
+                p = n
+            records += str(p).encode("ascii") + b" " + key + b"=" + raw + b"\n"
+        info = {"name": "././@PaxHeader", "type": type, "size": len(records),
+                "magic": tarfile.POSIX_MAGIC}
+        return (cls._create_header(info, tarfile.USTAR_FORMAT, "ascii", "replace")  # type: ignore[attr-defined]
+                + cls._create_payload(records))  # type: ignore[attr-defined]
+
+
 def make_tarinfo(name: str, path: Path, st: os.stat_result, epoch: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
+    info = _TarInfo(name)
     info.mode = stat.S_IMODE(st.st_mode)
     info.uid, info.gid = st.st_uid, st.st_gid
     info.uname = info.gname = ""

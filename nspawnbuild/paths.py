@@ -15,6 +15,18 @@ from .pack import SUFFIXES
 from .render import DROPIN_NAME
 
 
+def tarball_name(name: str, compression: str) -> str:
+    return f"{name}{SUFFIXES[compression]}"
+
+
+def nspawn_name(name: str) -> str:
+    return f"{name}.nspawn"
+
+
+def dropin_name(name: str) -> str:
+    return f"systemd-nspawn@{name}.service.d/{DROPIN_NAME}"
+
+
 def default_cache() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "nspawnbuild"
@@ -51,14 +63,18 @@ class Layout:
     def rootfs(self, name: str) -> Path:
         return self.work_dir(name) / "rootfs"
 
+    def stage_dir(self, name: str) -> Path:
+        """Artifacts are made here, then published into out/NAME together."""
+        return self.work_dir(name) / "stage"
+
     def tarball(self, name: str, compression: str) -> Path:
-        return self.out_dir(name) / f"{name}{SUFFIXES[compression]}"
+        return self.stage_dir(name) / tarball_name(name, compression)
 
     def nspawn_file(self, name: str) -> Path:
-        return self.out_dir(name) / f"{name}.nspawn"
+        return self.stage_dir(name) / nspawn_name(name)
 
     def dropin(self, name: str) -> Path:
-        return self.out_dir(name) / f"systemd-nspawn@{name}.service.d" / DROPIN_NAME
+        return self.stage_dir(name) / dropin_name(name)
 
     def bootstrap_entry(self, key: str) -> Path:
         return self.cache / "bootstrap" / key

@@ -7,6 +7,7 @@ reported with the file, the key, the line where it can be found, and how to fix 
 from __future__ import annotations
 
 import copy
+import datetime
 import hashlib
 import json
 import os
@@ -31,6 +32,13 @@ DEFAULT_LEVELS = {"zstd": 12, "xz": 6, "gzip": 9, "none": 0}
 APPEND_LISTS = ("packages", "post", "files")
 MAX_RECIPE_BYTES = 1 << 20
 MAX_FILE_BYTES = 1 << 30
+MAX_NESTING = 32  # tables and arrays in a recipe; real ones need 4 or 5
+
+# TOML has distinct integer and float types: 3.0 is not an integer, whatever JSON Schema says.
+_TYPE_CHECKER = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+    "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool))
+_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator,
+                                          type_checker=_TYPE_CHECKER)
 
 _NAME_RE = re.compile(MACHINE_NAME_PATTERN)
 
@@ -137,19 +145,31 @@ def find_recipe(ref: str, cwd: Path | None = None) -> Path:
         path = Path(ref)
         if not path.is_absolute():
             path = (cwd or Path.cwd()) / path
-        if not path.is_file():
-            raise RecipeError(Problem(path, None, "recipe file not found",
+        if not _is_file(path):
+            if path.is_dir():
+                raise RecipeError(Problem(path, None, "is a directory, not a recipe file"))
+            what = "is a symbolic link to a missing file" if path.is_symlink() else \
+                "recipe file not found"
+            raise RecipeError(Problem(path, None, what,
                                       "check the path, or give a recipe name instead"))
         return path
     for d in search_path(cwd):
         candidate = d / f"{ref}.toml"
-        if candidate.is_file():
+        if _is_file(candidate):
             return candidate
     known = sorted({p.stem for d in search_path(cwd) if d.is_dir() for p in d.glob("*.toml")})
     hint = suggest(ref, known) or (f"known recipes: {', '.join(known)}" if known else
                                    "create recipes/NAME.toml")
     raise RecipeError(Problem(None, None, f"no recipe named '{ref}' in "
                               + ", ".join(str(d) for d in search_path(cwd)), hint))
+
+
+def _is_file(path: Path) -> bool:
+    """Path.is_file that says False, not OSError, for a name too long or otherwise unusable."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def list_recipes(cwd: Path | None = None) -> list[Path]:
@@ -188,6 +208,8 @@ def read_toml(path: Path) -> _Doc:
                                   "check its permissions")) from None
     except IsADirectoryError:
         raise RecipeError(Problem(path, None, "is a directory, not a recipe file")) from None
+    except OSError as e:
+        raise RecipeError(Problem(path, None, f"cannot read the recipe file: {e.strerror}")) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -200,7 +222,30 @@ def read_toml(path: Path) -> _Doc:
         raise RecipeError(Problem(path, None, f"TOML syntax error: {e}",
                                   "see https://toml.io for the syntax",
                                   int(m.group(1)) if m else None)) from None
+    except RecursionError:
+        raise RecipeError(Problem(path, None, "TOML syntax error: arrays or inline tables are "
+                                  f"nested too deeply (a recipe may nest {MAX_NESTING} levels)")
+                          ) from None
+    deep = _too_deep(data, MAX_NESTING)
+    if deep is not None:
+        raise RecipeError(Problem(path, _dotted(deep), f"is nested more than {MAX_NESTING} "
+                                  "tables or arrays deep", None, locate(text, deep)))
     return _Doc(path, text, data)
+
+
+def _too_deep(data: dict[str, Any], limit: int) -> list[Any] | None:
+    """The key path of a value nested more than ``limit`` levels deep, or None (iterative)."""
+    stack: list[tuple[Any, list[Any]]] = [(data, [])]
+    while stack:
+        node, at = stack.pop()
+        items = node.items() if isinstance(node, dict) else \
+            enumerate(node) if isinstance(node, list) else ()
+        for key, value in items:
+            if isinstance(value, dict | list):
+                if len(at) >= limit:
+                    return [*at, key][:4]
+                stack.append((value, [*at, key]))
+    return None
 
 
 def merge(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
@@ -234,7 +279,7 @@ def _load_chain(path: Path, cwd: Path | None, seen: list[Path]) -> list[_Doc]:
     try:
         if looks_like_path(parent_ref):
             parent = (path.parent / parent_ref) if not Path(parent_ref).is_absolute() else Path(parent_ref)
-            if not parent.is_file():
+            if not _is_file(parent):
                 raise RecipeError(Problem(path, "extends", f"parent recipe '{parent_ref}' not "
                                           f"found (looked for {parent})",
                                           line=locate(doc.text, ["extends"])))
@@ -380,6 +425,12 @@ def _toml_type(value: Any) -> str:
         return "an array"
     if isinstance(value, dict):
         return "a table"
+    if isinstance(value, datetime.datetime):
+        return "a date-time"
+    if isinstance(value, datetime.date):
+        return "a date"
+    if isinstance(value, datetime.time):
+        return "a time"
     return type(value).__name__
 
 
@@ -404,10 +455,12 @@ def load_recipe(ref: str | Path, cwd: Path | None = None) -> Recipe:
         for key in APPEND_LISTS:
             value = doc.data.get(key)
             if isinstance(value, list):
-                if not isinstance(merged.get(key), list):
+                before = merged.get(key)
+                if not isinstance(before, list):  # merge() replaces it: no dedup against it
                     origins[key] = []
+                    before = []
                 for j, item in enumerate(value):
-                    if key in ("post", "files") or item not in merged.get(key, []):
+                    if key in ("post", "files") or item not in before:
                         origins[key].append((i, j))
         merged = merge(merged, inherited)
 
@@ -436,7 +489,7 @@ def load_recipe(ref: str | Path, cwd: Path | None = None) -> Recipe:
             distro_cls = type(distro)
 
     schema = full_schema(getattr(distro_cls, "base_schema", None), features)
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = _Validator(schema)
     for err in sorted(validator.iter_errors(merged), key=lambda e: list(map(str, e.absolute_path))):
         key_path, message, hint = _schema_problem(err)
         add(key_path, message, hint)
@@ -493,17 +546,17 @@ def _load_files(merged: dict[str, Any], docs: list[_Doc], origins: dict[str, lis
         declared = docs[doc_i].path
         src = Path(item["src"])
         src = src if src.is_absolute() else declared.parent / src
-        if not src.exists():
-            add(["files", i, "src"], f"source file {src} does not exist",
-                "src is relative to the recipe file that names it")
-            continue
-        if not src.is_file():
-            add(["files", i, "src"], f"source {src} is not a regular file")
-            continue
-        if src.stat().st_size > MAX_FILE_BYTES:
-            add(["files", i, "src"], f"source {src} is larger than {MAX_FILE_BYTES} bytes")
-            continue
         try:
+            if not src.exists():
+                add(["files", i, "src"], f"source file {src} does not exist",
+                    "src is relative to the recipe file that names it")
+                continue
+            if not src.is_file():
+                add(["files", i, "src"], f"source {src} is not a regular file")
+                continue
+            if src.stat().st_size > MAX_FILE_BYTES:
+                add(["files", i, "src"], f"source {src} is larger than {MAX_FILE_BYTES} bytes")
+                continue
             content = src.read_bytes()
         except OSError as e:
             add(["files", i, "src"], f"cannot read {src}: {e.strerror}")
@@ -540,6 +593,12 @@ def _render_templates(recipe: Recipe, files: list[FileEntry], docs: list[_Doc],
             problems.append(Problem(doc.path, f"files[{entry.index}].src",
                                     f"template {entry.src} failed to render: {e}",
                                     "the context has `recipe` (the resolved recipe) and `name`",
+                                    locate(doc.text, ["files", entry.index, "src"])))
+            continue
+        except Exception as e:  # the template is user code: {{ 1/0 }}, {{ name + 1 }}, ...
+            problems.append(Problem(doc.path, f"files[{entry.index}].src",
+                                    f"template {entry.src} failed to render: "
+                                    f"{type(e).__name__}: {e}", None,
                                     locate(doc.text, ["files", entry.index, "src"])))
             continue
         out.append(FileEntry(entry.src, entry.dest, entry.mode, entry.owner, True,

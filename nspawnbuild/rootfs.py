@@ -8,6 +8,7 @@ image points into the image, and ``..`` stops at its root. A hostile or merely u
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 from dataclasses import dataclass
@@ -59,6 +60,8 @@ def resolve_in_root(root: Path, path: str, *, follow_final: bool = True) -> Path
 
 def make_dirs(root: Path, path: str, mode: int = 0o755) -> Path:
     """``mkdir -p`` inside the image; every component is resolved inside ``root``."""
+    if not path.startswith("/"):
+        raise ValueError(f"path inside the image must be absolute: {path!r}")
     current = "/"
     host = root
     for part in PurePosixPath(path).parts[1:]:
@@ -107,12 +110,15 @@ def write_file(root: Path, dest: str, data: bytes, *, mode: int = 0o644,
     """Write ``data`` at ``dest`` inside the image, atomically, without leaving the image."""
     parent = make_dirs(root, str(PurePosixPath(dest).parent))
     target = resolve_in_root(root, dest)  # always below root, by construction
+    if target.is_dir():  # first: the image root itself (a symlink to /) has no parent inside
+        raise BuildError(f"cannot write {dest} in the image: it is a directory")
     if target.parent != parent:
         make_dirs(root, str(PurePosixPath("/") / target.parent.relative_to(root)))
-    if target.is_dir():
-        raise BuildError(f"cannot write {dest} in the image: it is a directory")
     tmp = target.parent / f".{target.name}.nspawnbuild-tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    # a leftover (or planted) temporary name is removed, never opened: a FIFO there would block
+    # the build, a hardlink there would be truncated
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -134,13 +140,14 @@ def remove_in_root(root: Path, path: str) -> None:
 
 def mounts_below(path: Path) -> list[str]:
     """Mount points at or below ``path`` (from /proc/self/mountinfo)."""
-    prefix = str(path.resolve())
+    prefix = os.fsencode(path.resolve())
     found = []
-    with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+    with open("/proc/self/mountinfo", "rb") as fh:  # bytes: mount points need not be UTF-8
         for line in fh:
-            mnt = line.split()[4].encode().decode("unicode_escape")
-            if mnt == prefix or mnt.startswith(prefix.rstrip("/") + "/"):
-                found.append(mnt)
+            # the kernel escapes space, tab, newline and backslash as \ooo, nothing else
+            mnt = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), line.split()[4])
+            if mnt == prefix or mnt.startswith(prefix.rstrip(b"/") + b"/"):
+                found.append(os.fsdecode(mnt))
     return found
 
 

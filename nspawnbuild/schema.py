@@ -18,7 +18,8 @@ MACHINE_NAME_HINT = (
 PACKAGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9+._~:=-]*$"
 ABSOLUTE_PATH_PATTERN = r"^/(?!.*(^|/)\.\.?(/|$))[^\x00-\x1f]*$"
 SCALAR = {"type": ["string", "integer", "boolean"]}
-SETTING_VALUE = {"anyOf": [SCALAR, {"type": "array", "items": SCALAR}]}
+SETTING_VALUE = {"anyOf": [SCALAR, {"type": "array", "items": SCALAR}],
+                 "x-hint": "a string, an integer or a boolean, or an array of them"}
 
 COMPRESSION_LEVELS = {"zstd": (1, 22), "xz": (0, 9), "gzip": (1, 9), "none": (0, 0)}
 

@@ -20,12 +20,13 @@ from doit import get_var
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from .errors import NspawnbuildError, RecipeError
+from .errors import BuildError, NspawnbuildError, RecipeError
 from .lock import exclusive
 from .pack import SUFFIXES, pack, sha256_file
-from .paths import Layout
+from .paths import Layout, dropin_name, nspawn_name, tarball_name
 from .plan import Plan, digest, make_distro, make_plan
 from .plugins import get_plugin_manager
+from .publish import publish
 from .recipe import Recipe, list_recipes, load_recipe
 from .render import render_dropin, render_nspawn
 from .reporter import Reporter
@@ -180,7 +181,7 @@ def action_pack(name: str) -> None:
     spec = _read_json(layout.plan_file(name, "pack"))
     work = layout.work_dir(name)
     dest = layout.tarball(name, spec["compression"])
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)  # the staging directory
     with exclusive(work / "lock", wait=False, what=f"recipe {name}"):
         result = pack(work / "rootfs", dest, spec["epoch"], spec["compression"], spec["level"])
         for compression in SUFFIXES:  # a tarball of another compression is now stale
@@ -203,13 +204,20 @@ def action_configure(name: str) -> None:
 
 @_guarded
 def action_manifest(name: str) -> None:
+    """Write manifest.json and SHA256SUMS, then publish the whole set into out/NAME."""
     layout = Layout.from_env()
     spec = _read_json(layout.plan_file(name, "manifest"))
     work = layout.work_dir(name)
+    stage = layout.stage_dir(name)
     rootfs = _read_json(work / "rootfs.json")
     packed = _read_json(work / "pack.json")
-    out = layout.out_dir(name)
     nspawn, dropin = layout.nspawn_file(name), layout.dropin(name)
+    artifacts = {packed["file"]: stage / packed["file"], nspawn_name(name): nspawn,
+                 dropin_name(name): dropin}
+    digests = {rel: sha256_file(path) for rel, path in artifacts.items()}
+    if digests[packed["file"]] != packed["sha256"]:
+        raise BuildError(f"{stage / packed['file']} changed since it was packed; rebuild it "
+                         f"with: nspawnbuild build {name}")
     manifest = {
         "format": 1,
         **{k: spec[k] for k in ("name", "description", "recipe_digest", "source_date_epoch",
@@ -221,16 +229,18 @@ def action_manifest(name: str) -> None:
             "tarball": {"file": packed["file"], "sha256": packed["sha256"],
                         "size": packed["size"], **spec["compression"]},
             "tar": {"sha256": packed["tar_sha256"], "size": packed["tar_size"]},
-            "nspawn": {"file": nspawn.name, "sha256": sha256_file(nspawn)},
-            "dropin": {"file": str(dropin.relative_to(out)), "sha256": sha256_file(dropin)},
+            "nspawn": {"file": nspawn_name(name), "sha256": digests[nspawn_name(name)]},
+            "dropin": {"file": dropin_name(name), "sha256": digests[dropin_name(name)]},
         },
     }
-    _write_json(out / "manifest.json", manifest)
-    sums = {packed["file"]: packed["sha256"], nspawn.name: manifest["artifacts"]["nspawn"]["sha256"],
-            manifest["artifacts"]["dropin"]["file"]: manifest["artifacts"]["dropin"]["sha256"],
-            "manifest.json": sha256_file(out / "manifest.json")}
-    _write_atomic(out / "SHA256SUMS",
-                  "".join(f"{h}  {f}\n" for f, h in sorted(sums.items())).encode())
+    _write_json(stage / "manifest.json", manifest)
+    artifacts["manifest.json"] = stage / "manifest.json"
+    digests["manifest.json"] = sha256_file(stage / "manifest.json")
+    _write_atomic(stage / "SHA256SUMS",
+                  "".join(f"{h}  {f}\n" for f, h in sorted(digests.items())).encode())
+    artifacts["SHA256SUMS"] = stage / "SHA256SUMS"
+    with exclusive(work / "lock", wait=False, what=f"recipe {name}"):
+        publish(artifacts, layout.out_dir(name))
 
 
 # -- uptodate checks --------------------------------------------------------------------------
@@ -255,6 +265,9 @@ def recipe_tasks(recipe: Recipe, plan: Plan, layout: Layout) -> Iterator[dict[st
     tarball = str(layout.tarball(name, plan.pack["compression"]))
     nspawn, dropin = str(layout.nspawn_file(name)), str(layout.dropin(name))
     out = layout.out_dir(name)
+    published = [str(out / tarball_name(name, plan.pack["compression"])),
+                 str(out / nspawn_name(name)), str(out / dropin_name(name)),
+                 str(out / "manifest.json"), str(out / "SHA256SUMS")]
 
     yield {"basename": "resolve", "name": name, "doc": f"resolve and validate recipe {name}",
            "actions": [(action_resolve, [str(work), docs])],
@@ -278,10 +291,11 @@ def recipe_tasks(recipe: Recipe, plan: Plan, layout: Layout) -> Iterator[dict[st
     yield {"basename": "configure", "name": name, "doc": "render .nspawn and unit drop-in",
            "actions": [(action_configure, [name])],
            "file_dep": [plan_files["config"]], "targets": [nspawn, dropin], "verbosity": 0}
-    yield {"basename": "manifest", "name": name, "doc": "manifest.json and SHA256SUMS",
+    yield {"basename": "manifest", "name": name,
+           "doc": f"manifest.json and SHA256SUMS; publish all artifacts into {out}",
            "actions": [(action_manifest, [name])],
            "file_dep": [plan_files["manifest"], rootfs_json, pack_json, tarball, nspawn, dropin],
-           "targets": [str(out / "manifest.json"), str(out / "SHA256SUMS")], "verbosity": 0}
+           "targets": published, "verbosity": 0}
 
 
 def selected_recipes() -> list[str]:

@@ -1,0 +1,56 @@
+"""Shared fixtures: an isolated out/work/cache layout per test, one bootstrap cache per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Env:
+    """Where one test's builds go, and how to run the tools against that layout."""
+
+    tmp: Path
+    out: Path
+    work: Path
+    cache: Path
+
+    def environ(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(NSPAWNBUILD_OUT=str(self.out), NSPAWNBUILD_WORK=str(self.work),
+                   NSPAWNBUILD_CACHE=str(self.cache))
+        env.pop("SOURCE_DATE_EPOCH", None)
+        env.update(extra)
+        return env
+
+    def nspawnbuild(self, *args: str, cwd: Path | None = None,
+                    **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "nspawnbuild"), *args], cwd=cwd or self.tmp,
+                              env=self.environ(**extra), capture_output=True, text=True,
+                              timeout=1200)
+
+    def doit(self, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        """``doit`` from the project root, the way the README tells a user to run it."""
+        return subprocess.run([str(BIN / "doit"), *args], cwd=ROOT, env=self.environ(**extra),
+                              capture_output=True, text=True, timeout=1200)
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One bootstrap cache for the whole session: recipes on the same base bootstrap once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def env(tmp_path: Path, shared_cache: Path) -> Iterator[Env]:
+    e = Env(tmp_path, tmp_path / "out", tmp_path / "work", shared_cache)
+    yield e
