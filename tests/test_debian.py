@@ -1,0 +1,108 @@
+"""The Debian bootstrapper: command lines, the debootstrap fallback, reading dpkg's status."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from nspawnbuild.errors import BuildError, HostToolMissing
+from nspawnbuild_plugins import debian
+from nspawnbuild_plugins.debian import Debian, parse_dpkg_status
+
+
+class FakeLog:
+    def __init__(self) -> None:
+        self.argv: list[str] = []
+        self.env: dict[str, str] = {}
+
+    def run(self, argv, *, step, env=None, **_):  # noqa: ANN001
+        self.argv, self.env = list(argv), dict(env or {})
+
+    def note(self, text: str) -> None:
+        pass
+
+
+def only(tools: set[str]):
+    real = shutil.which
+    return lambda name, *a, **k: real(name) if name in tools else None
+
+
+def test_mmdebstrap_command_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    d = Debian({"distro": "debian", "release": "bookworm", "arch": "amd64",
+                "components": ["main", "contrib"], "variant": "minbase"})
+    log = FakeLog()
+    d.bootstrap(tmp_path / "root", ["dbus", "systemd-sysv"], 1700000000, log)  # type: ignore[arg-type]
+    assert log.argv[0] == "mmdebstrap"
+    assert "--variant=minbase" in log.argv and "--architectures=amd64" in log.argv
+    assert "--components=main,contrib" in log.argv and "--include=dbus,systemd-sysv" in log.argv
+    assert log.argv[-2:] == ["bookworm", str(tmp_path / "root")]  # no mirror: tool's default
+    assert log.env["SOURCE_DATE_EPOCH"] == "1700000000"
+
+
+def test_mirror_is_passed_when_given(tmp_path: Path) -> None:
+    d = Debian({"distro": "debian", "mirror": "http://127.0.0.1:9/debian"})
+    log = FakeLog()
+    d.bootstrap(tmp_path / "root", [], 1700000000, log)  # type: ignore[arg-type]
+    assert log.argv[-1] == "http://127.0.0.1:9/debian"
+    assert not [a for a in log.argv if a.startswith("--include")]
+
+
+def test_falls_back_to_debootstrap(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(debian.shutil, "which", only({"debootstrap"}))
+    d = Debian({"distro": "debian"})
+    assert d.bootstrapper()[0] == "debootstrap"
+    log = FakeLog()
+    d.bootstrap(tmp_path / "root", ["dbus"], 1700000000, log)  # type: ignore[arg-type]
+    assert log.argv[0] == "debootstrap" and "--include=dbus" in log.argv
+    assert "--variant=minbase" in log.argv and log.argv[-2] == "bookworm"
+
+    d = Debian({"distro": "debian", "variant": "apt"})
+    with pytest.raises(BuildError, match="debootstrap has no variant 'apt'"):
+        d.bootstrap(tmp_path / "root2", [], 1700000000, log)  # type: ignore[arg-type]
+
+
+def test_no_bootstrapper_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(debian.shutil, "which", only(set()))
+    with pytest.raises(HostToolMissing, match="apt-get install mmdebstrap"):
+        Debian({"distro": "debian"}).bootstrapper()
+
+
+def test_parse_dpkg_status_keeps_installed_packages_only() -> None:
+    text = """Package: zlib1g
+Status: install ok installed
+Architecture: amd64
+Version: 1:1.2.13.dfsg-1
+Installed-Size: 168
+Description: compression library
+ continued line: not a field
+
+Package: removed-thing
+Status: deinstall ok config-files
+Version: 1.0
+
+Package: apt
+Status: install ok installed
+Architecture: amd64
+Version: 2.6.1
+Installed-Size: 4232
+"""
+    pkgs = parse_dpkg_status(text)
+    assert [(p.name, p.version, p.installed_size_kib) for p in pkgs] == [
+        ("apt", "2.6.1", 4232), ("zlib1g", "1:1.2.13.dfsg-1", 168)]
+
+
+def test_clean_removes_lists_and_caches(tmp_path: Path) -> None:
+    for rel in ("var/lib/apt/lists/x_Packages", "var/cache/apt/pkgcache.bin",
+                "var/cache/apt/archives/a.deb", "var/lib/dpkg/status-old"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x")
+    (tmp_path / "var/lib/apt/lists/partial").mkdir()
+    (tmp_path / "var/lib/dpkg/status").write_text("keep")
+    Debian({"distro": "debian"}).clean(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "var/lib/apt/lists").iterdir()) == ["partial"]
+    assert not (tmp_path / "var/cache/apt/pkgcache.bin").exists()
+    assert not (tmp_path / "var/cache/apt/archives/a.deb").exists()
+    assert (tmp_path / "var/lib/dpkg/status").read_text() == "keep"
+    assert not (tmp_path / "var/lib/dpkg/status-old").exists()

@@ -1,0 +1,54 @@
+"""Each pipeline stage is keyed by exactly what shapes it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nspawnbuild.plan import make_plan
+from nspawnbuild.recipe import load_recipe
+
+BASE = '[base]\ndistro = "debian"\n'
+
+
+def plan_for(tmp_path: Path, text: str, name: str = "p"):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return make_plan(load_recipe(path))
+
+
+def test_nspawn_change_touches_only_config_and_manifest(tmp_path: Path) -> None:
+    a = plan_for(tmp_path, BASE)
+    b = plan_for(tmp_path, BASE + "[nspawn.Exec]\nLimitNOFILE = 10\n")
+    assert a.bootstrap == b.bootstrap and a.rootfs == b.rootfs and a.pack == b.pack
+    assert a.config != b.config
+
+
+def test_post_step_change_keeps_the_bootstrap_key(tmp_path: Path) -> None:
+    a = plan_for(tmp_path, BASE + '[[post]]\nrun = "true"\n')
+    b = plan_for(tmp_path, BASE + '[[post]]\nrun = "false"\n')
+    assert a.bootstrap_key == b.bootstrap_key
+    assert a.rootfs != b.rootfs
+
+
+def test_recipes_on_the_same_base_share_the_bootstrap(tmp_path: Path) -> None:
+    a = plan_for(tmp_path, 'description = "one"\n' + BASE, "one")
+    b = plan_for(tmp_path, BASE + '[[post]]\nrun = "true"\n', "two")
+    assert a.bootstrap_key == b.bootstrap_key
+
+
+def test_packages_and_release_change_the_bootstrap_key(tmp_path: Path) -> None:
+    a = plan_for(tmp_path, BASE)
+    assert a.bootstrap_key != plan_for(tmp_path, 'packages = ["curl"]\n' + BASE).bootstrap_key
+    assert a.bootstrap_key != plan_for(tmp_path, BASE + 'release = "trixie"\n').bootstrap_key
+    assert a.bootstrap_key != plan_for(tmp_path, 'epoch = 1700000000\n' + BASE).bootstrap_key
+
+
+def test_bootstrap_packages_include_the_init_system(tmp_path: Path) -> None:
+    pkgs = plan_for(tmp_path, 'packages = ["curl"]\n' + BASE).bootstrap["packages"]
+    assert pkgs == sorted(pkgs) and {"systemd-sysv", "dbus", "curl"} <= set(pkgs)
+
+
+def test_output_change_touches_only_pack(tmp_path: Path) -> None:
+    a = plan_for(tmp_path, BASE)
+    b = plan_for(tmp_path, BASE + '[output]\ncompression = "xz"\n')
+    assert a.rootfs == b.rootfs and a.pack != b.pack
