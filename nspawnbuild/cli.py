@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import EXIT_BAD_INPUT, NspawnbuildError
+from .errors import EXIT_BAD_INPUT, NspawnbuildError, error_lines
 from .paths import default_cache
 
 EPILOG_BUILD = """examples:
@@ -54,7 +54,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         try:
             recipe = load_recipe(ref)
         except NspawnbuildError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(error_lines(e), file=sys.stderr)
             bad += 1
         else:
             print(f"ok: {recipe.path} ({recipe.name})")
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except NspawnbuildError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(error_lines(e), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -45,6 +45,8 @@ class Distro(ABC):
     base_schema: ClassVar[dict[str, Any]] = {}
     #: the init system the guest runs; anything but "systemd" gets ``KillSignal=SIGTERM``
     init: ClassVar[str] = "systemd"
+    #: bump when the way ``bootstrap()`` calls its tool changes: it is part of the cache key
+    bootstrap_revision: ClassVar[int] = 1
 
     def __init__(self, base: dict[str, Any]):
         self.base = dict(base)

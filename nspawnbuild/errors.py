@@ -50,8 +50,16 @@ class RecipeError(NspawnbuildError):
     exit_code = EXIT_BAD_INPUT
 
     def __init__(self, problems: Problem | Iterable[Problem]):
-        self.problems = [problems] if isinstance(problems, Problem) else list(problems)
+        found = [problems] if isinstance(problems, Problem) else list(problems)
+        self.problems = sorted(found, key=lambda p: (str(p.file), p.line or 0))
         super().__init__("\n".join(p.format() for p in self.problems))
+
+
+def error_lines(error: NspawnbuildError) -> str:
+    """The text printed for an error: one ``error:`` line per problem."""
+    if isinstance(error, RecipeError):
+        return "\n".join(f"error: {p.format()}" for p in error.problems)
+    return f"error: {error}"
 
 
 class BuildError(NspawnbuildError):

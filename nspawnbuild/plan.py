@@ -102,7 +102,7 @@ def make_plan(recipe: Recipe) -> Plan:
         "format": PLAN_FORMAT,
         "base": dict(sorted(recipe.base.items())),
         "packages": collect_packages(recipe, distro),
-        "bootstrapper": [tool, tool_version],
+        "bootstrapper": [tool, tool_version, distro.bootstrap_revision],
         "epoch": recipe.epoch,
     }
     pm = get_plugin_manager()

@@ -71,6 +71,8 @@ def make_dirs(root: Path, path: str, mode: int = 0o755) -> Path:
             raise BuildError(f"cannot create directory {current} in the image: a non-directory "
                              "is in the way")
         if not host.exists():
+            if not host.parent.exists():  # a dangling symlink to a deeper path: make its parents
+                make_dirs(root, str(PurePosixPath("/") / host.parent.relative_to(root)), mode)
             os.mkdir(host, mode)
             os.chmod(host, mode)
     return host

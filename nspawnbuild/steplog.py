@@ -8,6 +8,7 @@ that knows how to do that.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import time
@@ -18,6 +19,9 @@ from pathlib import Path
 from .errors import BuildError
 
 TAIL_LINES = 25
+#: lines that are kept in the log but are noise in an error message: on hosts where /run is
+#: not a tmpfs, every systemd-nspawn run ends with this harmless complaint
+TAIL_NOISE = re.compile(r"^Attempted to remove disk file system under .*/run/systemd/nspawn/propagate/")
 
 
 class StepLog:
@@ -74,7 +78,8 @@ class StepLog:
             for raw in proc.stdout:
                 line = raw.decode("utf-8", "replace")
                 self._fh.write(line)
-                tail.append(line.rstrip("\n"))
+                if not TAIL_NOISE.match(line):
+                    tail.append(line.rstrip("\n"))
             code = proc.wait()
         except BaseException:
             # Ctrl-C or SIGTERM: stop the child promptly, then let the interruption through.

@@ -20,7 +20,7 @@ from doit import get_var
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from .errors import BuildError, NspawnbuildError, RecipeError
+from .errors import BuildError, NspawnbuildError, RecipeError, error_lines
 from .lock import exclusive
 from .pack import SUFFIXES, pack, sha256_file
 from .paths import Layout, dropin_name, nspawn_name, tarball_name
@@ -122,7 +122,7 @@ def action_bootstrap(recipe_path: str, key: str) -> None:
             with StepLog(layout.log(recipe.name, "bootstrap")) as log:
                 distro = make_distro(recipe)
                 log.note(f"bootstrapping {distro.name} {distro.release} {distro.arch} with "
-                         f"{' '.join(spec['bootstrapper'])}")
+                         f"{spec['bootstrapper'][0]} {spec['bootstrapper'][1]}")
                 distro.bootstrap(tmp / "root", spec["packages"], spec["epoch"], log)
             _write_json(tmp / "info.json", {"key": key, "spec": spec})
             os.replace(tmp, entry)
@@ -313,10 +313,9 @@ def load_or_exit(refs: list[str]) -> list[Recipe]:
         try:
             recipes.append(load_recipe(ref))
         except RecipeError as e:
-            problems.append(str(e))
+            problems.append(error_lines(e))
     if problems:
-        for p in problems:
-            print(f"error: {p}", file=sys.stderr)
+        print("\n".join(problems), file=sys.stderr)
         raise SystemExit(2)
     return recipes
 
@@ -329,7 +328,7 @@ def task_build() -> Iterator[dict[str, Any]]:
         try:
             plan = make_plan(recipe)
         except NspawnbuildError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(error_lines(e), file=sys.stderr)
             raise SystemExit(e.exit_code) from None
         yield from recipe_tasks(recipe, plan, layout)
         yield {"name": recipe.name, "doc": f"build {recipe.name} into {layout.out_dir(recipe.name)}",

@@ -58,6 +58,7 @@ class Debian(Distro):
     default_release: ClassVar[str] = "bookworm"
     default_components: ClassVar[list[str]] = ["main"]
     keyring_package: ClassVar[str] = "debian-archive-keyring"
+    bootstrap_revision = 2  # 2: apt lists kept in the bootstrap for post-steps
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
@@ -91,6 +92,9 @@ class Debian(Distro):
                 f"--architectures={base['arch']}",
                 f"--components={','.join(base['components'])}",
                 "--skip=output/dev",
+                # keep the package lists, so that post-steps can `apt-get install` from the
+                # same archive state as the bootstrap; the rootfs stage removes them
+                "--skip=cleanup/apt/lists",
             ]
             if packages:
                 argv.append(f"--include={','.join(packages)}")
@@ -106,9 +110,6 @@ class Debian(Distro):
                 argv.append(f"--include={','.join(packages)}")
             argv += [base["release"], str(dest), *mirror]
         log.run(argv, step=f"bootstrap ({tool})", env=env)
-        if tool == "debootstrap":
-            # debootstrap leaves its downloads behind; mmdebstrap cleans them itself
-            self.clean(dest)
 
     def install_command(self, packages: list[str]) -> list[str]:
         return ["sh", "-ec", "apt-get update && apt-get install -y --no-install-recommends "

@@ -236,11 +236,19 @@ test ! -e {secret}
 test "$(cat /etc/debian_version | cut -c1-2)" = "12"
 hostname > /etc/build-hostname
 '''
+
+[[post]]
+name = "packages from the bootstrap's archive state"
+run = "apt-get install -y --no-install-recommends file"
 """)
     r = env.nspawnbuild("build", str(recipe))
     assert r.returncode == 0, r.stdout + r.stderr
     tree = env.work / "recipes" / "sandboxed" / "rootfs"
     assert (tree / "etc/build-hostname").read_text().strip() == "sandboxed"
+    manifest = json.loads((env.out / "sandboxed" / "manifest.json").read_text())
+    assert "file" in {p["name"] for p in manifest["packages"]}
+    assert not [p for p in (tree / "var/lib/apt/lists").iterdir() if p.is_file() and
+                p.name != "lock"]
 
 
 def test_third_party_plugin_from_entry_point(env: Env, tmp_path: Path) -> None:
