@@ -23,6 +23,7 @@ import zstandard
 
 SUFFIXES = {"zstd": ".tar.zst", "xz": ".tar.xz", "gzip": ".tar.gz", "none": ".tar"}
 COPY_BUFSIZE = 1 << 20
+MAX_ZSTD_WORKERS = 4
 
 
 @dataclass
@@ -64,15 +65,20 @@ class _HashingWriter:
 def walk_sorted(root: Path) -> Iterator[tuple[str, Path]]:
     """Yield ``(archive name, path)`` depth-first, siblings sorted by their byte names.
 
-    Names start with ``./`` like the tarballs of debootstrap and mmdebstrap.
+    Names start with ``./`` like the tarballs of debootstrap and mmdebstrap. Like
+    ``tar --one-file-system``, a directory on another filesystem (something mounted into the
+    tree) is listed but not entered: a mount is never image content.
     """
+    root_dev = root.lstat().st_dev
+
     def rec(rel: bytes, path: bytes) -> Iterator[tuple[str, Path]]:
         with os.scandir(path) as it:
             entries = sorted(it, key=lambda e: e.name)
         for entry in entries:
             name = rel + b"/" + entry.name
             yield os.fsdecode(name), Path(os.fsdecode(entry.path))
-            if entry.is_dir(follow_symlinks=False):
+            if entry.is_dir(follow_symlinks=False) and \
+                    entry.stat(follow_symlinks=False).st_dev == root_dev:
                 yield from rec(name, entry.path)
     yield from rec(b".", os.fsencode(root))
 
@@ -85,7 +91,8 @@ def _xattrs(path: Path) -> dict[str, str]:
     out = {}
     for name in sorted(names):
         if name.startswith("system.posix_acl") or name.startswith("security.selinux"):
-            # ACLs have their own PAX records; SELinux labels are host policy, not image data.
+            # POSIX ACLs are not carried (GNU tar restores them only with --acls, which
+            # systemd-import does not pass); SELinux labels are host policy, not image data.
             continue
         value = os.getxattr(path, name, follow_symlinks=False)
         out["SCHILY.xattr." + name] = value.decode("utf-8", "surrogateescape")
@@ -197,7 +204,9 @@ def pack(root: Path, dest: Path, epoch: int, compression: str = "zstd", level: i
         with open(tmp, "wb") as raw:
             out = _HashingWriter(raw)
             if compression == "zstd":
-                workers = threads or max(1, len(os.sched_getaffinity(0)))
+                # zstd's memory grows with its workers (about 60 MiB each at level 12), so the
+                # default is capped; the bytes are the same for any count >= 1
+                workers = threads or min(MAX_ZSTD_WORKERS, len(os.sched_getaffinity(0)))
                 cctx = zstandard.ZstdCompressor(level=level, threads=max(1, workers),
                                                 write_checksum=True)
                 with cctx.stream_writer(out, closefd=False) as comp:
