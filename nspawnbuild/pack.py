@@ -91,8 +91,8 @@ def _xattrs(path: Path) -> dict[str, str]:
     out = {}
     for name in sorted(names):
         if name.startswith("system.posix_acl") or name.startswith("security.selinux"):
-            # POSIX ACLs are not carried (GNU tar restores them only with --acls, which
-            # systemd-import does not pass); SELinux labels are host policy, not image data.
+            # POSIX ACLs are not carried (package managers set none; a recipe that needs one
+            # sets it in a first-boot command); SELinux labels are host policy, not image data.
             continue
         value = os.getxattr(path, name, follow_symlinks=False)
         out["SCHILY.xattr." + name] = value.decode("utf-8", "surrogateescape")
