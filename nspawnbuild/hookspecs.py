@@ -90,6 +90,16 @@ def nspawnbuild_configure_rootfs(ctx: RootfsContext) -> None:
 
 
 @hookspec
+def nspawnbuild_firstboot_commands(recipe: Recipe, distro: Distro) -> list[str]:
+    """Return shell commands to run once, on each container's first boot, on the target host.
+
+    For work that belongs to the host that runs the image rather than the build (a download
+    that needs the host's network, a key made per container). Commands of all plugins and of
+    ``[features.firstboot]`` run in one script, with ``sh -e``, in plugin load order.
+    """
+
+
+@hookspec
 def nspawnbuild_nspawn_settings(recipe: Recipe, distro: Distro) -> list[Setting]:
     """Return :class:`~nspawnbuild.settings.Setting` items for the ``.nspawn`` file.
 

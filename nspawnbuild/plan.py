@@ -55,15 +55,15 @@ def nspawn_settings(recipe: Recipe, distro: Distro) -> list[Setting]:
     """Core defaults, then plugin fragments, then the recipe's own ``[nspawn]`` table."""
     pm = get_plugin_manager()
     recipe_settings, _ = table_to_settings("nspawn", recipe.data.get("nspawn", {}))
-    own = {(s.section, s.key) for s in recipe_settings}
+    plugins = _plugin_settings(pm.hook.nspawnbuild_nspawn_settings(recipe=recipe, distro=distro),
+                               ".nspawn")
+    own = {(s.section, s.key) for s in recipe_settings + plugins}
     core: list[Setting] = []
     if ("Exec", "PrivateUsers") not in own:
         core.append(Setting("Exec", "PrivateUsers", "pick", "core"))
     if distro.init != "systemd" and ("Exec", "KillSignal") not in own:
         # SIGRTMIN+3, nspawn's default, is understood by systemd only.
         core.append(Setting("Exec", "KillSignal", "SIGTERM", "core"))
-    plugins = _plugin_settings(pm.hook.nspawnbuild_nspawn_settings(recipe=recipe, distro=distro),
-                               ".nspawn")
     return core + plugins + recipe_settings
 
 

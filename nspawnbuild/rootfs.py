@@ -242,6 +242,8 @@ class RootfsContext:
     recipe: Recipe
     distro: Distro
     log: StepLog
+    #: nspawnbuild's cache directory (downloads are kept under it by digest)
+    cache: Path | None = None
 
     def path(self, image_path: str) -> Path:
         """The host path of ``image_path``, resolved inside the image."""
@@ -253,6 +255,24 @@ class RootfsContext:
         uid, gid = parse_owner(self.root, owner)
         raw = data.encode() if isinstance(data, str) else data
         return write_file(self.root, dest, raw, mode=mode, uid=uid, gid=gid)
+
+    def make_dir(self, path: str, *, mode: int = 0o755, owner: str | None = None) -> Path:
+        """``mkdir -p`` inside the image; the last directory gets ``mode`` and ``owner``."""
+        host = make_dirs(self.root, path)
+        uid, gid = parse_owner(self.root, owner)
+        os.chown(host, uid, gid, follow_symlinks=False)
+        os.chmod(host, mode)
+        return host
+
+    def symlink(self, path: str, target: str) -> None:
+        """Create (or replace) the symlink ``path`` -> ``target`` inside the image."""
+        parent = make_dirs(self.root, str(PurePosixPath(path).parent))
+        link = parent / PurePosixPath(path).name
+        if link.is_symlink() or link.is_file():
+            link.unlink()
+        elif link.exists():
+            raise BuildError(f"cannot create symlink {path} in the image: a directory is there")
+        os.symlink(target, link)
 
     def run(self, command: list[str], *, step: str, network: bool = True) -> None:
         """Run a command inside the image with systemd-nspawn."""

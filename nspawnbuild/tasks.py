@@ -148,7 +148,7 @@ def action_rootfs(recipe_path: str) -> None:
         copy_tree(entry / "root", new)
         try:
             distro = make_distro(recipe)
-            ctx = RootfsContext(new, recipe, distro, log)
+            ctx = RootfsContext(new, recipe, distro, log, layout.cache)
             get_plugin_manager().hook.nspawnbuild_configure_rootfs(ctx=ctx)
             for f in recipe.files:
                 uid, gid = parse_owner(new, f.owner)

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from nspawnbuild import hookimpl
 from nspawnbuild.distro import Distro, Package, require_tool
 from nspawnbuild.errors import BuildError, HostToolMissing
-from nspawnbuild.rootfs import remove_tree, resolve_in_root
+from nspawnbuild.rootfs import RootfsContext, remove_tree, resolve_in_root
 from nspawnbuild.steplog import StepLog
 
 DEBOOTSTRAP_VARIANTS = {"minbase", "buildd", "fakechroot"}
@@ -59,6 +59,11 @@ class Debian(Distro):
     default_components: ClassVar[list[str]] = ["main"]
     keyring_package: ClassVar[str] = "debian-archive-keyring"
     bootstrap_revision = 2  # 2: apt lists kept in the bootstrap for post-steps
+    ssh_service = "ssh"
+    ssh_generates_host_keys = False  # openssh-server makes keys in postinst, not at boot
+    nonfree_component: ClassVar[str | None] = "non-free"
+    #: NVIDIA user-space pinned to the kernel module's version (``apt`` version globs)
+    nvidia_userspace: ClassVar[list[str]] = ["nvidia-smi", "libcuda1", "libnvidia-ml1"]
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
@@ -111,6 +116,22 @@ class Debian(Distro):
             argv += [base["release"], str(dest), *mirror]
         log.run(argv, step=f"bootstrap ({tool})", env=env)
 
+    def locale_packages(self) -> list[str]:
+        return ["locales"]
+
+    def configure_locales(self, ctx: RootfsContext, locales: list[str], lang: str) -> None:
+        # /etc/locale.gen lists "NAME CHARSET"; locale-gen compiles exactly those
+        wanted = [loc for loc in locales if not loc.startswith("C.")]
+        ctx.write_file("/etc/locale.gen",
+                       "".join(f"{loc} {loc.partition('.')[2]}\n" for loc in wanted))
+        if wanted:
+            ctx.run(["locale-gen"], step="locale-gen", network=False)
+        ctx.write_file("/etc/default/locale", f"LANG={lang}\n")
+        ctx.write_file("/etc/locale.conf", f"LANG={lang}\n")
+
+    def nvidia_packages(self, driver_version: str) -> list[str]:
+        return [f"{pkg}={driver_version}-*" for pkg in self.nvidia_userspace]
+
     def install_command(self, packages: list[str]) -> list[str]:
         return ["sh", "-ec", "apt-get update && apt-get install -y --no-install-recommends "
                 + " ".join(packages)]
@@ -142,6 +163,12 @@ class Ubuntu(Debian):
     default_release = "noble"
     default_components = ["main", "universe"]
     keyring_package = "ubuntu-keyring"
+    nonfree_component = "restricted"
+
+    def nvidia_packages(self, driver_version: str) -> list[str]:
+        branch = driver_version.split(".")[0]
+        return [f"nvidia-utils-{branch}={driver_version}-*",
+                f"libnvidia-compute-{branch}={driver_version}-*"]
 
     def bootstrapper(self) -> tuple[str, str]:
         if not Path("/usr/share/keyrings/ubuntu-archive-keyring.gpg").exists():
