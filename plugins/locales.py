@@ -7,8 +7,10 @@ from typing import Any
 from nspawnbuild import hookimpl
 from nspawnbuild.distro import Distro
 from nspawnbuild.errors import BuildError
+from nspawnbuild.features import fail
 from nspawnbuild.recipe import Recipe
 from nspawnbuild.rootfs import RootfsContext
+from nspawnbuild.settings import Setting
 
 LOCALE = r"^([a-z]{2,3}_[A-Z]{2}|C)\.[A-Za-z0-9-]+(@[a-z]+)?$"
 TIMEZONE = r"^[A-Z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,2}$|^UTC$"
@@ -39,6 +41,24 @@ def nspawnbuild_packages(recipe: Recipe, distro: Distro) -> list[str]:
     if "timezone" in table:
         pkgs += distro.timezone_packages()
     return [distro.map_package(p) for p in pkgs]
+
+
+@hookimpl
+def nspawnbuild_nspawn_settings(recipe: Recipe, distro: Distro) -> list[Setting]:
+    # nspawn's default Timezone=auto replaces the image's /etc/localtime with the host's
+    # zone on every start; the recipe chose a zone, so nspawn must leave it alone
+    if "timezone" in (recipe.feature("locales") or {}):
+        return [Setting("Exec", "Timezone", "off", "locales")]
+    return []
+
+
+@hookimpl
+def nspawnbuild_validate(recipe: Recipe) -> None:
+    table = recipe.feature("locales") or {}
+    lang, locales = table.get("lang"), table.get("locales", [])
+    if lang and lang not in locales and not lang.startswith("C."):
+        fail(recipe, "features.locales.lang", f"'{lang}' is not one of the generated locales",
+             f"add it to locales, or use one of {', '.join(locales) or 'C.UTF-8'}")
 
 
 @hookimpl
