@@ -1,0 +1,109 @@
+"""The example recipes build for real, and their settings pass systemd's own checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+from test_integration_build import NAME, built, tar_members  # noqa: F401  (fixture)
+
+from conftest import ROOT, Env
+from nspawnbuild.plan import make_plan
+from nspawnbuild.recipe import load_recipe
+from nspawnbuild.render import render_dropin, render_nspawn
+from nspawnbuild.settings import Setting
+
+pytestmark = pytest.mark.integration
+
+EXAMPLES = sorted(p.stem for p in (ROOT / "recipes").glob("*.toml"))
+
+
+def rendered(path: Path) -> tuple[str, str]:
+    plan = make_plan(load_recipe(path))
+    common = {"name": plan.name, "digest": plan.config["digest"], "version": "test"}
+    return (render_nspawn([Setting(*s) for s in plan.config["nspawn"]], **common),
+            render_dropin([Setting(*s) for s in plan.config["unit"]], **common))
+
+
+def test_ollama_gpu_builds_without_a_gpu_or_the_web(env: Env) -> None:
+    r = env.doit("build", "recipe=ollama-gpu")
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = env.out / "ollama-gpu"
+    manifest = json.loads((out / "manifest.json").read_text())
+    versions = {p["name"]: p["version"] for p in manifest["packages"]}
+    assert versions["nvidia-smi"].startswith("535.309.01-")
+    assert versions["libcuda1"].startswith("535.309.01-")
+    nspawn = (out / "ollama-gpu.nspawn").read_text()
+    assert "Bind=/dev/nvidiactl\n" in nspawn and "Bridge=br0\n" in nspawn
+    assert "Bind=/srv/ollama:/var/lib/ollama:rbind,idmap\n" in nspawn
+    dropin = (out / "systemd-nspawn@ollama-gpu.service.d" / "50-nspawnbuild.conf").read_text()
+    assert "DeviceAllow=/dev/nvidia0 rw\n" in dropin and "want=535.309.01;" in dropin
+    members = tar_members(out / "ollama-gpu.tar.zst")
+    wants = "./etc/systemd/system/multi-user.target.wants/"
+    for unit in ("ollama.service", "nspawnbuild-firstboot.service", "ssh.service"):
+        assert wants + unit in members, unit
+    assert "./usr/local/libexec/nspawnbuild-firstboot" in members
+    assert not [n for n in members if n.startswith("./etc/ssh/ssh_host_")]
+
+
+def test_postgres_builds_without_shared_secrets(env: Env) -> None:
+    r = env.nspawnbuild("build", "postgres", cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = env.out / "postgres"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert any(p["name"] == "postgresql-15" for p in manifest["packages"])
+    members = tar_members(out / "postgres.tar.zst")
+    assert "./etc/ssl/private/ssl-cert-snakeoil.key" not in members
+    assert "./etc/postgresql/15/main/conf.d/50-listen.conf" in members
+    assert "Port=tcp:5432:5432\n" in (out / "postgres.nspawn").read_text()
+
+
+@pytest.fixture(scope="module")
+def imported_tree(built: Env, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+    images = tmp_path_factory.mktemp("images")
+    zstd = subprocess.Popen(["zstd", "-dc", str(built.out / NAME / f"{NAME}.tar.zst")],
+                            stdout=subprocess.PIPE)
+    subprocess.run(["/lib/systemd/systemd-import", "tar", f"--image-root={images}", "-", "tree"],
+                   stdin=zstd.stdout, check=True, capture_output=True)
+    zstd.wait()
+    return images / "tree"
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_example_settings_pass_nspawn_and_systemd_analyze(example: str, imported_tree: Path,
+                                                          tmp_path: Path) -> None:
+    nspawn, dropin = rendered(ROOT / "recipes" / f"{example}.toml")
+    machine = f"nsbt-{uuid.uuid4().hex[:6]}"
+
+    units = tmp_path / "units" / f"systemd-nspawn@{machine}.service.d"
+    units.mkdir(parents=True)
+    (units / "50-nspawnbuild.conf").write_text(dropin)
+    verify = subprocess.run(["systemd-analyze", "verify", f"systemd-nspawn@{machine}.service"],
+                            env={**os.environ, "SYSTEMD_UNIT_PATH": f"{tmp_path / 'units'}:"},
+                            capture_output=True, text=True)
+    assert verify.stderr == "", verify.stderr
+
+    trusted = Path("/run/systemd/nspawn") / f"{machine}.nspawn"
+    trusted.parent.mkdir(parents=True, exist_ok=True)
+    trusted.write_text(nspawn)
+    netns = f"nsbt-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    try:
+        run = subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "systemd-nspawn", "-D",
+                              str(imported_tree), "-M", machine, "--register=no", "--keep-unit",
+                              "--pipe", "/bin/true"], capture_output=True, text=True, timeout=120)
+    finally:
+        trusted.unlink()
+        subprocess.run(["ip", "netns", "delete", netns], check=False)
+    complaints = [line for line in run.stderr.splitlines() if f"{machine}.nspawn" in line]
+    assert not complaints, complaints
+    if run.returncode != 0:
+        # what this host lacks (a GPU, the recipe's host directories, its bridge) may stop the
+        # container after the settings were read; anything else is a failure
+        missing = [s.split("=", 1)[1].split(":")[0] for s in nspawn.splitlines()
+                   if s.startswith(("Bind=", "BindReadOnly=", "Bridge="))]
+        assert any(m in run.stderr for m in missing), run.stderr
