@@ -10,18 +10,23 @@ from typing import Any
 
 from nspawnbuild import hookimpl
 from nspawnbuild.distro import Distro
-from nspawnbuild.features import ABS_PATH, fail
+from nspawnbuild.features import fail
 from nspawnbuild.recipe import Recipe
 from nspawnbuild.settings import Setting
 
 #: the systemd version that introduced each ID-mapping option of Bind=
 IDMAP_SINCE = {"noidmap": 250, "idmap": 250, "rootidmap": 252, "owneridmap": 256}
+#: An absolute path that systemd reads back exactly as written in ``Bind=SRC:DST:OPTS``: no
+#: '.' or '..' component (the first one included), no ':' (the field separator), no backslash
+#: (nspawn unescapes it: ``/srv/a\b`` would bind ``/srv/ab``), no control characters.
+BIND_PATH = r"^/(?!(.*/)?\.\.?(/|$))[^\x00-\x1f\x7f:\\]*$"
 
 
 @hookimpl
 def nspawnbuild_feature_schemas() -> dict[str, Any]:
-    path = {"type": "string", "pattern": ABS_PATH,
-            "x-hint": "an absolute path without ':', '..' or control characters"}
+    path = {"type": "string", "pattern": BIND_PATH,
+            "x-hint": "an absolute path without ':', '.' or '..' components, backslashes or "
+                      "control characters"}
     return {"binds": {
         "type": "object", "additionalProperties": False,
         "properties": {"mounts": {"type": "array", "items": {
