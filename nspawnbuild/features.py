@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 from typing import NoReturn
 
@@ -15,7 +16,9 @@ SSH_KEY = re.compile(
     r"sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com)"
     r" [A-Za-z0-9+/]+={0,3}(?: [^\n\r]*)?$")
 CRYPT_HASH = re.compile(r"^\$(1|5|6|y|gy|7|2[abxy]?)\$[./A-Za-z0-9$=,]{8,}$")
-ABS_PATH = r"^/(?!.*(^|/)\.\.?(/|$))[^\x00-\x1f:]*$"
+# absolute, no "." or ".." component (the first one included), no ':' (nspawn's separator),
+# no backslash (nspawn reads it as an escape), no control characters
+ABS_PATH = r"^/(?!(.*/)?\.\.?(/|$))[^\x00-\x1f\x7f:\\]*$"
 KEYS_SCHEMA = {"type": "array", "items": {"type": "string", "minLength": 1}}
 
 
@@ -33,10 +36,29 @@ def fail(recipe: Recipe, key: str, message: str, hint: str | None = None) -> NoR
     raise RecipeError(Problem(recipe.path, key, message, hint))
 
 
+def declaring_file(recipe: Recipe, key: str) -> Path:
+    """The file of the ``extends`` chain that set ``key`` (the child-most one that has it)."""
+    for path in reversed(recipe.chain):
+        try:
+            node: object = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError):
+            continue
+        for part in key.split("."):
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                break
+        else:
+            return path
+    return recipe.path
+
+
 def recipe_file(recipe: Recipe, key: str, name: str) -> Path:
-    """A file named in a feature table, relative to the recipe file being built."""
+    """A file named in a feature table, relative to the recipe file that names it."""
     path = Path(name)
-    path = path if path.is_absolute() else recipe.path.parent / path
+    path = path if path.is_absolute() else declaring_file(recipe, key).parent / path
     if not path.is_file():
         fail(recipe, key, f"file {path} does not exist",
              "paths are relative to the recipe file")

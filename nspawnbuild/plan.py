@@ -14,6 +14,7 @@ from typing import Any
 
 from . import __version__
 from .distro import Distro
+from .errors import BuildError
 from .plugins import get_plugin_manager, plugin_versions
 from .recipe import Recipe, canonical_json
 from .settings import Setting, check_setting, table_to_settings
@@ -45,8 +46,9 @@ def _plugin_settings(hook_results: list[list[Setting] | None], kind: str) -> lis
         for s in batch or []:
             why = check_setting(s)
             if why:
-                raise ValueError(f"a plugin produced an unsafe {kind} setting "
-                                 f"[{s.section}] {s.key}={s.value!r}: {why}")
+                raise BuildError(f"plugin '{s.origin}' produced an unsafe {kind} setting "
+                                 f"[{s.section}] {s.key}={s.value!r}: {why}; report it to the "
+                                 "plugin's authors")
             out.append(s)
     return out
 

@@ -141,3 +141,15 @@ def test_locate_finds_keys_in_tables_and_arrays_of_tables() -> None:
     assert locate(text, ["post", 1, "run"]) == 7
     assert locate(text, ["nspawn", "Exec", "Boot"]) == 9
     assert locate(text, ["nspawn", "Files"]) is None
+
+
+def test_feature_files_are_relative_to_the_recipe_that_names_them(tmp_path: Path) -> None:
+    pub = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB0bGVzdGtleWZvcm5zcGF3bmJ1aWxkdGVzdHM0 t@h"
+    write(tmp_path / "lib" / "keys.pub", pub + "\n")
+    write(tmp_path / "lib" / "parent.toml", '[base]\ndistro = "debian"\n'
+          '[features.ssh]\nauthorized_keys_files = ["keys.pub"]\n')
+    child = write(tmp_path / "child.toml", 'extends = "lib/parent.toml"\n')
+    from nspawnbuild.features import authorized_keys
+
+    r = load_recipe(child)
+    assert authorized_keys(r, "features.ssh", [], ["keys.pub"]) == [pub]
