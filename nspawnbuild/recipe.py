@@ -29,7 +29,9 @@ from .settings import suggest, table_to_settings
 DEFAULT_EPOCH = 1704067200  # 2024-01-01T00:00:00Z; see README "Reproducibility"
 DEFAULT_TARGET_SYSTEMD = 252
 DEFAULT_LEVELS = {"zstd": 12, "xz": 6, "gzip": 9, "none": 0}
-APPEND_LISTS = ("packages", "post", "files")
+APPEND_LISTS = ("packages", "post", "files", "sources")
+#: append lists whose entries are kept even when equal to an inherited one
+_KEEP_DUPLICATES = ("post", "files", "sources")
 MAX_RECIPE_BYTES = 1 << 20
 MAX_FILE_BYTES = 1 << 30
 MAX_NESTING = 32  # tables and arrays in a recipe; real ones need 4 or 5
@@ -61,6 +63,35 @@ class FileEntry:
         return hashlib.sha256(self.content).hexdigest()
 
 
+@dataclass(frozen=True)
+class SourceEntry:
+    """A ``[[sources]]`` entry: a file to download by URL, check by sha256 and install."""
+
+    url: str
+    sha256: str  # lower case
+    dest: str
+    extract: bool
+    strip_components: int
+    mode: int  # without extract; 0o644 unless the recipe says otherwise
+    declared_in: Path
+    index: int  # position among the [[sources]] of the file that declares it
+
+    @property
+    def key(self) -> str:
+        """``sources[N]`` as the declaring file counts, for messages."""
+        return f"sources[{self.index}]"
+
+    def as_dict(self) -> dict[str, Any]:
+        """What shapes the installed result (for the rootfs digest)."""
+        out: dict[str, Any] = {"url": self.url, "sha256": self.sha256, "dest": self.dest,
+                               "extract": self.extract}
+        if self.extract:
+            out["strip_components"] = self.strip_components
+        else:
+            out["mode"] = self.mode
+        return out
+
+
 @dataclass
 class Recipe:
     """A validated recipe with ``extends`` applied and defaults filled in."""
@@ -70,6 +101,7 @@ class Recipe:
     chain: list[Path]
     data: dict[str, Any]
     files: list[FileEntry]
+    sources: list[SourceEntry] = field(default_factory=list)
 
     @property
     def base(self) -> dict[str, Any]:
@@ -255,7 +287,7 @@ def merge(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge(out[key], value)
         elif key in APPEND_LISTS and isinstance(value, list) and isinstance(out.get(key), list):
-            out[key] = out[key] + [v for v in value if key == "post" or key == "files"
+            out[key] = out[key] + [v for v in value if key in _KEEP_DUPLICATES
                                    or v not in out[key]]
         else:
             out[key] = copy.deepcopy(value)
@@ -460,7 +492,7 @@ def load_recipe(ref: str | Path, cwd: Path | None = None) -> Recipe:
                     origins[key] = []
                     before = []
                 for j, item in enumerate(value):
-                    if key in ("post", "files") or item not in before:
+                    if key in _KEEP_DUPLICATES or item not in before:
                         origins[key].append((i, j))
         merged = merge(merged, inherited)
 
@@ -516,6 +548,7 @@ def load_recipe(ref: str | Path, cwd: Path | None = None) -> Recipe:
             add(dotted.split("."), message, hint)
 
     files = _load_files(merged, docs, origins, add)
+    sources = _load_sources(merged, docs, origins, add)
     if problems:
         raise RecipeError(problems)
 
@@ -532,7 +565,7 @@ def load_recipe(ref: str | Path, cwd: Path | None = None) -> Recipe:
         merged["base"].setdefault(key, value)
 
     recipe = Recipe(name=name, path=leaf.path, chain=[d.path for d in docs], data=merged,
-                    files=[])
+                    files=[], sources=sources)
     recipe.files = _render_templates(recipe, files, docs, origins)
     pm.hook.nspawnbuild_validate(recipe=recipe)
     return recipe
@@ -567,6 +600,39 @@ def _load_files(merged: dict[str, Any], docs: list[_Doc], origins: dict[str, lis
             mode=int(mode, 8) if isinstance(mode, str) else mode,
             owner=item.get("owner"), template=bool(item.get("template", False)),
             declared_in=declared, index=local, content=content))
+    return entries
+
+
+def _load_sources(merged: dict[str, Any], docs: list[_Doc],
+                  origins: dict[str, list[tuple[int, int]]], add: Any) -> list[SourceEntry]:
+    """``[[sources]]`` entries, with the checks the schema cannot express."""
+    entries: list[SourceEntry] = []
+    for i, item in enumerate(merged.get("sources", [])):
+        doc_i, local = origins["sources"][i]
+        extract = bool(item.get("extract", False))
+        ok = True
+        if not extract and "strip_components" in item:
+            add(["sources", i, "strip_components"], "is only allowed with extract = true",
+                "strip_components drops leading directories of an archive's members; "
+                "remove it or set extract = true")
+            ok = False
+        if extract and "mode" in item:
+            add(["sources", i, "mode"], "is only allowed without extract",
+                "unpacked files keep the modes in the archive; change them in a [[post]] step")
+            ok = False
+        if not extract and item["dest"].endswith("/"):
+            add(["sources", i, "dest"], f"{item['dest']!r} ends with '/', but without extract "
+                "dest is the path of the file itself",
+                "give the full path, e.g. /usr/local/bin/tool, or set extract = true")
+            ok = False
+        if not ok:
+            continue
+        mode = item.get("mode", 0o644)
+        entries.append(SourceEntry(
+            url=item["url"], sha256=item["sha256"].lower(), dest=item["dest"], extract=extract,
+            strip_components=int(item.get("strip_components", 0)),
+            mode=int(mode, 8) if isinstance(mode, str) else mode,
+            declared_in=docs[doc_i].path, index=local))
     return entries
 
 

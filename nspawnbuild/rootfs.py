@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import stat
 import subprocess
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from .errors import BuildError
 from .steplog import StepLog
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
     from .recipe import Recipe
 
 MAX_SYMLINKS = 40
+COPY_CHUNK = 1 << 20
 
 
 def resolve_in_root(root: Path, path: str, *, follow_final: bool = True) -> Path:
@@ -110,6 +113,23 @@ def parse_owner(root: Path, owner: str | None) -> tuple[int, int]:
 def write_file(root: Path, dest: str, data: bytes, *, mode: int = 0o644,
                uid: int = 0, gid: int = 0) -> Path:
     """Write ``data`` at ``dest`` inside the image, atomically, without leaving the image."""
+    return _install_file(root, dest, lambda fh: fh.write(data), mode=mode, uid=uid, gid=gid)
+
+
+def copy_file(root: Path, dest: str, src: Path, *, mode: int = 0o644,
+              uid: int = 0, gid: int = 0) -> Path:
+    """Copy the host file ``src`` to ``dest`` inside the image like :func:`write_file`, streaming.
+
+    The content is copied in chunks, never read into memory as a whole.
+    """
+    with open(src, "rb") as source:
+        return _install_file(root, dest, lambda fh: shutil.copyfileobj(source, fh, COPY_CHUNK),
+                             mode=mode, uid=uid, gid=gid)
+
+
+def _install_file(root: Path, dest: str, fill: Callable[[BinaryIO], object], *, mode: int,
+                  uid: int, gid: int) -> Path:
+    """Create ``dest`` in the image through a fresh temporary file that ``fill`` writes."""
     parent = make_dirs(root, str(PurePosixPath(dest).parent))
     target = resolve_in_root(root, dest)  # always below root, by construction
     if target.is_dir():  # first: the image root itself (a symlink to /) has no parent inside
@@ -123,7 +143,7 @@ def write_file(root: Path, dest: str, data: bytes, *, mode: int = 0o644,
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            fill(fh)
             os.fchown(fh.fileno(), uid, gid)
             os.fchmod(fh.fileno(), mode)
         os.replace(tmp, target)
@@ -256,6 +276,12 @@ class RootfsContext:
         raw = data.encode() if isinstance(data, str) else data
         return write_file(self.root, dest, raw, mode=mode, uid=uid, gid=gid)
 
+    def copy_file(self, dest: str, src: Path, *, mode: int = 0o644,
+                  owner: str | None = None) -> Path:
+        """Copy a host file into the image (symlink-safe, atomic, streamed)."""
+        uid, gid = parse_owner(self.root, owner)
+        return copy_file(self.root, dest, src, mode=mode, uid=uid, gid=gid)
+
     def make_dir(self, path: str, *, mode: int = 0o755, owner: str | None = None) -> Path:
         """``mkdir -p`` inside the image; the last directory gets ``mode`` and ``owner``."""
         host = make_dirs(self.root, path)
@@ -274,12 +300,17 @@ class RootfsContext:
             raise BuildError(f"cannot create symlink {path} in the image: a directory is there")
         os.symlink(target, link)
 
-    def run(self, command: list[str], *, step: str, network: bool = True) -> None:
-        """Run a command inside the image with systemd-nspawn."""
+    def run(self, command: list[str], *, step: str, network: bool = True,
+            binds_ro: Sequence[tuple[Path, str]] = ()) -> None:
+        """Run a command inside the image with systemd-nspawn.
+
+        ``binds_ro``: ``(host path, path in the container)`` pairs bound read-only for this
+        command only (an input file, never a host directory the image should not see).
+        """
         from .sandbox import run_in_root
 
         run_in_root(self.log, self.root, self.recipe.name, command, step=step, network=network,
-                    env={"SOURCE_DATE_EPOCH": str(self.recipe.epoch)})
+                    env={"SOURCE_DATE_EPOCH": str(self.recipe.epoch)}, binds_ro=binds_ro)
 
     def enable_service(self, unit: str) -> None:
         """Enable a service the distro's way (systemctl or rc-update), inside the image."""

@@ -46,12 +46,17 @@ def nspawn_argv(
     if not network:
         argv.append("--private-network")
     for host_path, guest_path in binds_ro:
-        argv.append(f"--bind-ro={host_path}:{guest_path}")
+        argv.append(f"--bind-ro={_bind_escape(str(host_path))}:{_bind_escape(guest_path)}")
     for key, value in sorted({**BASE_ENV, **(env or {})}.items()):
         argv.append(f"--setenv={key}={value}")
     argv.append("--")
     argv.extend(command)
     return argv
+
+
+def _bind_escape(path: str) -> str:
+    """A path for ``--bind-ro=SRC:DEST``: nspawn reads ``\\:`` as ':' and ``\\\\`` as '\\'."""
+    return path.replace("\\", "\\\\").replace(":", "\\:")
 
 
 def run_in_root(
@@ -64,7 +69,8 @@ def run_in_root(
     network: bool = True,
     env: Mapping[str, str] | None = None,
     shown_command: str | None = None,
+    binds_ro: Sequence[tuple[Path, str]] = (),
 ) -> None:
     """Run ``command`` inside the image at ``root``; raise BuildError naming ``step`` on failure."""
-    argv = nspawn_argv(root, machine, command, network=network, env=env)
+    argv = nspawn_argv(root, machine, command, network=network, env=env, binds_ro=binds_ro)
     log.run(argv, step=step, shown_command=shown_command)

@@ -17,6 +17,8 @@ MACHINE_NAME_HINT = (
 )
 PACKAGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9+._~:=-]*$"
 ABSOLUTE_PATH_PATTERN = r"^/(?!.*(^|/)\.\.?(/|$))[^\x00-\x1f]*$"
+SOURCE_URL_PATTERN = r"^(https?|file)://[^\s\x00-\x1f\x7f]+$"
+SHA256_PATTERN = r"^[0-9A-Fa-f]{64}$"
 SCALAR = {"type": ["string", "integer", "boolean"]}
 SETTING_VALUE = {"anyOf": [SCALAR, {"type": "array", "items": SCALAR}],
                  "x-hint": "a string, an integer or a boolean, or an array of them"}
@@ -41,7 +43,8 @@ def core_schema() -> dict[str, Any]:
             "extends": {
                 "type": "string", "minLength": 1,
                 "description": "Parent recipe: a name on the search path or a path relative "
-                               "to this file. Child values win; packages, post and files append.",
+                               "to this file. Child values win; packages, post, files and sources "
+                               "append.",
             },
             "epoch": {
                 "type": "integer", "minimum": 86400, "maximum": 4102444800,
@@ -108,6 +111,35 @@ def core_schema() -> dict[str, Any]:
                         "owner": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?$",
                                   "x-hint": "USER or USER:GROUP, names or numbers"},
                         "template": {"type": "boolean"},
+                    },
+                },
+            },
+            "sources": {
+                "type": "array",
+                "description": "Files downloaded by URL, checked against their sha256, cached by "
+                               "digest, and copied or unpacked into the image (appends).",
+                "items": {
+                    "type": "object", "additionalProperties": False,
+                    "required": ["url", "sha256", "dest"],
+                    "properties": {
+                        "url": {"type": "string", "pattern": SOURCE_URL_PATTERN,
+                                "x-hint": "an http://, https:// or file:// URL without spaces, "
+                                          "e.g. https://example.invalid/tool-1.2.tar.gz"},
+                        "sha256": {"type": "string", "pattern": SHA256_PATTERN,
+                                   "x-hint": "the file's sha256: 64 hex digits, as "
+                                             "`sha256sum FILE` prints them"},
+                        "dest": {"type": "string", "pattern": ABSOLUTE_PATH_PATTERN,
+                                 "x-hint": "an absolute path inside the image without '..': the "
+                                           "file's path, or the directory to unpack into with "
+                                           "extract = true"},
+                        "extract": {"type": "boolean"},
+                        "strip_components": {"type": "integer", "minimum": 0, "maximum": 64,
+                                             "x-hint": "a number of leading path components, "
+                                                       "0 to 64"},
+                        "mode": {"anyOf": [
+                            {"type": "string", "pattern": r"^0?[0-7]{3,4}$"},
+                            {"type": "integer", "minimum": 0, "maximum": 0o7777},
+                        ], "x-hint": "an octal string such as \"0755\""},
                     },
                 },
             },

@@ -144,6 +144,20 @@ EXPECTED: dict[str, Expect] = {
     "unit-install-section.toml": Expect("unit.Install", "not allowed"),
     "unit-value-section-injection.toml": Expect("unit.Service.Environment", "line break"),
     "unit-key-lowercase.toml": Expect("unit.Service.memory_max", "not a systemd setting name"),
+    # [[sources]]
+    "sources-sha256-short.toml": Expect("sources[0].sha256", "64 hex digits"),
+    "sources-sha256-missing.toml": Expect("sources[0].sha256", "required"),
+    "sources-url-ftp.toml": Expect("sources[0].url", "ftp://"),
+    "sources-dest-relative.toml": Expect("sources[0].dest"),
+    "sources-dest-dotdot.toml": Expect("sources[0].dest"),
+    "sources-dest-trailing-slash.toml": Expect("sources[0].dest", "ends with '/'"),
+    "sources-strip-without-extract.toml": Expect("sources[0].strip_components",
+                                                 "only allowed with extract = true"),
+    "sources-strip-negative.toml": Expect("sources[0].strip_components"),
+    "sources-mode-with-extract.toml": Expect("sources[0].mode", "only allowed without extract"),
+    "sources-mode-bogus.toml": Expect("sources[0].mode"),
+    "sources-unknown-key.toml": Expect("sources[0].extrakt", "did you mean 'extract'?"),
+    "sources-extends-bad-sha256.toml": Expect("sources[0].sha256", "not-a-digest"),
 }
 
 

@@ -1,0 +1,58 @@
+"""sources: files downloaded by URL (``[[sources]]``), pinned by sha256, copied or unpacked.
+
+Downloads happen on the build host, into the cache (``nspawnbuild.fetch``); nothing of the
+image runs until the file's digest is checked. A plain file is copied into the image through
+the symlink-safe resolver; an archive is unpacked *inside* the image, by the image's own tar
+running in systemd-nspawn, with the cached file bound read-only into the container: a hostile
+archive (``../`` names, absolute names, symlinks out of the tree) can only reach the image.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nspawnbuild import hookimpl
+from nspawnbuild.errors import BuildError
+from nspawnbuild.fetch import fetch
+from nspawnbuild.paths import Layout
+from nspawnbuild.recipe import Recipe, SourceEntry
+from nspawnbuild.rootfs import RootfsContext
+
+#: where the archive being unpacked is bound, inside the container
+GUEST_PATH = "/run/nspawnbuild-source"
+#: ``mkdir -p DEST && tar ...`` with DEST as ``$1``, so that no path is ever quoted into a script
+EXTRACT_SCRIPT = 'mkdir -p -- "$1" && shift && exec tar "$@"'
+
+
+@hookimpl
+def nspawnbuild_rootfs_digest(recipe: Recipe) -> Any:
+    # recipe.data["sources"] is not otherwise part of the rootfs spec
+    if not recipe.sources:
+        return None
+    return {"sources": [s.as_dict() for s in recipe.sources]}
+
+
+def extract_command(entry: SourceEntry) -> list[str]:
+    """The command run inside the image to unpack the bound archive into ``entry.dest``."""
+    tar = ["-xf", GUEST_PATH, "-C", entry.dest, "--no-same-owner"]
+    if entry.strip_components:
+        tar.append(f"--strip-components={entry.strip_components}")
+    return ["/bin/sh", "-e", "-c", EXTRACT_SCRIPT, "sh", entry.dest, *tar]
+
+
+@hookimpl
+def nspawnbuild_configure_rootfs(ctx: RootfsContext) -> None:
+    cache = ctx.cache or Layout.from_env().cache
+    for entry in ctx.recipe.sources:
+        where = f"{entry.key} in {entry.declared_in}"
+        try:
+            cached = fetch(entry.url, entry.sha256, cache, log=ctx.log)
+        except BuildError as e:
+            raise BuildError(f"{where}: {e}") from None
+        if entry.extract:
+            ctx.log.note(f"source {entry.url}: unpacking into {entry.dest} inside the image")
+            ctx.run(extract_command(entry), step=f"unpacking {where} ({entry.url}) into "
+                    f"{entry.dest}", network=False, binds_ro=[(cached, GUEST_PATH)])
+        else:
+            ctx.log.note(f"source {entry.url}: copying to {entry.dest}")
+            ctx.copy_file(entry.dest, cached, mode=entry.mode)
