@@ -10,6 +10,30 @@ from pathlib import Path
 
 from .errors import BuildError
 
+_held: dict[str, int] = {}
+
+
+def hold(path: Path, *, what: str) -> None:
+    """Take an exclusive lock on ``path`` for the rest of this process, or fail naming the holder.
+
+    The kernel drops it when the process ends, however it ends.
+    """
+    key = str(path)
+    if key in _held:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise BuildError(f"{what} is being built by process {holder} (lock {path}); wait for "
+                         "it to finish") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _held[key] = fd
+
 
 @contextlib.contextmanager
 def exclusive(path: Path, *, wait: bool, what: str) -> Iterator[None]:

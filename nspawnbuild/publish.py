@@ -48,8 +48,10 @@ def link_or_copy(src: Path, dest: Path) -> None:
 def publish(files: dict[str, Path], out_dir: Path) -> None:
     """Make ``out_dir`` hold exactly ``files`` ({relative name: staged path}), atomically."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for pattern in (f".{out_dir.name}.publish-*", f".{out_dir.name}.old-*"):
+        for stale in out_dir.parent.glob(pattern):  # left by a killed build
+            remove_tree(stale)
     new = out_dir.with_name(f".{out_dir.name}.publish-{os.getpid()}")
-    remove_tree(new)
     new.mkdir()
     try:
         for rel, src in sorted(files.items()):

@@ -17,6 +17,19 @@ from .steplog import StepLog
 BASE_ENV = {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8"}
 
 
+#: run a host tool (a bootstrapper) in private mount and PID namespaces: its mounts of /proc,
+#: /sys and /dev in the new tree are invisible to the host and vanish with it, and if the build
+#: is killed (even with SIGKILL) every process of the tool dies with it (--kill-child)
+ISOLATE = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
+           "--mount-proc", "--"]
+
+
+def isolated(argv: Sequence[str]) -> list[str]:
+    """``argv`` wrapped in :data:`ISOLATE`."""
+    require_tool("unshare", "util-linux", "to isolate the bootstrapper's mounts")
+    return [*ISOLATE, *argv]
+
+
 def nspawn_argv(
     root: Path,
     machine: str,

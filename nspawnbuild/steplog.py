@@ -7,9 +7,11 @@ that knows how to do that.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import shlex
+import signal
 import subprocess
 import time
 from collections import deque
@@ -68,6 +70,7 @@ class StepLog:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=full_env,
+            preexec_fn=die_with_parent,
         )
         try:
             if stdin is not None:
@@ -95,6 +98,18 @@ class StepLog:
         if code != 0:
             self.note(f"{step}: exit code {code}")
             raise BuildError(format_failure(step, shown, code, list(tail), self.path))
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In the child: get SIGKILL when nspawnbuild dies, even by SIGKILL.
+
+    A killed build must not leave a bootstrapper or a container running on the host.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def format_failure(step: str, command: str, code: int, tail: list[str], log: Path) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
 from .errors import BuildError, NspawnbuildError, RecipeError, error_lines
-from .lock import exclusive
+from .lock import exclusive, hold
 from .pack import SUFFIXES, pack, sha256_file
 from .paths import Layout, dropin_name, nspawn_name, tarball_name
 from .plan import Plan, digest, make_distro, make_plan
@@ -30,7 +31,15 @@ from .publish import publish
 from .recipe import Recipe, list_recipes, load_recipe
 from .render import render_dropin, render_nspawn
 from .reporter import Reporter
-from .rootfs import RootfsContext, copy_tree, parse_owner, remove_tree, scrub, write_file
+from .rootfs import (
+    RootfsContext,
+    copy_tree,
+    mounts_below,
+    parse_owner,
+    remove_tree,
+    scrub,
+    write_file,
+)
 from .sandbox import run_in_root
 from .settings import Setting
 from .steplog import StepLog
@@ -42,6 +51,7 @@ def doit_config(layout: Layout | None = None) -> dict[str, Any]:
     """DOIT_CONFIG for dodo.py and the embedded runner: sqlite state under the work dir."""
     layout = layout or Layout.from_env()
     layout.work.mkdir(parents=True, exist_ok=True)
+    install_signal_handlers()
     return {
         "backend": "sqlite3",
         "dep_file": str(layout.state_db),
@@ -54,8 +64,26 @@ def doit_config(layout: Layout | None = None) -> dict[str, Any]:
 
 # -- helpers ----------------------------------------------------------------------------------
 
+_signal_received = signal.SIGINT
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    global _signal_received
+    _signal_received = signal.Signals(signum)
+    raise KeyboardInterrupt
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM stops a build the way Ctrl-C does: children stopped, work cleaned, a clear exit."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+
 def _guarded(fn: Callable[..., None]) -> Callable[..., TaskFailed | None]:
-    """Turn our own errors into a doit failure with a clean message (no traceback)."""
+    """Turn our own errors into a doit failure with a clean message (no traceback).
+
+    An interruption ends the whole run at once (SystemExit passes through doit, which saves its
+    state): the action has already removed its half-made work, and nothing was published.
+    """
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> TaskFailed | None:
         try:
@@ -63,7 +91,10 @@ def _guarded(fn: Callable[..., None]) -> Callable[..., TaskFailed | None]:
         except NspawnbuildError as e:
             return TaskFailed(str(e))
         except KeyboardInterrupt:
-            return TaskFailed("interrupted")
+            name = signal.Signals(_signal_received).name
+            print(f"error: interrupted by {name} during {fn.__name__.removeprefix('action_')}; "
+                  "the previous artifacts are unchanged", file=sys.__stderr__)  # doit captures stderr
+            raise SystemExit(128 + _signal_received) from None
         return None
     return wrapper
 
@@ -115,6 +146,8 @@ def action_bootstrap(recipe_path: str, key: str) -> None:
     with exclusive(entry.with_suffix(".lock"), wait=True, what=f"bootstrap cache entry {key}"):
         if (entry / "info.json").is_file():
             return
+        for stale in entry.parent.glob(f".{key}.tmp-*"):  # left by a killed build
+            remove_tree(stale)
         tmp = entry.with_name(f".{key}.tmp-{os.getpid()}")
         remove_tree(tmp)
         tmp.mkdir(parents=True)
@@ -141,8 +174,7 @@ def action_rootfs(recipe_path: str) -> None:
     entry = layout.bootstrap_entry(spec["bootstrap_key"])
     work = layout.work_dir(name)
     new = work / "rootfs.new"
-    with exclusive(work / "lock", wait=False, what=f"recipe {name}"), \
-            StepLog(layout.log(name, "rootfs")) as log:
+    with StepLog(layout.log(name, "rootfs")) as log:
         remove_tree(new)
         log.note(f"copying bootstrap {spec['bootstrap_key'][:16]} into {new}")
         copy_tree(entry / "root", new)
@@ -182,13 +214,16 @@ def action_pack(name: str) -> None:
     work = layout.work_dir(name)
     dest = layout.tarball(name, spec["compression"])
     dest.parent.mkdir(parents=True, exist_ok=True)  # the staging directory
-    with exclusive(work / "lock", wait=False, what=f"recipe {name}"):
-        result = pack(work / "rootfs", dest, spec["epoch"], spec["compression"], spec["level"])
-        for compression in SUFFIXES:  # a tarball of another compression is now stale
-            other = layout.tarball(name, compression)
-            if other != dest:
-                other.unlink(missing_ok=True)
-        _write_json(work / "pack.json", {"file": dest.name, **result.as_dict()})
+    for stale in dest.parent.glob(".*.tmp-*"):  # left by a killed build
+        stale.unlink()
+    if mounts_below(work / "rootfs"):
+        raise BuildError(f"something is mounted below {work / 'rootfs'}; unmount it and rebuild")
+    result = pack(work / "rootfs", dest, spec["epoch"], spec["compression"], spec["level"])
+    for compression in SUFFIXES:  # a tarball of another compression is now stale
+        other = layout.tarball(name, compression)
+        if other != dest:
+            other.unlink(missing_ok=True)
+    _write_json(work / "pack.json", {"file": dest.name, **result.as_dict()})
 
 
 @_guarded
@@ -239,8 +274,7 @@ def action_manifest(name: str) -> None:
     _write_atomic(stage / "SHA256SUMS",
                   "".join(f"{h}  {f}\n" for f, h in sorted(digests.items())).encode())
     artifacts["SHA256SUMS"] = stage / "SHA256SUMS"
-    with exclusive(work / "lock", wait=False, what=f"recipe {name}"):
-        publish(artifacts, layout.out_dir(name))
+    publish(artifacts, layout.out_dir(name))
 
 
 # -- uptodate checks --------------------------------------------------------------------------
@@ -326,6 +360,8 @@ def task_build() -> Iterator[dict[str, Any]]:
     for recipe in load_or_exit(selected_recipes()):
         _recipes[str(recipe.path)] = recipe
         try:
+            # one build of a recipe at a time: held until this process ends
+            hold(layout.work_dir(recipe.name) / "lock", what=f"recipe {recipe.name}")
             plan = make_plan(recipe)
         except NspawnbuildError as e:
             print(error_lines(e), file=sys.stderr)

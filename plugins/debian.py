@@ -16,6 +16,7 @@ from nspawnbuild import hookimpl
 from nspawnbuild.distro import Distro, Package, require_tool
 from nspawnbuild.errors import BuildError, HostToolMissing
 from nspawnbuild.rootfs import RootfsContext, remove_tree, resolve_in_root
+from nspawnbuild.sandbox import isolated
 from nspawnbuild.steplog import StepLog
 
 DEBOOTSTRAP_VARIANTS = {"minbase", "buildd", "fakechroot"}
@@ -114,7 +115,7 @@ class Debian(Distro):
             if packages:
                 argv.append(f"--include={','.join(packages)}")
             argv += [base["release"], str(dest), *mirror]
-        log.run(argv, step=f"bootstrap ({tool})", env=env)
+        log.run(isolated(argv), step=f"bootstrap ({tool})", env=env, shown_command=" ".join(argv))
 
     def locale_packages(self) -> list[str]:
         return ["locales"]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from nspawnbuild.errors import BuildError, HostToolMissing
+from nspawnbuild.sandbox import ISOLATE
 from nspawnbuild_plugins import debian
 from nspawnbuild_plugins.debian import Debian, parse_dpkg_status
 
@@ -18,7 +19,9 @@ class FakeLog:
         self.env: dict[str, str] = {}
 
     def run(self, argv, *, step, env=None, **_):  # noqa: ANN001
-        self.argv, self.env = list(argv), dict(env or {})
+        argv = list(argv)
+        self.isolated = argv[:len(ISOLATE)] == ISOLATE
+        self.argv, self.env = argv[len(ISOLATE):] if self.isolated else argv, dict(env or {})
 
     def note(self, text: str) -> None:
         pass
@@ -26,6 +29,7 @@ class FakeLog:
 
 def only(tools: set[str]):
     real = shutil.which
+    tools = tools | {"unshare"}  # not what these tests are about
     return lambda name, *a, **k: real(name) if name in tools else None
 
 
@@ -35,6 +39,7 @@ def test_mmdebstrap_command_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     log = FakeLog()
     d.bootstrap(tmp_path / "root", ["dbus", "systemd-sysv"], 1700000000, log)  # type: ignore[arg-type]
     assert log.argv[0] == "mmdebstrap"
+    assert log.isolated  # private mount and PID namespaces: no mount can leak to the host
     assert "--variant=minbase" in log.argv and "--architectures=amd64" in log.argv
     assert "--components=main,contrib" in log.argv and "--include=dbus,systemd-sysv" in log.argv
     assert log.argv[-2:] == ["bookworm", str(tmp_path / "root")]  # no mirror: tool's default

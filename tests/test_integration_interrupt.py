@@ -1,0 +1,174 @@
+"""Killed, interrupted and concurrent builds never hurt the host or the published artifacts."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from test_integration_build import write_recipe
+
+from conftest import BIN, Env
+
+pytestmark = pytest.mark.integration
+
+
+def start(env: Env, recipe: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([str(BIN / "nspawnbuild"), "build", str(recipe)], cwd=env.tmp,
+                            env=env.environ(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def wait_for(what: str, ready: Callable[[], bool], proc: subprocess.Popen[str],
+             timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"build ended before {what}: {out}{err}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def mounts_under(*paths: Path) -> list[str]:
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4]
+        found += [point for p in paths if point.startswith(str(p))]
+    return found
+
+
+def processes_under(*paths: Path) -> list[str]:
+    """Processes whose command line names one of ``paths`` (a stray bootstrapper or nspawn)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        found += [f"{proc.name}: {cmd}" for p in paths if str(p) in cmd]
+    return found
+
+
+def assert_host_clean(env: Env) -> None:
+    deadline = time.monotonic() + 15  # PDEATHSIG and --kill-child act at once, reaping takes a moment
+    while processes_under(env.tmp, env.cache) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert processes_under(env.tmp, env.cache) == []
+    assert mounts_under(env.tmp, env.cache) == []
+
+
+def digests(out: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.iterdir() if p.is_file()}
+
+
+def sums_ok(out: Path) -> bool:
+    return subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=out,
+                          capture_output=True).returncode == 0
+
+
+SLOW_STEP = '[[post]]\nrun = "touch /etc/step-started; sleep 300"\n'
+
+
+def test_sigkill_during_bootstrap_leaves_nothing_behind(env: Env) -> None:
+    # a package set of its own, so that this build really bootstraps
+    recipe = write_recipe(env.tmp / "killboot.toml", 'packages = ["hello"]\n')
+    proc = start(env, recipe)
+    boot = env.cache / "bootstrap"
+    wait_for("the bootstrap to install packages",
+             lambda: any(boot.glob(".*.tmp-*/root/var/lib/dpkg/status")), proc)
+    proc.kill()
+    proc.wait()
+    assert_host_clean(env)
+    r = subprocess.run([str(BIN / "nspawnbuild"), "build", str(recipe)], cwd=env.tmp,
+                       env=env.environ(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not list(boot.glob(".*.tmp-*")), "the killed build's half bootstrap is still there"
+
+
+def test_sigkill_during_a_post_step_leaves_nothing_behind(env: Env) -> None:
+    recipe = write_recipe(env.tmp / "killstep.toml", SLOW_STEP)
+    proc = start(env, recipe)
+    marker = env.work / "recipes" / "killstep" / "rootfs.new" / "etc" / "step-started"
+    wait_for("the post-step to run", marker.exists, proc)
+    proc.kill()
+    proc.wait()
+    assert_host_clean(env)
+    write_recipe(recipe, '[[post]]\nrun = "true"\n')
+    r = subprocess.run([str(BIN / "nspawnbuild"), "build", str(recipe)], cwd=env.tmp,
+                       env=env.environ(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_sigkill_during_pack_keeps_the_published_artifacts(env: Env) -> None:
+    recipe = write_recipe(env.tmp / "killpack.toml", '[[post]]\nrun = "echo 1 > /etc/v"\n')
+    r = subprocess.run([str(BIN / "nspawnbuild"), "build", str(recipe)], cwd=env.tmp,
+                       env=env.environ(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = env.out / "killpack"
+    before = digests(out)
+
+    write_recipe(recipe, '[[post]]\nrun = "echo 2 > /etc/v"\n')
+    proc = start(env, recipe)
+    stage = env.work / "recipes" / "killpack" / "stage"
+    wait_for("packing", lambda: any(stage.glob(".killpack.tar.zst.tmp-*")), proc)
+    proc.kill()
+    proc.wait()
+    assert_host_clean(env)
+    assert digests(out) == before and sums_ok(out)
+    r = subprocess.run([str(BIN / "nspawnbuild"), "build", str(recipe)], cwd=env.tmp,
+                       env=env.environ(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert digests(out) != before and sums_ok(out)
+    assert not list(stage.glob(".*.tmp-*"))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_interrupt_stops_children_promptly_and_keeps_artifacts(env: Env, signum: int) -> None:
+    recipe = write_recipe(env.tmp / "interrupted.toml", '[[post]]\nrun = "true"\n')
+    r = subprocess.run([str(BIN / "nspawnbuild"), "build", str(recipe)], cwd=env.tmp,
+                       env=env.environ(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = env.out / "interrupted"
+    before = digests(out)
+
+    write_recipe(recipe, SLOW_STEP)
+    proc = start(env, recipe)
+    marker = env.work / "recipes" / "interrupted" / "rootfs.new" / "etc" / "step-started"
+    wait_for("the post-step to run", marker.exists, proc)
+    sent = time.monotonic()
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=30)
+    assert time.monotonic() - sent < 20
+    assert proc.returncode == 128 + signum
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"error: interrupted by {signal.Signals(signum).name} during rootfs; "
+        "the previous artifacts are unchanged")
+    assert_host_clean(env)
+    assert digests(out) == before and sums_ok(out)
+    assert not (env.work / "recipes" / "interrupted" / "rootfs.new").exists()
+
+
+def test_a_second_build_of_the_same_recipe_is_refused(env: Env) -> None:
+    recipe = write_recipe(env.tmp / "busy.toml", SLOW_STEP)
+    first = start(env, recipe)
+    marker = env.work / "recipes" / "busy" / "rootfs.new" / "etc" / "step-started"
+    try:
+        wait_for("the post-step to run", marker.exists, first)
+        second = subprocess.run([str(BIN / "nspawnbuild"), "build", str(recipe)], cwd=env.tmp,
+                                env=env.environ(), capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1
+        assert f"recipe busy is being built by process {first.pid}" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        first.terminate()
+        first.communicate(timeout=30)
+    assert_host_clean(env)
