@@ -83,6 +83,40 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from . import audit
+
+    status = 0
+    for ref in args.artifacts:
+        path, machine = Path(ref), None
+        if path.is_dir():
+            try:
+                manifest = json.loads((path / "manifest.json").read_text())
+            except (OSError, ValueError) as e:
+                print(f"error: {path}: no readable manifest.json ({e})", file=sys.stderr)
+                return EXIT_BAD_INPUT
+            machine = manifest["name"]
+            path = path / manifest["artifacts"]["tarball"]["file"]
+        if not path.is_file():
+            print(f"error: {ref}: no such tarball or artifact directory", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        try:
+            found = audit.audit_tarball(path, machine=machine)
+        except audit.UNREADABLE as e:
+            print(f"error: {path}: cannot read it as a tarball ({e})", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        failing, allowed = audit.split(found, args.allow)
+        for f in failing:
+            print(f"{path}: {f}")
+        for f in allowed:
+            print(f"{path}: allowed: {f}")
+        if failing:
+            status = 1
+        elif not args.quiet:
+            print(f"{path}: ok ({', '.join(audit.CHECKS)})")
+    return status
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from .plugins import describe_plugins
 
@@ -125,6 +159,17 @@ def make_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipes", nargs="+", metavar="RECIPE")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("audit", help="check image tarballs for secrets and host state",
+                       epilog="examples:\n  nspawnbuild audit out/debian-base\n"
+                              "  nspawnbuild audit image.tar.zst --allow 'private-key:/opt/demo/*'",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("artifacts", nargs="+", metavar="ARTIFACT",
+                   help="a tarball, or an artifact directory such as out/NAME")
+    p.add_argument("--allow", action="append", default=[], metavar="CHECK:GLOB",
+                   help="accept findings of CHECK (or any check) for paths matching GLOB")
+    p.add_argument("--quiet", action="store_true", help="print findings only")
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("list", help="list the recipes found")
     p.add_argument("--json", action="store_true")

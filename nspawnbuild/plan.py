@@ -143,5 +143,6 @@ def make_plan(recipe: Recipe) -> Plan:
                     if k not in ("distro", "release", "arch")}},
         "bootstrapper": {"name": tool, "version": tool_version},
         "compression": recipe.output,
+        "audit_allow": list(recipe.data.get("audit", {}).get("allow", [])),
     }
     return Plan(recipe.name, bootstrap, rootfs, pack, config, manifest)

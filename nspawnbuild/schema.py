@@ -153,6 +153,15 @@ def core_schema() -> dict[str, Any]:
                 "description": "Extra drop-in settings for systemd-nspawn@NAME.service.",
                 "additionalProperties": {"type": "object", "additionalProperties": SETTING_VALUE},
             },
+            "audit": {
+                "type": "object", "additionalProperties": False,
+                "description": "The end-of-build audit for secrets and host state.",
+                "properties": {"allow": {
+                    "type": "array",
+                    "items": {"type": "string", "pattern": r"^([a-z-]+:)?/[^\x00-\x1f]*$",
+                              "x-hint": "CHECK:GLOB or GLOB, e.g. \"private-key:/usr/share/doc/*\""},
+                    "description": "Findings to accept: CHECK:GLOB or GLOB (every check)."}},
+            },
             "output": {
                 "type": "object", "additionalProperties": False,
                 "properties": {

@@ -21,6 +21,7 @@ from doit import get_var
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
+from . import audit
 from .errors import BuildError, NspawnbuildError, RecipeError, error_lines
 from .lock import exclusive, hold
 from .pack import SUFFIXES, pack, sha256_file
@@ -253,6 +254,13 @@ def action_manifest(name: str) -> None:
     if digests[packed["file"]] != packed["sha256"]:
         raise BuildError(f"{stage / packed['file']} changed since it was packed; rebuild it "
                          f"with: nspawnbuild build {name}")
+    failing, allowed = audit.split(audit.audit_tarball(stage / packed["file"], machine=name),
+                                   spec["audit_allow"])
+    if failing:
+        raise BuildError(f"the audit of {packed['file']} found secrets or host state; nothing "
+                         "was published:\n" + "\n".join(f"  {f}" for f in failing)
+                         + "\n  fix the recipe, or accept a finding with [audit] allow = "
+                         "[\"CHECK:PATH\"]")
     manifest = {
         "format": 1,
         **{k: spec[k] for k in ("name", "description", "recipe_digest", "source_date_epoch",
@@ -260,6 +268,7 @@ def action_manifest(name: str) -> None:
         "tool": {"name": "nspawnbuild", "version": spec["nspawnbuild"]},
         "packages": rootfs["packages"],
         "tree": {"bytes": packed["tree_bytes"], **packed["counts"]},
+        "audit": {"checks": list(audit.CHECKS), "allowed": [str(f) for f in allowed]},
         "artifacts": {
             "tarball": {"file": packed["file"], "sha256": packed["sha256"],
                         "size": packed["size"], **spec["compression"]},
