@@ -38,7 +38,17 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     _set_layout_env(args)
     # validate before doit opens its state database, so bad input writes nothing
-    tasks.load_or_exit(args.recipes)
+    recipes = tasks.load_or_exit(args.recipes)
+    if args.check_reproducible:
+        from . import reproduce
+        from .paths import Layout
+
+        status = 0
+        for ref, recipe in zip(args.recipes, recipes, strict=True):
+            status |= reproduce.check(str(recipe.path) if "/" in ref or ref.endswith(".toml")
+                                      else ref, recipe.name, recipe.epoch,
+                                      Layout.from_env().work / "repro", keep=args.keep)
+        return status
     loader = ModuleTaskLoader({"task_build": tasks.task_build,
                                "DOIT_CONFIG": tasks.doit_config()})
     code = DoitMain(loader, extra_config={"GLOBAL": {}}).run(
@@ -117,6 +127,61 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from . import cache
+    from .paths import Layout
+
+    _set_layout_env(args)
+    root = Layout.from_env().cache
+    if args.cache_command == "prune":
+        if args.older_than is None and args.max_size is None:
+            print("error: cache prune needs --older-than DAYS and/or --max-size SIZE",
+                  file=sys.stderr)
+            return EXIT_BAD_INPUT
+        try:
+            limit = cache.parse_size(args.max_size) if args.max_size else None
+        except ValueError as e:
+            print(f"error: --max-size: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        gone = cache.prune(root, older_than_days=args.older_than, max_size=limit,
+                           dry_run=args.dry_run)
+        verb = "would remove" if args.dry_run else "removed"
+        for e in gone:
+            print(f"{verb} {e.kind} {e.key[:16]} ({_human(e.size)}, {e.description})")
+        print(f"{verb} {len(gone)} entries, {_human(sum(e.size for e in gone))}")
+        return 0
+    rows = cache.entries(root)
+    if args.json:
+        print(json.dumps([e.as_dict() for e in rows], indent=2))
+        return 0
+    import time
+
+    for e in rows:
+        age = (time.time() - e.last_used) / 86400
+        print(f"{e.kind:9} {e.key[:16]}  {_human(e.size):>8}  used {age:5.1f} days ago  "
+              f"{e.description}")
+    print(f"{len(rows)} entries, {_human(sum(e.size for e in rows))} in {root}")
+    return 0
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def cmd_cache_key(args: argparse.Namespace) -> int:
+    from .plan import make_plan
+    from .recipe import load_recipe
+
+    for ref in args.recipes:
+        plan = make_plan(load_recipe(ref))
+        print(plan.bootstrap_key if len(args.recipes) == 1 else f"{plan.bootstrap_key}  {plan.name}")
+    return 0
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from .plugins import describe_plugins
 
@@ -152,6 +217,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="artifact directory (default: ./out)")
     p.add_argument("--work-dir", help="work trees and build state (default: ./.nspawnbuild)")
     p.add_argument("--cache-dir", help=f"bootstrap cache (default: {default_cache()})")
+    p.add_argument("--check-reproducible", action="store_true",
+                   help="build twice in separate directories (other umask, TZ, locale, one CPU, "
+                        "own cache) and compare; list every differing path")
+    p.add_argument("--keep", action="store_true",
+                   help="with --check-reproducible: keep both trees for inspection")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("validate", help="check recipes without building",
@@ -170,6 +240,28 @@ def make_parser() -> argparse.ArgumentParser:
                    help="accept findings of CHECK (or any check) for paths matching GLOB")
     p.add_argument("--quiet", action="store_true", help="print findings only")
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("cache", help="list or prune the bootstrap and download cache",
+                       epilog="examples:\n  nspawnbuild cache list\n"
+                              "  nspawnbuild cache prune --older-than 30 --max-size 20G",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cache-dir", help=f"the cache (default: {default_cache()})")
+    csub = p.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    c = csub.add_parser("list", help="entries with size and last use")
+    c.add_argument("--json", action="store_true")
+    c = csub.add_parser("prune", help="remove entries by age and/or to fit a size")
+    c.add_argument("--older-than", type=float, metavar="DAYS",
+                   help="remove entries not used for DAYS days")
+    c.add_argument("--max-size", metavar="SIZE", help="then remove the least recently used "
+                   "until the cache fits SIZE (e.g. 20G)")
+    c.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("cache-key", help="print a recipe's bootstrap cache key (for CI caches)",
+                       epilog="example:\n  key=$(nspawnbuild cache-key debian-base)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipes", nargs="+", metavar="RECIPE")
+    p.set_defaults(func=cmd_cache_key)
 
     p = sub.add_parser("list", help="list the recipes found")
     p.add_argument("--json", action="store_true")

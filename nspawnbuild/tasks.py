@@ -22,6 +22,7 @@ from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
 from . import audit
+from .cache import touch
 from .errors import BuildError, NspawnbuildError, RecipeError, error_lines
 from .lock import exclusive, hold
 from .pack import SUFFIXES, pack, sha256_file
@@ -178,6 +179,7 @@ def action_rootfs(recipe_path: str) -> None:
     with StepLog(layout.log(name, "rootfs")) as log:
         remove_tree(new)
         log.note(f"copying bootstrap {spec['bootstrap_key'][:16]} into {new}")
+        touch(entry / "info.json")  # last use, for `nspawnbuild cache prune --older-than`
         copy_tree(entry / "root", new)
         try:
             distro = make_distro(recipe)
