@@ -6,6 +6,7 @@ default for the suite.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -15,6 +16,8 @@ from typing import Any, ClassVar
 from nspawnbuild import hookimpl
 from nspawnbuild.distro import Distro, Package, require_tool
 from nspawnbuild.errors import BuildError, HostToolMissing
+from nspawnbuild.features import fail
+from nspawnbuild.recipe import Recipe
 from nspawnbuild.rootfs import RootfsContext, remove_tree, resolve_in_root
 from nspawnbuild.sandbox import isolated
 from nspawnbuild.steplog import StepLog
@@ -56,6 +59,16 @@ def parse_dpkg_status(text: str) -> list[Package]:
 
 class Debian(Distro):
     name = "debian"
+    base_schema: ClassVar[dict[str, Any]] = {
+        "snapshot": {"type": "string", "pattern": r"^\d{8}T\d{6}Z$",
+                     "x-hint": "a time such as 20240101T000000Z (UTC)",
+                     "description": "pin the archive to this point in time (Debian's snapshot "
+                                    "archive)"},
+        "snapshot_url": {"type": "string", "pattern": r"^(https?|file)://[^\s,]+$",
+                         "x-hint": "the snapshot archive's base URL, http://HOST",
+                         "description": "base URL of the snapshot archive (or set "
+                                        "NSPAWNBUILD_SNAPSHOT_URL)"},
+    }
     default_release: ClassVar[str] = "bookworm"
     default_components: ClassVar[list[str]] = ["main"]
     keyring_package: ClassVar[str] = "debian-archive-keyring"
@@ -87,11 +100,33 @@ class Debian(Distro):
         # dbus lets machinectl login/shell talk to it.
         return ["systemd-sysv", "dbus"]
 
+    def snapshot_url(self) -> str | None:
+        return self.base.get("snapshot_url") or os.environ.get("NSPAWNBUILD_SNAPSHOT_URL")
+
+    def snapshot_sources(self) -> list[str]:
+        """apt source lines pinning the archive to ``[base] snapshot`` (a point in time).
+
+        Debian's snapshot archive serves every past state of the archive under
+        ``/archive/<archive>/<YYYYMMDDTHHMMSSZ>/``; its Release files are old, so their
+        Valid-Until is not checked.
+        """
+        url, stamp = (self.snapshot_url() or "").rstrip("/"), self.base["snapshot"]
+        comps, rel = " ".join(self.base["components"]), self.base["release"]
+        opts = "[check-valid-until=no]"
+        return [f"deb {opts} {url}/archive/debian/{stamp} {rel} {comps}",
+                f"deb {opts} {url}/archive/debian/{stamp} {rel}-updates {comps}",
+                f"deb {opts} {url}/archive/debian-security/{stamp} {rel}-security {comps}"]
+
     def bootstrap(self, dest: Path, packages: list[str], epoch: int, log: StepLog) -> None:
         tool, _ = self.bootstrapper()
         base = self.base
         env = {"SOURCE_DATE_EPOCH": str(epoch), "LC_ALL": "C.UTF-8"}
         mirror = [base["mirror"]] if base.get("mirror") else []
+        if base.get("snapshot"):
+            if tool != "mmdebstrap":
+                raise BuildError("[base] snapshot needs mmdebstrap (debootstrap takes a single "
+                                 "mirror); install it with: apt-get install mmdebstrap")
+            mirror = self.snapshot_sources()
         if tool == "mmdebstrap":
             argv = [
                 "mmdebstrap", "--mode=root", f"--variant={base['variant']}",
@@ -102,6 +137,8 @@ class Debian(Distro):
                 # same archive state as the bootstrap; the rootfs stage removes them
                 "--skip=cleanup/apt/lists",
             ]
+            if base.get("snapshot"):
+                argv.append('--aptopt=Acquire::Check-Valid-Until "false"')
             if packages:
                 argv.append(f"--include={','.join(packages)}")
             argv += [base["release"], str(dest), *mirror]
@@ -161,6 +198,7 @@ class Debian(Distro):
 
 class Ubuntu(Debian):
     name = "ubuntu"
+    base_schema: ClassVar[dict[str, Any]] = {}
     default_release = "noble"
     default_components = ["main", "universe"]
     keyring_package = "ubuntu-keyring"
@@ -179,6 +217,20 @@ class Ubuntu(Debian):
 
 
 DISTROS: dict[str, type[Debian]] = {"debian": Debian, "ubuntu": Ubuntu}
+
+
+@hookimpl
+def nspawnbuild_validate(recipe: Recipe) -> None:
+    base = recipe.base
+    if base.get("distro") != "debian" or not base.get("snapshot"):
+        return
+    if base.get("mirror"):
+        fail(recipe, "base.mirror", "mirror and snapshot exclude each other",
+             "the snapshot archive is the mirror; remove one of them")
+    if not (base.get("snapshot_url") or os.environ.get("NSPAWNBUILD_SNAPSHOT_URL")):
+        fail(recipe, "base.snapshot", "snapshot needs the snapshot archive's base URL",
+             "set [base] snapshot_url = \"http://HOST\" or the environment variable "
+             "NSPAWNBUILD_SNAPSHOT_URL (nspawnbuild writes no archive host name of its own)")
 
 
 @hookimpl

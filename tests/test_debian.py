@@ -111,3 +111,41 @@ def test_clean_removes_lists_and_caches(tmp_path: Path) -> None:
     assert not (tmp_path / "var/cache/apt/archives/a.deb").exists()
     assert (tmp_path / "var/lib/dpkg/status").read_text() == "keep"
     assert not (tmp_path / "var/lib/dpkg/status-old").exists()
+
+
+def test_snapshot_pins_every_archive_to_the_point_in_time(tmp_path: Path) -> None:
+    d = Debian({"distro": "debian", "release": "bookworm", "components": ["main", "contrib"],
+                "snapshot": "20240101T000000Z", "snapshot_url": "http://127.0.0.1:9/"})
+    log = FakeLog()
+    d.bootstrap(tmp_path / "root", ["dbus"], 1704067200, log)  # type: ignore[arg-type]
+    assert log.argv[-3:] == [
+        "deb [check-valid-until=no] http://127.0.0.1:9/archive/debian/20240101T000000Z bookworm main contrib",
+        "deb [check-valid-until=no] http://127.0.0.1:9/archive/debian/20240101T000000Z "
+        "bookworm-updates main contrib",
+        "deb [check-valid-until=no] http://127.0.0.1:9/archive/debian-security/20240101T000000Z "
+        "bookworm-security main contrib"]
+    assert '--aptopt=Acquire::Check-Valid-Until "false"' in log.argv
+    assert log.argv[-5:-3] == ["bookworm", str(tmp_path / "root")]
+
+
+def test_snapshot_is_validated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nspawnbuild.errors import RecipeError
+    from nspawnbuild.plan import make_plan
+    from nspawnbuild.recipe import load_recipe
+
+    monkeypatch.delenv("NSPAWNBUILD_SNAPSHOT_URL", raising=False)
+    path = tmp_path / "snap.toml"
+    path.write_text('[base]\ndistro = "debian"\nsnapshot = "20240101T000000Z"\n')
+    with pytest.raises(RecipeError, match="snapshot needs the snapshot archive's base URL"):
+        load_recipe(path)
+    monkeypatch.setenv("NSPAWNBUILD_SNAPSHOT_URL", "http://127.0.0.1:9")
+    a = make_plan(load_recipe(path)).bootstrap_key
+    path.write_text('[base]\ndistro = "debian"\nsnapshot = "20250101T000000Z"\n')
+    assert make_plan(load_recipe(path)).bootstrap_key != a  # another point in time, another key
+    path.write_text('[base]\ndistro = "debian"\nsnapshot = "2024-01-01"\n')
+    with pytest.raises(RecipeError, match="base.snapshot"):
+        load_recipe(path)
+    path.write_text('[base]\ndistro = "debian"\nsnapshot = "20240101T000000Z"\n'
+                    'mirror = "http://127.0.0.1:9/debian"\n')
+    with pytest.raises(RecipeError, match="mirror and snapshot exclude each other"):
+        load_recipe(path)
