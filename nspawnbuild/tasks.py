@@ -35,7 +35,9 @@ from .render import render_dropin, render_nspawn
 from .reporter import Reporter
 from .rootfs import (
     RootfsContext,
-    copy_tree,
+    changed,
+    fingerprint,
+    link_tree,
     mounts_below,
     parse_owner,
     remove_tree,
@@ -178,9 +180,11 @@ def action_rootfs(recipe_path: str) -> None:
     new = work / "rootfs.new"
     with StepLog(layout.log(name, "rootfs")) as log:
         remove_tree(new)
-        log.note(f"copying bootstrap {spec['bootstrap_key'][:16]} into {new}")
+        log.note(f"linking bootstrap {spec['bootstrap_key'][:16]} into {new}")
         touch(entry / "info.json")  # last use, for `nspawnbuild cache prune --older-than`
-        copy_tree(entry / "root", new)
+        pristine = fingerprint(entry / "root")
+        if not link_tree(entry / "root", new):
+            log.note("cache and work directory are on different filesystems: copied instead")
         try:
             distro = make_distro(recipe)
             ctx = RootfsContext(new, recipe, distro, log, layout.cache)
@@ -202,12 +206,31 @@ def action_rootfs(recipe_path: str) -> None:
             scrub(new, name)
             distro.clean(new)
             packages = [p.as_dict() for p in distro.list_packages(new)]
+            touched = changed(pristine, fingerprint(entry / "root"))
+            if touched:
+                _evict(entry, touched, log)
             remove_tree(work / "rootfs")
             os.replace(new, work / "rootfs")
         except BaseException:
             remove_tree(new)
             raise
         _write_json(work / "rootfs.json", {"spec": digest(spec), "packages": packages})
+
+
+def _evict(entry: Path, touched: list[str], log: StepLog) -> None:
+    """A step wrote into files shared with the cached bootstrap: drop that cache entry.
+
+    This build is right (it has what the steps did); the cache is not pristine any more, so
+    the next build that needs it bootstraps again.
+    """
+    shown = ", ".join(str(Path(p).relative_to(entry / "root")) for p in touched[:3])
+    message = (f"note: a step changed files of the cached bootstrap in place ({shown}"
+               f"{', ...' if len(touched) > 3 else ''}); dropped cache entry {entry.name[:16]}, "
+               "the next build of this base bootstraps again")
+    log.note(message)
+    print(message, file=sys.__stderr__)
+    with exclusive(entry.with_suffix(".lock"), wait=True, what=f"bootstrap cache entry {entry.name}"):
+        remove_tree(entry)
 
 
 @_guarded
