@@ -147,7 +147,7 @@ def main() -> None:
         print("| case | nspawnbuild | raw tools | ratio | target |")
         print("|---|---|---|---|---|")
         for row in rows:
-            print("| " + " | ".join(row) + " |")
+            print("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
 
         # compression level table
         tree_mib = sum(f.stat().st_size for f in tree.rglob("*")

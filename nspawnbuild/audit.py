@@ -87,40 +87,54 @@ def host_state() -> tuple[str | None, bytes | None]:
     return socket.gethostname() or None, resolv
 
 
+class Auditor:
+    """Collects findings entry by entry: fed by the packer during a build (no second pass over
+    the image), or by :func:`audit_tarball` from an existing tarball."""
+
+    def __init__(self, machine: str | None = None):
+        self.machine = machine
+        self.hostname, self.resolv = host_state()
+        self.findings: list[Finding] = []
+
+    def add(self, member: tarfile.TarInfo, head: bytes) -> None:
+        name = "/" + member.name.removeprefix("./").lstrip("/")
+        mode = member.mode
+        found = self.findings
+        if name.startswith("/etc/ssh/ssh_host_") and not member.isdir():
+            found.append(Finding("ssh-host-key", name, "made per container at first boot"))
+        if member.isdir():
+            if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+                found.append(Finding("world-writable", name,
+                                     f"directory mode {mode:04o} without sticky bit"))
+            return
+        if not member.isfile():
+            return
+        if mode & stat.S_IWOTH and not name.startswith(TMP_DIRS):
+            found.append(Finding("world-writable", name, f"mode {mode:04o}"))
+        if name == "/etc/machine-id" and head.strip() not in (b"", b"uninitialized"):
+            found.append(Finding("machine-id", name, "filled; must be empty"))
+        elif name == "/etc/resolv.conf" and self.resolv and head.strip() == self.resolv:
+            found.append(Finding("resolv-conf", name, "the build host's resolv.conf"))
+        elif name == "/etc/hostname" and self.hostname:
+            value = head.decode(errors="replace").strip()
+            if value == self.hostname and value != self.machine:
+                found.append(Finding("hostname", name, f"the build host's name '{value}'"))
+        first_line = head.lstrip().split(b"\n", 1)[0]
+        if first_line.startswith(b"-----BEGIN") and any(m in first_line for m in PEM_MARKERS):
+            found.append(Finding("private-key", name, "a private key"))
+
+    def result(self) -> list[Finding]:
+        return sorted(set(self.findings))
+
+
 def audit_tarball(path: Path, *, machine: str | None = None) -> list[Finding]:
     """Every finding in the tarball at ``path`` (allowed or not)."""
-    hostname, resolv = host_state()
-    findings: list[Finding] = []
+    auditor = Auditor(machine)
     with open_tarball(path) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
         for member in tar:
-            name = "/" + member.name.removeprefix("./").lstrip("/")
-            mode = member.mode
-            if name.startswith("/etc/ssh/ssh_host_") and not member.isdir():
-                findings.append(Finding("ssh-host-key", name, "made per container at first boot"))
-            if member.isdir():
-                if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
-                    findings.append(Finding("world-writable", name,
-                                            f"directory mode {mode:04o} without sticky bit"))
-                continue
-            if member.isfile() and mode & stat.S_IWOTH and not name.startswith(TMP_DIRS):
-                findings.append(Finding("world-writable", name, f"mode {mode:04o}"))
-            if not member.isfile():
-                continue
-            fh = tar.extractfile(member)
-            head = fh.read(HEAD) if fh else b""
-            if name == "/etc/machine-id" and head.strip() not in (b"", b"uninitialized"):
-                findings.append(Finding("machine-id", name, "filled; must be empty"))
-            elif name == "/etc/resolv.conf" and resolv and head.strip() == resolv:
-                findings.append(Finding("resolv-conf", name, "the build host's resolv.conf"))
-            elif name == "/etc/hostname" and hostname:
-                value = head.decode(errors="replace").strip()
-                if value == hostname and value != machine:
-                    findings.append(Finding("hostname", name, f"the build host's name '{value}'"))
-            if head.lstrip().startswith(b"-----BEGIN") and any(m in head.split(b"\n", 1)[0]
-                                                              for m in PEM_MARKERS) \
-                    or head.startswith(PEM_MARKERS[0]):
-                findings.append(Finding("private-key", name, "a private key"))
-    return sorted(set(findings))
+            fh = tar.extractfile(member) if member.isfile() else None
+            auditor.add(member, fh.read(HEAD) if fh else b"")
+    return auditor.result()
 
 
 def split(findings: list[Finding], allow: list[str]) -> tuple[list[Finding], list[Finding]]:

@@ -14,7 +14,7 @@ import lzma
 import os
 import stat
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -139,7 +139,14 @@ def make_tarinfo(name: str, path: Path, st: os.stat_result, epoch: int) -> tarfi
     return info
 
 
-def write_tar(root: Path, fileobj: IO[bytes], epoch: int) -> PackResult:
+#: called for every archived entry with its header and, for files, the first bytes of the
+#: content, so that a check (the audit) needs no second pass over the image
+Inspector = Callable[[tarfile.TarInfo, bytes], None]
+HEAD_BYTES = 4096
+
+
+def write_tar(root: Path, fileobj: IO[bytes], epoch: int,
+              inspect: Inspector | None = None) -> PackResult:
     """Write the deterministic tar of ``root`` to ``fileobj``; return digests and counts."""
     hashing = _HashingWriter(fileobj)
     counts: dict[str, int] = {}
@@ -172,27 +179,31 @@ def write_tar(root: Path, fileobj: IO[bytes], epoch: int) -> PackResult:
                 tree_bytes += st.st_size
                 counts["files"] = counts.get("files", 0) + 1
                 with open(path, "rb") as fh:
+                    if inspect:
+                        inspect(info, os.pread(fh.fileno(), HEAD_BYTES, 0))
                     tar.addfile(info, fh)
-            elif stat.S_ISDIR(mode):
+                continue
+            if stat.S_ISDIR(mode):
                 info.type = tarfile.DIRTYPE
                 counts["dirs"] = counts.get("dirs", 0) + 1
-                tar.addfile(info)
             elif stat.S_ISLNK(mode):
                 info.type = tarfile.SYMTYPE
                 info.linkname = os.readlink(path)
                 counts["symlinks"] = counts.get("symlinks", 0) + 1
-                tar.addfile(info)
             elif stat.S_ISFIFO(mode):
                 info.type = tarfile.FIFOTYPE
                 counts["fifos"] = counts.get("fifos", 0) + 1
-                tar.addfile(info)
             else:  # device nodes and sockets are not image content
                 dropped.append(name)
+                continue
+            if inspect:
+                inspect(info, b"")
+            tar.addfile(info)
     return PackResult(hashing.hash.hexdigest(), hashing.size, "", 0, tree_bytes, counts, dropped)
 
 
 def pack(root: Path, dest: Path, epoch: int, compression: str = "zstd", level: int = 12,
-         threads: int | None = None) -> PackResult:
+         threads: int | None = None, inspect: Inspector | None = None) -> PackResult:
     """Pack ``root`` into ``dest``, written under a temporary name and renamed when complete.
 
     zstd always runs in multi-threaded mode (``threads`` >= 1): its output is identical for any
@@ -210,16 +221,16 @@ def pack(root: Path, dest: Path, epoch: int, compression: str = "zstd", level: i
                 cctx = zstandard.ZstdCompressor(level=level, threads=max(1, workers),
                                                 write_checksum=True)
                 with cctx.stream_writer(out, closefd=False) as comp:
-                    result = write_tar(root, comp, epoch)  # type: ignore[arg-type]
+                    result = write_tar(root, comp, epoch, inspect)  # type: ignore[arg-type]
             elif compression == "xz":
                 with lzma.LZMAFile(out, "wb", preset=level) as comp:  # type: ignore[arg-type]
-                    result = write_tar(root, comp, epoch)
+                    result = write_tar(root, comp, epoch, inspect)
             elif compression == "gzip":
                 with gzip.GzipFile(filename="", mode="wb", fileobj=out,  # type: ignore[arg-type]
                                    compresslevel=level, mtime=0) as comp:
-                    result = write_tar(root, comp, epoch)
+                    result = write_tar(root, comp, epoch, inspect)
             elif compression == "none":
-                result = write_tar(root, out, epoch)  # type: ignore[arg-type]
+                result = write_tar(root, out, epoch, inspect)  # type: ignore[arg-type]
             else:
                 raise ValueError(f"unknown compression {compression!r}")
             raw.flush()

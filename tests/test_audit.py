@@ -114,3 +114,17 @@ def test_a_build_with_a_secret_fails_unless_the_recipe_allows_it(env: Env) -> No
     assert r.returncode == 0, r.stdout + r.stderr
     manifest = (env.out / "leaky" / "manifest.json").read_text()
     assert "private-key: /opt/demo/key.pem" in manifest
+
+
+def test_the_packer_feeds_the_same_audit_as_reading_the_tarball(tmp_path: Path) -> None:
+    from nspawnbuild.audit import Auditor
+
+    root = tree(tmp_path / "root", {"etc/machine-id": b"abc\n", "opt/k.pem": PEM,
+                                    "etc/ssh/ssh_host_rsa_key": b"k", "etc/ok": b"fine\n"},
+                modes={"srv/drop": 0o777})
+    auditor = Auditor(machine="box")
+    dest = tmp_path / "x.tar.zst"
+    pack(root, dest, 1704067200, "zstd", 3, inspect=auditor.add)
+    assert auditor.result() == audit_tarball(dest, machine="box")
+    assert {f.check for f in auditor.result()} == {"machine-id", "private-key", "ssh-host-key",
+                                                     "world-writable"}
