@@ -26,6 +26,7 @@ from pathlib import Path
 from . import __version__
 from .errors import BuildError
 from .lock import exclusive
+from .pack import sha256_file
 from .steplog import StepLog
 
 SOURCES_DIR = "sources"
@@ -39,12 +40,7 @@ def cache_path(cache: Path, sha256: str) -> Path:
     return cache / SOURCES_DIR / sha256.lower()
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+file_sha256 = sha256_file  # the one streaming file digest of the project
 
 
 def fetch(url: str, sha256: str, cache: Path, *, timeout: float = TIMEOUT,

@@ -44,6 +44,18 @@ class Env:
                               capture_output=True, text=True, timeout=1200)
 
 
+def import_tarball(tarball: Path, images: Path, machine: str) -> Path:
+    """Import with the real ``systemd-import tar`` (what ``machinectl import-tar`` runs),
+    decompressing zstd through a pipe as systemd < 258 needs; returns the image's tree."""
+    images.mkdir(parents=True, exist_ok=True)
+    zstd = subprocess.Popen(["zstd", "-dc", str(tarball)], stdout=subprocess.PIPE)
+    imp = subprocess.run(["/lib/systemd/systemd-import", "tar", f"--image-root={images}", "-",
+                          machine], stdin=zstd.stdout, capture_output=True, text=True)
+    zstd.wait()
+    assert imp.returncode == 0 and zstd.returncode == 0, imp.stderr
+    return images / machine
+
+
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One bootstrap cache for the whole session: recipes on the same base bootstrap once."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from test_integration_build import BASE_RECIPE, tar_members
 
-from conftest import Env
+from conftest import Env, import_tarball
 
 pytestmark = pytest.mark.integration
 
@@ -105,12 +105,7 @@ authorized_keys = ["{pub}"]
     assert not [n for n in members if n.startswith("./etc/ssh/ssh_host_")]
 
     images = env.tmp / "machines"
-    images.mkdir()
-    zstd = subprocess.Popen(["zstd", "-dc", str(out / f"{machine}.tar.zst")], stdout=subprocess.PIPE)
-    imp = subprocess.run(["/lib/systemd/systemd-import", "tar", f"--image-root={images}", "-",
-                          machine], stdin=zstd.stdout, capture_output=True, text=True)
-    zstd.wait()
-    assert imp.returncode == 0, imp.stderr
+    import_tarball(out / f"{machine}.tar.zst", images, machine)
 
     trusted = Path("/run/systemd/nspawn") / f"{machine}.nspawn"
     trusted.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from conftest import ROOT, Env
+from conftest import ROOT, Env, import_tarball
 
 pytestmark = pytest.mark.integration
 
@@ -118,13 +118,8 @@ def test_tarball_imports_and_runs_with_trusted_settings(built: Env, tmp_path: Pa
     out = built.out / NAME
     machine = f"nsbtest-{uuid.uuid4().hex[:8]}"
     images = tmp_path / "machines"
-    images.mkdir()
-    zstd = subprocess.Popen(["zstd", "-dc", str(out / f"{NAME}.tar.zst")], stdout=subprocess.PIPE)
-    imp = subprocess.run(["/lib/systemd/systemd-import", "tar", f"--image-root={images}", "-",
-                          machine], stdin=zstd.stdout, capture_output=True, text=True)
-    zstd.wait()
-    assert imp.returncode == 0, imp.stderr
-    assert (images / machine / "usr/lib/systemd/systemd").is_file()
+    assert (import_tarball(out / f"{NAME}.tar.zst", images, machine)
+            / "usr/lib/systemd/systemd").is_file()
 
     trusted = Path("/run/systemd/nspawn") / f"{machine}.nspawn"
     trusted.parent.mkdir(parents=True, exist_ok=True)

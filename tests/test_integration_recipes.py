@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from test_integration_build import NAME, built, tar_members  # noqa: F401  (fixture)
 
-from conftest import ROOT, Env
+from conftest import ROOT, Env, import_tarball
 from nspawnbuild.plan import make_plan
 from nspawnbuild.recipe import load_recipe
 from nspawnbuild.render import render_dropin, render_nspawn
@@ -64,13 +64,8 @@ def test_postgres_builds_without_shared_secrets(env: Env) -> None:
 
 @pytest.fixture(scope="module")
 def imported_tree(built: Env, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
-    images = tmp_path_factory.mktemp("images")
-    zstd = subprocess.Popen(["zstd", "-dc", str(built.out / NAME / f"{NAME}.tar.zst")],
-                            stdout=subprocess.PIPE)
-    subprocess.run(["/lib/systemd/systemd-import", "tar", f"--image-root={images}", "-", "tree"],
-                   stdin=zstd.stdout, check=True, capture_output=True)
-    zstd.wait()
-    return images / "tree"
+    return import_tarball(built.out / NAME / f"{NAME}.tar.zst",
+                          tmp_path_factory.mktemp("images"), "tree")
 
 
 @pytest.mark.parametrize("example", EXAMPLES)
