@@ -202,7 +202,7 @@ def write_tar(root: Path, fileobj: IO[bytes], epoch: int,
     return PackResult(hashing.hash.hexdigest(), hashing.size, "", 0, tree_bytes, counts, dropped)
 
 
-def pack(root: Path, dest: Path, epoch: int, compression: str = "zstd", level: int = 12,
+def pack(root: Path, dest: Path, epoch: int, compression: str = "zstd", level: int = 9,
          threads: int | None = None, inspect: Inspector | None = None) -> PackResult:
     """Pack ``root`` into ``dest``, written under a temporary name and renamed when complete.
 

@@ -28,7 +28,7 @@ from .settings import suggest, table_to_settings
 
 DEFAULT_EPOCH = 1704067200  # 2024-01-01T00:00:00Z; see README "Reproducibility"
 DEFAULT_TARGET_SYSTEMD = 252
-DEFAULT_LEVELS = {"zstd": 12, "xz": 6, "gzip": 9, "none": 0}
+DEFAULT_LEVELS = {"zstd": 9, "xz": 6, "gzip": 9, "none": 0}  # zstd: see README "Compression"
 APPEND_LISTS = ("packages", "post", "files", "sources")
 #: append lists whose entries are kept even when equal to an inherited one
 _KEEP_DUPLICATES = ("post", "files", "sources")

@@ -72,7 +72,7 @@ def test_defaults_are_filled_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert r.name == "min"
     assert r.epoch == DEFAULT_EPOCH
     assert r.target_systemd == 252
-    assert r.output == {"compression": "zstd", "level": 12}
+    assert r.output == {"compression": "zstd", "level": 9}
     assert r.base["release"] == "bookworm" and r.base["components"] == ["main"]
     assert r.base["variant"] == "minbase" and r.base["arch"]
     assert "mirror" not in r.base  # no mirror: the bootstrapper's own default
