@@ -182,6 +182,54 @@ def cmd_cache_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_install(args: argparse.Namespace) -> int:
+    from .install import install
+
+    for line in install(Path(args.artifact_dir), name=args.name, root=Path(args.root),
+                        force=args.force, enable=args.enable, start=args.start):
+        print(line)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    import tomli_w
+
+    from .recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    print(f"# {recipe.name}: resolved from {', '.join(str(p) for p in recipe.chain)}")
+    print(tomli_w.dumps(recipe.data), end="")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .schema import recipe_json_schema
+
+    text = json.dumps(recipe_json_schema(), indent=2, sort_keys=True) + "\n"
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        print(text, end="")
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from .paths import Layout
+    from .recipe import load_recipe
+    from .rootfs import remove_tree
+
+    _set_layout_env(args)
+    layout = Layout.from_env()
+    names = [load_recipe(r).name for r in args.recipes] if args.recipes else None
+    targets = ([layout.work_dir(n) for n in names] + [layout.out_dir(n) for n in names]
+               if names else [layout.work, layout.out])
+    for path in targets:
+        if path.exists():
+            remove_tree(path)
+            print(f"removed {path}")
+    return 0
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from .plugins import describe_plugins
 
@@ -262,6 +310,32 @@ def make_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipes", nargs="+", metavar="RECIPE")
     p.set_defaults(func=cmd_cache_key)
+
+    p = sub.add_parser("install", help="install built artifacts on this host (or under --root)",
+                       epilog="examples:\n  nspawnbuild install out/ollama-gpu --enable --start\n"
+                              "  nspawnbuild install out/debian-base --root /mnt/target --name web1",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("artifact_dir", metavar="ARTIFACT_DIR", help="a directory a build wrote, out/NAME")
+    p.add_argument("--name", help="machine name on the host (default: the recipe's)")
+    p.add_argument("--root", default="/", help="install into this directory tree instead of /")
+    p.add_argument("--force", action="store_true", help="replace an existing machine")
+    p.add_argument("--enable", action="store_true", help="start the machine at boot")
+    p.add_argument("--start", action="store_true", help="start it now (needs systemd running)")
+    p.set_defaults(func=cmd_install)
+
+    p = sub.add_parser("show", help="print a recipe fully resolved (extends applied) as TOML")
+    p.add_argument("recipe", metavar="RECIPE")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of recipes (for editors)")
+    p.add_argument("--output", metavar="FILE", help="write it to FILE")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("clean", help="remove work trees and artifacts (of RECIPEs, or all)")
+    p.add_argument("recipes", nargs="*", metavar="RECIPE")
+    p.add_argument("--out", help="artifact directory (default: ./out)")
+    p.add_argument("--work-dir", help="work directory (default: ./.nspawnbuild)")
+    p.set_defaults(func=cmd_clean)
 
     p = sub.add_parser("list", help="list the recipes found")
     p.add_argument("--json", action="store_true")

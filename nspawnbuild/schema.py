@@ -180,3 +180,26 @@ def full_schema(distro_schema: dict[str, Any] | None, features: dict[str, dict[s
         schema["properties"]["base"]["properties"].update(copy.deepcopy(distro_schema))
     schema["properties"]["features"]["properties"] = copy.deepcopy(features)
     return schema
+
+
+def recipe_json_schema() -> dict[str, Any]:
+    """The schema for editors: every installed distro's ``[base]`` extras and every feature."""
+    from .plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    features: dict[str, dict[str, Any]] = {}
+    for table in pm.hook.nspawnbuild_feature_schemas():
+        features.update(table or {})
+    extras: dict[str, Any] = {}
+    for names in pm.hook.nspawnbuild_distro_names():
+        for name in names:
+            distro = pm.hook.nspawnbuild_make_distro(base={"distro": name})
+            extras.update(getattr(distro, "base_schema", {}) or {})
+    schema = full_schema(extras, features)
+    schema["$id"] = "https://nspawnbuild.invalid/recipe.schema.json"
+    # [base] and its distro may come from the recipe that this one extends
+    schema.pop("required", None)
+    schema["properties"]["base"].pop("required", None)
+    schema["properties"]["base"]["properties"]["distro"]["enum"] = sorted(
+        {n for names in pm.hook.nspawnbuild_distro_names() for n in names})
+    return schema

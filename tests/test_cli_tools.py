@@ -1,0 +1,89 @@
+"""show, schema, clean and install: the everyday commands around a build."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tomllib
+from pathlib import Path
+
+import jsonschema
+import pytest
+from test_integration_build import NAME, built  # noqa: F401  (fixture)
+
+from conftest import BIN, ROOT, Env
+
+
+def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "nspawnbuild"), *args], cwd=cwd, capture_output=True,
+                          text=True)
+
+
+def test_show_prints_the_resolved_recipe_as_toml() -> None:
+    r = run("show", "postgres")
+    assert r.returncode == 0, r.stderr
+    doc = tomllib.loads(r.stdout)
+    assert doc["name"] == "postgres" and doc["base"]["distro"] == "debian"  # from debian-base
+    assert doc["packages"] == ["ca-certificates", "less", "procps", "iproute2", "postgresql"]
+    assert "extends" not in doc
+
+
+def test_committed_schema_is_current_and_the_examples_match_it(tmp_path: Path) -> None:
+    r = run("schema", "--output", str(tmp_path / "s.json"))
+    assert r.returncode == 0, r.stderr
+    committed = (ROOT / "schema" / "recipe.schema.json").read_text()
+    assert (tmp_path / "s.json").read_text() == committed, \
+        "schema/recipe.schema.json is stale: run `nspawnbuild schema --output schema/recipe.schema.json`"
+    schema = json.loads(committed)
+    for recipe in (ROOT / "recipes").glob("*.toml"):
+        text = recipe.read_text()
+        assert text.startswith("#:schema ../schema/recipe.schema.json\n"), recipe
+        jsonschema.Draft202012Validator(schema).validate(tomllib.loads(text))
+    bad = {"base": {"distro": "debain"}, "pakages": []}
+    assert list(jsonschema.Draft202012Validator(schema).iter_errors(bad))
+
+
+def test_clean_removes_one_recipes_trees(tmp_path: Path) -> None:
+    for d in ("out/a", "out/b", ".nspawnbuild/recipes/a", ".nspawnbuild/recipes/b"):
+        (tmp_path / d).mkdir(parents=True)
+    (tmp_path / "a.toml").write_text('[base]\ndistro = "debian"\n')
+    r = run("clean", str(tmp_path / "a.toml"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "out/a").exists() and not (tmp_path / ".nspawnbuild/recipes/a").exists()
+    assert (tmp_path / "out/b").exists() and (tmp_path / ".nspawnbuild/recipes/b").exists()
+
+
+@pytest.mark.integration
+def test_install_into_a_root(built: Env, tmp_path: Path) -> None:  # noqa: F811
+    art = built.out / NAME
+    root = tmp_path / "host"
+    r = run("install", str(art), "--root", str(root), "--enable")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (root / "var/lib/machines" / NAME / "usr/lib/systemd/systemd").is_file()
+    assert (root / "etc/systemd/nspawn" / f"{NAME}.nspawn").read_text() == \
+        (art / f"{NAME}.nspawn").read_text()
+    assert (root / "etc/systemd/system" / f"systemd-nspawn@{NAME}.service.d"
+            / "50-nspawnbuild.conf").is_file()
+    assert (root / "etc/systemd/system/machines.target.wants" /
+            f"systemd-nspawn@{NAME}.service").is_symlink()
+
+    again = run("install", str(art), "--root", str(root))
+    assert again.returncode == 1 and "already exists" in again.stderr and "--force" in again.stderr
+    assert run("install", str(art), "--root", str(root), "--force").returncode == 0
+    other = run("install", str(art), "--root", str(root), "--name", "web1")
+    assert other.returncode == 0 and (root / "var/lib/machines/web1/etc").is_dir()
+    assert (root / "etc/systemd/nspawn/web1.nspawn").is_file()
+
+
+@pytest.mark.integration
+def test_install_refuses_damaged_artifacts(built: Env, tmp_path: Path) -> None:  # noqa: F811
+    art = tmp_path / "copy"
+    subprocess.run(["cp", "-a", str(built.out / NAME), str(art)], check=True)
+    with open(art / f"{NAME}.nspawn", "a") as fh:
+        fh.write("Bind=/\n")
+    r = run("install", str(art), "--root", str(tmp_path / "host"))
+    assert r.returncode == 1 and "does not match SHA256SUMS" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "host" / "var/lib/machines" / NAME).exists()
+    r = run("install", str(tmp_path), "--root", str(tmp_path / "host"))
+    assert r.returncode == 2 and "no SHA256SUMS here" in r.stderr
