@@ -49,11 +49,61 @@ def cmd_build(args: argparse.Namespace) -> int:
                                       else ref, recipe.name, recipe.epoch,
                                       Layout.from_env().work / "repro", keep=args.keep)
         return status
+    if args.quiet or args.json:
+        os.environ["NSPAWNBUILD_QUIET"] = "1"
     loader = ModuleTaskLoader({"task_build": tasks.task_build,
                                "DOIT_CONFIG": tasks.doit_config()})
-    code = DoitMain(loader, extra_config={"GLOBAL": {}}).run(
-        ["build", f"recipe={','.join(args.recipes)}"])
-    return 0 if code == 0 else 1
+    argv = ["build", f"recipe={','.join(args.recipes)}"]
+    if args.jobs > 1:
+        argv[:0] = ["-n", str(args.jobs), "-P", "thread"]
+    code = DoitMain(loader, extra_config={"GLOBAL": {}}).run(argv)
+    if code != 0:
+        return 1
+    from .paths import Layout
+
+    summaries = [build_summary(Layout.from_env().out_dir(r.name)) for r in recipes]
+    if args.json:
+        print(json.dumps(summaries, indent=2))
+    elif not args.quiet:
+        for summary in summaries:
+            print(format_summary(summary))
+    return 0
+
+
+def build_summary(out: Path) -> dict[str, object]:
+    """What a build published: the files with size and sha256 (from its manifest)."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    files = [{"file": str(p.relative_to(out)), "size": p.stat().st_size}
+             for p in sorted(out.rglob("*")) if p.is_file()]
+    digests = {}
+    for line in (out / "SHA256SUMS").read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        digests[name] = digest
+    for f in files:
+        f["sha256"] = digests.get(str(f["file"]))
+    return {"name": manifest["name"], "dir": str(out), "files": files,
+            "tarball": manifest["artifacts"]["tarball"]["file"]}
+
+
+def format_summary(summary: dict[str, object]) -> str:
+    name, out, tarball = summary["name"], summary["dir"], summary["tarball"]
+    lines = [f"\n{name}: {out}"]
+    for f in summary["files"]:  # type: ignore[attr-defined]
+        digest = (f["sha256"] or "")[:16]
+        lines.append(f"  {f['file']:58} {_human(f['size']):>10}  {digest}")
+    zstd = str(tarball).endswith(".zst")
+    lines += [
+        "install on a host (as root):",
+        f"  nspawnbuild install {out} --enable --start",
+        "or by hand:",
+        (f"  zstd -dc {out}/{tarball} | machinectl import-tar - {name}   # systemd < 258"
+         if zstd else f"  machinectl import-tar {out}/{tarball} {name}"),
+        f"  install -D -m 0644 {out}/{name}.nspawn /etc/systemd/nspawn/{name}.nspawn",
+        f"  install -D -m 0644 {out}/systemd-nspawn@{name}.service.d/50-nspawnbuild.conf "
+        f"/etc/systemd/system/systemd-nspawn@{name}.service.d/50-nspawnbuild.conf",
+        f"  systemctl daemon-reload && machinectl start {name}",
+    ]
+    return "\n".join(lines)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -270,6 +320,11 @@ def make_parser() -> argparse.ArgumentParser:
                         "own cache) and compare; list every differing path")
     p.add_argument("--keep", action="store_true",
                    help="with --check-reproducible: keep both trees for inspection")
+    p.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
+                   help="build up to N tasks at once (several recipes in parallel)")
+    p.add_argument("--quiet", action="store_true", help="print errors only")
+    p.add_argument("--json", action="store_true",
+                   help="print what was published as JSON (for scripts), nothing else")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("validate", help="check recipes without building",

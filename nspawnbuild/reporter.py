@@ -6,6 +6,7 @@ know which step of which recipe failed, why, and where the log is.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any
@@ -20,6 +21,8 @@ class Reporter(ConsoleReporter):
     def __init__(self, outstream: Any, options: dict[str, Any]):
         super().__init__(outstream, options)
         self._started: dict[str, float] = {}
+        if os.environ.get("NSPAWNBUILD_QUIET"):
+            self.write = lambda text: None  # type: ignore[method-assign]
 
     def execute_task(self, task: Any) -> None:
         if task.actions and not task.name.startswith("_"):

@@ -87,3 +87,21 @@ def test_install_refuses_damaged_artifacts(built: Env, tmp_path: Path) -> None: 
     assert not (tmp_path / "host" / "var/lib/machines" / NAME).exists()
     r = run("install", str(tmp_path), "--root", str(tmp_path / "host"))
     assert r.returncode == 2 and "no SHA256SUMS here" in r.stderr
+
+
+@pytest.mark.integration
+def test_parallel_build_of_two_recipes_reports_json(env: Env) -> None:
+    from test_integration_build import write_recipe
+
+    a = write_recipe(env.tmp / "para-a.toml", '[[post]]\nrun = "echo a > /etc/which"\n')
+    b = write_recipe(env.tmp / "para-b.toml", '[[post]]\nrun = "echo b > /etc/which"\n')
+    r = env.nspawnbuild("build", str(a), str(b), "-j", "2", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    summaries = json.loads(r.stdout)  # nothing but the JSON on stdout
+    assert [s["name"] for s in summaries] == ["para-a", "para-b"]
+    for s in summaries:
+        files = {f["file"]: f for f in s["files"]}
+        assert files[f"{s['name']}.tar.zst"]["sha256"] and files["manifest.json"]["size"] > 0
+        check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=s["dir"],
+                               capture_output=True)
+        assert check.returncode == 0
