@@ -280,6 +280,22 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspect import Artifact, inspect_report
+
+    art = Artifact.open(Path(args.artifact_dir))
+    print(json.dumps(art.manifest, indent=2) if args.json else inspect_report(art, args.top))
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from .inspect import Artifact, diff_report
+
+    text, differs = diff_report(Artifact.open(Path(args.a)), Artifact.open(Path(args.b)))
+    print(text)
+    return 1 if differs and args.exit_code else 0
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from .plugins import describe_plugins
 
@@ -377,6 +393,23 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--enable", action="store_true", help="start the machine at boot")
     p.add_argument("--start", action="store_true", help="start it now (needs systemd running)")
     p.set_defaults(func=cmd_install)
+
+    p = sub.add_parser("inspect", help="what is in a built image: packages, sizes, settings",
+                       epilog="example:\n  nspawnbuild inspect out/ollama-gpu --top 20",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("artifact_dir", metavar="ARTIFACT_DIR")
+    p.add_argument("--top", type=int, default=15, help="how many packages to list")
+    p.add_argument("--json", action="store_true", help="print the manifest")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("diff", help="compare two builds: packages, files, size, settings",
+                       epilog="example (CI, on a pull request):\n"
+                              "  nspawnbuild diff published/debian-base out/debian-base",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("a", metavar="A", help="artifact directory of the old build")
+    p.add_argument("b", metavar="B", help="artifact directory of the new build")
+    p.add_argument("--exit-code", action="store_true", help="exit 1 when the builds differ")
+    p.set_defaults(func=cmd_diff)
 
     p = sub.add_parser("show", help="print a recipe fully resolved (extends applied) as TOML")
     p.add_argument("recipe", metavar="RECIPE")

@@ -105,3 +105,26 @@ def test_parallel_build_of_two_recipes_reports_json(env: Env) -> None:
         check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=s["dir"],
                                capture_output=True)
         assert check.returncode == 0
+
+
+@pytest.mark.integration
+def test_inspect_and_diff(built: Env, env: Env) -> None:  # noqa: F811
+    from test_integration_build import write_recipe
+
+    art = built.out / NAME
+    r = run("inspect", str(art), "--top", "3")
+    assert r.returncode == 0, r.stderr
+    assert "largest packages (top 3):" in r.stdout and "█" in r.stdout
+    assert "\n  /usr " in r.stdout and "PrivateUsers=pick" in r.stdout
+
+    same = run("diff", str(art), str(art), "--exit-code")
+    assert same.returncode == 0 and same.stdout.count("(same)") == 3, same.stdout
+
+    variant = write_recipe(env.tmp / "variant.toml", f'name = "{NAME}"\n[[post]]\n'
+                           'run = "echo hi > /etc/motd-extra"\n[nspawn.Exec]\nLimitNOFILE = 4096\n')
+    assert env.nspawnbuild("build", str(variant)).returncode == 0
+    d = run("diff", str(art), str(env.out / NAME), "--exit-code")
+    assert d.returncode == 1, d.stdout
+    assert "\n  /etc " in d.stdout and "+1" in d.stdout
+    assert "  + LimitNOFILE=4096" in d.stdout
+    assert "packages:\n  (same)" in d.stdout
