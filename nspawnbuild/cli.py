@@ -56,7 +56,13 @@ def cmd_build(args: argparse.Namespace) -> int:
     argv = ["build", f"recipe={','.join(args.recipes)}"]
     if args.jobs > 1:
         argv[:0] = ["-n", str(args.jobs), "-P", "thread"]
-    code = DoitMain(loader, extra_config={"GLOBAL": {}}).run(argv)
+    # doit's thread runner swaps sys.stdout/stderr to capture each action; two threads can leave
+    # a capture object behind, so the real streams are put back before printing the summary
+    streams = sys.stdout, sys.stderr
+    try:
+        code = DoitMain(loader, extra_config={"GLOBAL": {}}).run(argv)
+    finally:
+        sys.stdout, sys.stderr = streams
     if code != 0:
         return 1
     from .paths import Layout
