@@ -128,3 +128,46 @@ def test_inspect_and_diff(built: Env, env: Env) -> None:  # noqa: F811
     assert "\n  /etc " in d.stdout and "+1" in d.stdout
     assert "  + LimitNOFILE=4096" in d.stdout
     assert "packages:\n  (same)" in d.stdout
+
+
+@pytest.mark.integration
+def test_out_dir_serves_machinectl_pull_tar(env: Env, tmp_path: Path) -> None:
+    """out/NAME/ as it is, on a loopback web server, pulled by the real systemd-pull."""
+    import functools
+    import http.server
+    import shutil
+    import threading
+
+    from test_integration_build import write_recipe
+
+    recipe = write_recipe(env.tmp / "pulled.toml", 'name = "pulled"\n[output]\n'
+                          'compression = "xz"\nlevel = 0\n')  # systemd 252 cannot pull zstd
+    r = env.nspawnbuild("build", str(recipe), "--quiet")
+    assert r.returncode == 0, r.stdout + r.stderr
+    served = tmp_path / "served"
+    shutil.copytree(env.out / "pulled", served)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a, **k: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/pulled.tar.xz"
+    try:
+        root = tmp_path / "machines"
+        root.mkdir()
+        pull = subprocess.run(["/lib/systemd/systemd-pull", "tar", "--verify=checksum",
+                               f"--image-root={root}", url, "pulled"],
+                              capture_output=True, text=True, timeout=300)
+        assert pull.returncode == 0, pull.stderr
+        assert (root / "pulled/usr/lib/systemd/systemd").is_file()
+        assert (root / "pulled.nspawn").read_text() == (served / "pulled.nspawn").read_text()
+
+        with open(served / "pulled.nspawn", "a") as fh:  # tampered: the pull must refuse it
+            fh.write("[Files]\nBind=/\n")
+        other = tmp_path / "machines2"
+        other.mkdir()
+        bad = subprocess.run(["/lib/systemd/systemd-pull", "tar", "--verify=checksum",
+                              f"--image-root={other}", url, "pulled"],
+                             capture_output=True, text=True, timeout=300)
+        assert bad.returncode != 0 and not (other / "pulled.nspawn").exists()
+    finally:
+        server.shutdown()
