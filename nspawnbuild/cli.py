@@ -302,6 +302,23 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 1 if differs and args.exit_code else 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from .inspect import Artifact
+    from .paths import Layout
+    from .run import run_image
+
+    _set_layout_env(args)
+    layout = Layout.from_env()
+    target = Path(args.image)
+    if not (target / "manifest.json").is_file():
+        from .recipe import load_recipe
+
+        target = layout.out_dir(load_recipe(args.image).name)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    return run_image(Artifact.open(target), layout.work / "run", boot=args.command_name == "boot",
+                     command=command)
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from .plugins import describe_plugins
 
@@ -416,6 +433,23 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("b", metavar="B", help="artifact directory of the new build")
     p.add_argument("--exit-code", action="store_true", help="exit 1 when the builds differ")
     p.set_defaults(func=cmd_diff)
+
+    for verb, text in (("shell", "run a shell (or a command) in a built image, with its settings"),
+                       ("boot", "boot a built image in systemd-nspawn, with its settings")):
+        p = sub.add_parser(verb, help=text,
+                           epilog=f"examples:\n  nspawnbuild {verb} debian-base\n"
+                                  + ("  nspawnbuild shell out/debian-base -- cat /etc/os-release"
+                                     if verb == "shell" else "  (press ^] three times to leave)"),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("image", metavar="IMAGE", help="a recipe name or an artifact directory")
+        if verb == "shell":
+            p.add_argument("command", nargs="*", metavar="-- CMD",
+                           help="command to run instead of a shell, after --")
+        else:
+            p.set_defaults(command=[])
+        p.add_argument("--out", help="artifact directory (default: ./out)")
+        p.add_argument("--work-dir", help="scratch space (default: ./.nspawnbuild)")
+        p.set_defaults(func=cmd_run, command_name=verb)
 
     p = sub.add_parser("show", help="print a recipe fully resolved (extends applied) as TOML")
     p.add_argument("recipe", metavar="RECIPE")

@@ -49,6 +49,26 @@ def verify(artifact_dir: Path) -> dict[str, str]:
     return sums
 
 
+def import_tarball(tarball: Path, image_root: Path, name: str) -> Path:
+    """Import like ``machinectl import-tar``, with its own program; zstd is decompressed here."""
+    if not Path(IMPORT).exists():
+        raise BuildError(f"{IMPORT} is missing; install it with: apt-get install systemd-container")
+    image_root.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([IMPORT, "tar", f"--image-root={image_root}", "-", name],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        with open_tarball(tarball) as stream:
+            shutil.copyfileobj(stream, proc.stdin, 1 << 20)
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    out = proc.stdout.read().decode(errors="replace")
+    if proc.wait() != 0:
+        raise BuildError(f"systemd-import failed:\n{out.strip()}")
+    return image_root / name
+
+
 def systemd_runs(root: Path) -> bool:
     return root == Path("/") and Path("/run/systemd/system").is_dir()
 
@@ -72,20 +92,7 @@ def install(artifact_dir: Path, *, name: str | None, root: Path, force: bool,
         remove_tree(image)
         done.append(f"removed the old {image}")
     image.parent.mkdir(parents=True, exist_ok=True)
-    if not Path(IMPORT).exists():
-        raise BuildError(f"{IMPORT} is missing; install it with: apt-get install systemd-container")
-    proc = subprocess.Popen([IMPORT, "tar", f"--image-root={image.parent}", "-", name],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert proc.stdin is not None
-    try:
-        with open_tarball(tarball) as stream:
-            shutil.copyfileobj(stream, proc.stdin, 1 << 20)
-        proc.stdin.close()
-    except BrokenPipeError:
-        pass
-    out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-    if proc.wait() != 0:
-        raise BuildError(f"systemd-import failed:\n{out.strip()}")
+    import_tarball(tarball, image.parent, name)
     done.append(f"imported {tarball.name} as {image}")
     for src, dest in ((artifact_dir / f"{built}.nspawn", nspawn),
                       (artifact_dir / f"systemd-nspawn@{built}.service.d" / DROPIN_NAME, dropin)):

@@ -171,3 +171,15 @@ def test_out_dir_serves_machinectl_pull_tar(env: Env, tmp_path: Path) -> None:
         assert bad.returncode != 0 and not (other / "pulled.nspawn").exists()
     finally:
         server.shutdown()
+
+
+@pytest.mark.integration
+def test_shell_runs_a_command_in_the_built_image(built: Env, tmp_path: Path) -> None:  # noqa: F811
+    art = built.out / NAME
+    r = subprocess.run([str(BIN / "nspawnbuild"), "shell", "--work-dir", str(tmp_path / "w"),
+                        str(art), "--", "sh", "-c", "cat /etc/hostname; exit 7"],
+                       capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+    assert r.returncode == 7, r.stderr
+    assert r.stdout == f"{NAME}\n"
+    assert not (Path("/run/systemd/nspawn") / f"{NAME}.nspawn").exists()
+    assert list((tmp_path / "w" / "run").iterdir()) == []  # the scratch image is gone
