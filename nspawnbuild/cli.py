@@ -221,11 +221,9 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
+    from .inspect import human_size
+
+    return human_size(n)
 
 
 def cmd_cache_key(args: argparse.Namespace) -> int:

@@ -66,7 +66,8 @@ def _bar(value: float, top: float) -> str:
     return "█" * max(1, round(BAR * value / top)) if top else ""
 
 
-def _human(n: float) -> str:
+def human_size(n: float) -> str:
+    """Bytes as B/KiB/MiB/GiB for tables."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -77,14 +78,14 @@ def _human(n: float) -> str:
 def inspect_report(art: Artifact, top: int = 15) -> str:
     m = art.manifest
     lines = [f"{art.name}: {m['base']['distro']} {m['base']['release']} {m['base']['arch']}, "
-             f"{len(m['packages'])} packages, tree {_human(m['tree']['bytes'])}, tarball "
-             f"{_human(m['artifacts']['tarball']['size'])} ({m['artifacts']['tarball']['compression']})",
+             f"{len(m['packages'])} packages, tree {human_size(m['tree']['bytes'])}, tarball "
+             f"{human_size(m['artifacts']['tarball']['size'])} ({m['artifacts']['tarball']['compression']})",
              f"  recipe digest {m['recipe_digest'][:16]}, nspawnbuild {m['tool']['version']}, "
              f"epoch {m['source_date_epoch']}", "", f"largest packages (top {top}):"]
     pkgs = sorted(m["packages"], key=lambda p: -p["installed_size_kib"])[:top]
     biggest = pkgs[0]["installed_size_kib"] if pkgs else 0
     for p in pkgs:
-        lines.append(f"  {p['name'][:28]:28} {_human(p['installed_size_kib'] * 1024):>10}  "
+        lines.append(f"  {p['name'][:28]:28} {human_size(p['installed_size_kib'] * 1024):>10}  "
                      f"{_bar(p['installed_size_kib'], biggest)}")
     sizes: dict[str, int] = defaultdict(int)
     for path, (size, _) in art.files().items():
@@ -93,7 +94,7 @@ def inspect_report(art: Artifact, top: int = 15) -> str:
     ranked = sorted(sizes.items(), key=lambda kv: -kv[1])
     for d, size in ranked:
         if size:
-            lines.append(f"  {d:28} {_human(size):>10}  {_bar(size, ranked[0][1])}")
+            lines.append(f"  {d:28} {human_size(size):>10}  {_bar(size, ranked[0][1])}")
     lines += ["", "settings (.nspawn):"] + [f"  {s}" for s in art.settings("nspawn")]
     unit = art.settings("dropin")
     lines += ["", "unit drop-in:"] + ([f"  {s}" for s in unit] or ["  (none)"])
@@ -126,8 +127,8 @@ def diff_report(a: Artifact, b: Artifact) -> tuple[str, bool]:
     lines += file_lines or ["  (same)"]
     sa, sb = a.manifest["tree"]["bytes"], b.manifest["tree"]["bytes"]
     ta, tb = a.manifest["artifacts"]["tarball"]["size"], b.manifest["artifacts"]["tarball"]["size"]
-    lines.append(f"size: tree {_human(sa)} -> {_human(sb)} ({_human(sb - sa)}), "
-                 f"tarball {_human(ta)} -> {_human(tb)} ({_human(tb - ta)})")
+    lines.append(f"size: tree {human_size(sa)} -> {human_size(sb)} ({human_size(sb - sa)}), "
+                 f"tarball {human_size(ta)} -> {human_size(tb)} ({human_size(tb - ta)})")
     setting_lines = []
     for which in ("nspawn", "dropin"):
         xa, xb = a.settings(which), b.settings(which)

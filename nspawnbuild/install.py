@@ -8,7 +8,6 @@ its privileged settings are honoured and the drop-in where systemd reads it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from .audit import open_tarball
 from .errors import BuildError, Problem, RecipeError
+from .pack import sha256_file
 from .render import DROPIN_NAME
 from .rootfs import remove_tree
 
@@ -35,16 +35,13 @@ def verify(artifact_dir: Path) -> dict[str, str]:
         name = name.lstrip("*")
         if not name or "/.." in f"/{name}" or name.startswith("/"):
             raise BuildError(f"{sums_file}: bad line {line!r}")
-        h = hashlib.sha256()
         try:
-            with open(artifact_dir / name, "rb") as fh:
-                while chunk := fh.read(1 << 20):
-                    h.update(chunk)
+            actual = sha256_file(artifact_dir / name)
         except OSError as e:
             raise BuildError(f"{artifact_dir / name}: {e.strerror}; the artifacts are incomplete") from None
-        if h.hexdigest() != digest:
+        if actual != digest:
             raise BuildError(f"{artifact_dir / name} does not match SHA256SUMS (expected {digest}, "
-                             f"got {h.hexdigest()}); the artifacts are damaged or were changed")
+                             f"got {actual}); the artifacts are damaged or were changed")
         sums[name] = digest
     return sums
 

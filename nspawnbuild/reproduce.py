@@ -8,7 +8,6 @@ target), so a user can find the cause without diffoscope.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
@@ -18,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .pack import walk_sorted
+from .pack import sha256_file, walk_sorted
 from .rootfs import remove_tree
 
 #: how the two builds' environments differ
@@ -48,11 +47,7 @@ def _describe(path: Path, epoch: int) -> dict[str, str]:
     if stat.S_ISLNK(st.st_mode):
         out["link target"] = os.readlink(path)
     elif stat.S_ISREG(st.st_mode):
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
-        out["content"] = f"sha256:{h.hexdigest()[:16]}"
+        out["content"] = f"sha256:{sha256_file(path)[:16]}"
     try:
         names = sorted(os.listxattr(path, follow_symlinks=False))
         out["xattr"] = ",".join(f"{n}={os.getxattr(path, n, follow_symlinks=False).hex()}"

@@ -87,8 +87,7 @@ def test_sigkill_during_bootstrap_leaves_nothing_behind(env: Env) -> None:
     proc.kill()
     proc.wait()
     assert_host_clean(env)
-    r = subprocess.run([str(BIN / "nspawnbuild"), "build", str(recipe)], cwd=env.tmp,
-                       env=env.environ(), capture_output=True, text=True)
+    r = env.nspawnbuild("build", str(recipe))
     assert r.returncode == 0, r.stdout + r.stderr
     assert not list(boot.glob(".*.tmp-*")), "the killed build's half bootstrap is still there"
 
@@ -102,15 +101,13 @@ def test_sigkill_during_a_post_step_leaves_nothing_behind(env: Env) -> None:
     proc.wait()
     assert_host_clean(env)
     write_recipe(recipe, '[[post]]\nrun = "true"\n')
-    r = subprocess.run([str(BIN / "nspawnbuild"), "build", str(recipe)], cwd=env.tmp,
-                       env=env.environ(), capture_output=True, text=True)
+    r = env.nspawnbuild("build", str(recipe))
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_sigkill_during_pack_keeps_the_published_artifacts(env: Env) -> None:
     recipe = write_recipe(env.tmp / "killpack.toml", '[[post]]\nrun = "echo 1 > /etc/v"\n')
-    r = subprocess.run([str(BIN / "nspawnbuild"), "build", str(recipe)], cwd=env.tmp,
-                       env=env.environ(), capture_output=True, text=True)
+    r = env.nspawnbuild("build", str(recipe))
     assert r.returncode == 0, r.stdout + r.stderr
     out = env.out / "killpack"
     before = digests(out)
@@ -123,8 +120,7 @@ def test_sigkill_during_pack_keeps_the_published_artifacts(env: Env) -> None:
     proc.wait()
     assert_host_clean(env)
     assert digests(out) == before and sums_ok(out)
-    r = subprocess.run([str(BIN / "nspawnbuild"), "build", str(recipe)], cwd=env.tmp,
-                       env=env.environ(), capture_output=True, text=True)
+    r = env.nspawnbuild("build", str(recipe))
     assert r.returncode == 0, r.stdout + r.stderr
     assert digests(out) != before and sums_ok(out)
     assert not list(stage.glob(".*.tmp-*"))
@@ -133,8 +129,7 @@ def test_sigkill_during_pack_keeps_the_published_artifacts(env: Env) -> None:
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_interrupt_stops_children_promptly_and_keeps_artifacts(env: Env, signum: int) -> None:
     recipe = write_recipe(env.tmp / "interrupted.toml", '[[post]]\nrun = "true"\n')
-    r = subprocess.run([str(BIN / "nspawnbuild"), "build", str(recipe)], cwd=env.tmp,
-                       env=env.environ(), capture_output=True, text=True)
+    r = env.nspawnbuild("build", str(recipe))
     assert r.returncode == 0, r.stdout + r.stderr
     out = env.out / "interrupted"
     before = digests(out)
@@ -163,8 +158,7 @@ def test_a_second_build_of_the_same_recipe_is_refused(env: Env) -> None:
     marker = env.work / "recipes" / "busy" / "rootfs.new" / "etc" / "step-started"
     try:
         wait_for("the post-step to run", marker.exists, first)
-        second = subprocess.run([str(BIN / "nspawnbuild"), "build", str(recipe)], cwd=env.tmp,
-                                env=env.environ(), capture_output=True, text=True, timeout=60)
+        second = env.nspawnbuild("build", str(recipe))
         assert second.returncode == 1
         assert f"recipe busy is being built by process {first.pid}" in second.stderr
         assert "Traceback" not in second.stderr
