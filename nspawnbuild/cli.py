@@ -11,14 +11,23 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import EXIT_BAD_INPUT, NspawnbuildError, error_lines
-from .paths import default_cache
+from .paths import BUILD_LOG, default_cache
+
+if TYPE_CHECKING:
+    from rich.text import Text  # noqa: F401  (annotations)
 
 EPILOG_BUILD = """examples:
   nspawnbuild build debian-base
   nspawnbuild build ./my-image.toml --out /srv/images
+  nspawnbuild build -j 2 debian-base postgres      # two recipes in parallel
+  nspawnbuild build --keep-rootfs web              # keep the tree when a post-step fails
+  nspawnbuild build --json debian-base | jq -r '.[0].files[] | .sha256 + "  " + .file'
+
+the full log of each build is out/NAME/build.log
 """
 
 
@@ -51,6 +60,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         return status
     if args.quiet or args.json:
         os.environ["NSPAWNBUILD_QUIET"] = "1"
+    if args.keep_rootfs:
+        os.environ["NSPAWNBUILD_KEEP_ROOTFS"] = "1"
     loader = ModuleTaskLoader({"task_build": tasks.task_build,
                                "DOIT_CONFIG": tasks.doit_config()})
     argv = ["build", f"recipe={','.join(args.recipes)}"]
@@ -71,8 +82,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summaries, indent=2))
     elif not args.quiet:
+        from rich.console import Console
+
+        console = Console(highlight=False)
         for summary in summaries:
-            print(format_summary(summary))
+            console.print(format_summary(summary), soft_wrap=True)
     return 0
 
 
@@ -80,7 +94,7 @@ def build_summary(out: Path) -> dict[str, object]:
     """What a build published: the files with size and sha256 (from its manifest)."""
     manifest = json.loads((out / "manifest.json").read_text())
     files = [{"file": str(p.relative_to(out)), "size": p.stat().st_size}
-             for p in sorted(out.rglob("*")) if p.is_file()]
+             for p in sorted(out.rglob("*")) if p.is_file() and p.name != BUILD_LOG]
     digests = {}
     for line in (out / "SHA256SUMS").read_text().splitlines():
         digest, _, name = line.partition("  ")
@@ -88,28 +102,35 @@ def build_summary(out: Path) -> dict[str, object]:
     for f in files:
         f["sha256"] = digests.get(str(f["file"]))
     return {"name": manifest["name"], "dir": str(out), "files": files,
-            "tarball": manifest["artifacts"]["tarball"]["file"]}
+            "tarball": manifest["artifacts"]["tarball"]["file"], "log": str(out / BUILD_LOG)}
 
 
-def format_summary(summary: dict[str, object]) -> str:
+def format_summary(summary: dict[str, object]) -> Text:
+    """The table of what was published and the commands that install it (styled for a terminal)."""
+    from rich.text import Text
+
     name, out, tarball = summary["name"], summary["dir"], summary["tarball"]
-    lines = [f"\n{name}: {out}"]
-    for f in summary["files"]:  # type: ignore[attr-defined]
-        digest = (f["sha256"] or "")[:16]
-        lines.append(f"  {f['file']:58} {_human(f['size']):>10}  {digest}")
+    files: list[dict[str, Any]] = summary["files"]  # type: ignore[assignment]
+    width = max(len(f["file"]) for f in files)
+    text = Text("\n")
+    text.append(f"{name}", style="bold green").append(f": {out}\n")
+    for f in files:
+        text.append(f"  {f['file']:{width}} ").append(f"{_human(f['size']):>10}", style="cyan")
+        text.append(f"  {f['sha256'] or ''}\n", style="dim")
+    text.append(f"  build log: {summary['log']}\n", style="dim")
     zstd = str(tarball).endswith(".zst")
-    lines += [
-        "install on a host (as root):",
-        f"  nspawnbuild install {out} --enable --start",
-        "or by hand:",
+    text.append("install on a host (as root):\n", style="bold")
+    text.append(f"  nspawnbuild install {out} --enable --start\n")
+    text.append("or by hand:\n", style="bold")
+    text.append("\n".join([
         (f"  zstd -dc {out}/{tarball} | machinectl import-tar - {name}   # systemd < 258"
          if zstd else f"  machinectl import-tar {out}/{tarball} {name}"),
         f"  install -D -m 0644 {out}/{name}.nspawn /etc/systemd/nspawn/{name}.nspawn",
         f"  install -D -m 0644 {out}/systemd-nspawn@{name}.service.d/50-nspawnbuild.conf "
         f"/etc/systemd/system/systemd-nspawn@{name}.service.d/50-nspawnbuild.conf",
-        f"  systemctl daemon-reload && machinectl start {name}",
-    ]
-    return "\n".join(lines)
+        f"  systemctl daemon-reload && machinectl start {name}   # machinectl enable {name}: at boot",
+    ]))
+    return text
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -359,6 +380,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="with --check-reproducible: keep both trees for inspection")
     p.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
                    help="build up to N tasks at once (several recipes in parallel)")
+    p.add_argument("--keep-rootfs", action="store_true",
+                   help="when the rootfs step fails, keep its tree (.nspawnbuild/recipes/NAME/"
+                        "rootfs.failed) to look inside; the finished tree is always in .../rootfs")
     p.add_argument("--quiet", action="store_true", help="print errors only")
     p.add_argument("--json", action="store_true",
                    help="print what was published as JSON (for scripts), nothing else")

@@ -14,6 +14,9 @@ from pathlib import Path
 from .pack import SUFFIXES
 from .render import DROPIN_NAME
 
+#: the log of the last build that did work, beside its artifacts (not in SHA256SUMS)
+BUILD_LOG = "build.log"
+
 
 def tarball_name(name: str, compression: str) -> str:
     return f"{name}{SUFFIXES[compression]}"
@@ -56,6 +59,9 @@ class Layout:
 
     def out_dir(self, name: str) -> Path:
         return self.out / name
+
+    def build_log(self, name: str) -> Path:
+        return self.out / name / BUILD_LOG
 
     def plan_file(self, name: str, stage: str) -> Path:
         return self.work_dir(name) / "plan" / f"{stage}.json"

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from .errors import BuildError
@@ -24,6 +24,11 @@ TAIL_LINES = 25
 #: lines that are kept in the log but are noise in an error message: on hosts where /run is
 #: not a tmpfs, every systemd-nspawn run ends with this harmless complaint
 TAIL_NOISE = re.compile(r"^Attempted to remove disk file system under .*/run/systemd/nspawn/propagate/")
+
+
+#: called with (log path, line) for every line a step prints: the progress display shows the
+#: latest one beside the spinner
+listeners: list[Callable[[Path, str], None]] = []
 
 
 class StepLog:
@@ -83,6 +88,8 @@ class StepLog:
                 self._fh.write(line)
                 if not TAIL_NOISE.match(line):
                     tail.append(line.rstrip("\n"))
+                    for listener in listeners:
+                        listener(self.path, tail[-1])
             code = proc.wait()
         except BaseException:
             # Ctrl-C or SIGTERM: stop the child promptly, then let the interruption through.

@@ -149,6 +149,9 @@ def action_bootstrap(recipe_path: str, key: str) -> None:
     spec = _read_json(layout.plan_file(recipe.name, "bootstrap"))
     with exclusive(entry.with_suffix(".lock"), wait=True, what=f"bootstrap cache entry {key}"):
         if (entry / "info.json").is_file():
+            with StepLog(layout.log(recipe.name, "bootstrap")) as log:
+                log.note(f"cache entry {key} is already there (an earlier build made it): "
+                         "nothing to bootstrap")
             return
         for stale in entry.parent.glob(f".{key}.tmp-*"):  # left by a killed build
             remove_tree(stale)
@@ -211,10 +214,32 @@ def action_rootfs(recipe_path: str) -> None:
                 _evict(entry, touched, log)
             remove_tree(work / "rootfs")
             os.replace(new, work / "rootfs")
+        except NspawnbuildError as e:
+            if not keep_rootfs():
+                remove_tree(new)
+                raise
+            raise BuildError(f"{e}\n{_keep_failed(new, work / 'rootfs.failed', log)}") from None
         except BaseException:
             remove_tree(new)
             raise
         _write_json(work / "rootfs.json", {"spec": digest(spec), "packages": packages})
+
+
+def keep_rootfs() -> bool:
+    """``--keep-rootfs`` (``doit build keep_rootfs=1``): keep the tree of a failed rootfs step."""
+    return bool(os.environ.get("NSPAWNBUILD_KEEP_ROOTFS") or get_var("keep_rootfs", ""))
+
+
+def _keep_failed(tree: Path, kept: Path, log: StepLog) -> str:
+    """Move a failed tree aside for a look inside; return the lines that say how."""
+    remove_tree(kept)
+    os.replace(tree, kept)
+    message = (f"  the tree as the failing step left it is kept (--keep-rootfs): {kept}\n"
+               "  look inside without changing it: systemd-nspawn --register=no --keep-unit "
+               f"--volatile=overlay -D {kept}\n"
+               "  (it shares files with the bootstrap cache; remove it with nspawnbuild clean)")
+    log.note(message.strip())
+    return message
 
 
 def _evict(entry: Path, touched: list[str], log: StepLog) -> None:

@@ -68,7 +68,7 @@ def test_artifacts_are_complete_and_checksummed(built: Env) -> None:
     out = built.out / NAME
     assert sorted(p.name for p in out.iterdir()) == sorted([
         f"{NAME}.tar.zst", f"{NAME}.nspawn", f"systemd-nspawn@{NAME}.service.d",
-        "manifest.json", "SHA256SUMS"])
+        "manifest.json", "SHA256SUMS", "build.log"])
     assert (out / f"systemd-nspawn@{NAME}.service.d" / "50-nspawnbuild.conf").is_file()
     check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=out, capture_output=True,
                            text=True)

@@ -1,0 +1,33 @@
+"""The build log and the parsing of task names, without a build."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nspawnbuild.paths import Layout
+from nspawnbuild.reporter import Event, RecipeRun, split_task, write_build_log
+
+
+def test_split_task() -> None:
+    assert split_task("rootfs:web") == ("rootfs", "web")
+    assert split_task("build") is None
+    assert split_task("_private:web") is None
+
+
+def test_build_log_has_each_stage_and_only_the_logs_of_stages_that_ran(tmp_path: Path) -> None:
+    layout = Layout(out=tmp_path / "out", work=tmp_path / "work", cache=tmp_path / "cache")
+    for stage, text in (("bootstrap", "old bootstrap output\n"), ("rootfs", "apt said hello\n")):
+        layout.log("web", stage).parent.mkdir(parents=True, exist_ok=True)
+        layout.log("web", stage).write_text(text)
+    run = RecipeRun(events=[Event("bootstrap", "up to date"), Event("rootfs", "done", 2.5),
+                            Event("pack", "failed", 1.0, "pack:web: disk full")])
+    assert run.did_work
+    log = write_build_log("web", run, layout).read_text()
+    assert "== bootstrap: up to date\n" in log and "old bootstrap output" not in log
+    assert "== rootfs: done in 2.5s\napt said hello\n" in log
+    assert "== pack: failed in 1.0s\npack:web: disk full\n" in log
+    assert [p.name for p in (layout.out / "web").iterdir()] == ["build.log"]  # no temp file left
+
+
+def test_a_run_with_nothing_to_do_did_no_work() -> None:
+    assert not RecipeRun(events=[Event("rootfs", "up to date")]).did_work
