@@ -473,25 +473,40 @@ def make_parser() -> argparse.ArgumentParser:
         p.add_argument("--work-dir", help="scratch space (default: ./.nspawnbuild)")
         p.set_defaults(func=cmd_run, command_name=verb)
 
-    p = sub.add_parser("show", help="print a recipe fully resolved (extends applied) as TOML")
+    p = sub.add_parser("show", help="print a recipe fully resolved (extends applied) as TOML",
+                       epilog="examples:\n  nspawnbuild show ollama-gpu\n"
+                              "  nspawnbuild show ./web.toml > web-resolved.toml",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", metavar="RECIPE")
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("schema", help="print the JSON Schema of recipes (for editors)")
+    p = sub.add_parser("schema", help="print the JSON Schema of recipes (for editors)",
+                       epilog="example:\n  nspawnbuild schema --output schema/recipe.schema.json"
+                              "\n  (recipes then start with: #:schema ../schema/recipe.schema.json)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", metavar="FILE", help="write it to FILE")
     p.set_defaults(func=cmd_schema)
 
-    p = sub.add_parser("clean", help="remove work trees and artifacts (of RECIPEs, or all)")
+    p = sub.add_parser("clean", help="remove work trees and artifacts (of RECIPEs, or all)",
+                       epilog="examples:\n  nspawnbuild clean web      # .nspawnbuild/recipes/web "
+                              "and out/web\n  nspawnbuild clean          # all of .nspawnbuild/ and "
+                              "out/\nthe bootstrap cache is kept: see nspawnbuild cache prune",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipes", nargs="*", metavar="RECIPE")
     p.add_argument("--out", help="artifact directory (default: ./out)")
     p.add_argument("--work-dir", help="work directory (default: ./.nspawnbuild)")
     p.set_defaults(func=cmd_clean)
 
-    p = sub.add_parser("list", help="list the recipes found")
+    p = sub.add_parser("list", help="list the recipes found",
+                       epilog="examples:\n  nspawnbuild list\n  nspawnbuild list --json | jq -c "
+                              "'[.[].name]'   # a CI matrix",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("plugins", help="list loaded plugins, their distros and features")
+    p = sub.add_parser("plugins", help="list loaded plugins, their distros and features",
+                       epilog="examples:\n  nspawnbuild plugins\n  nspawnbuild plugins --json",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plugins)
     return parser
