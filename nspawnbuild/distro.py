@@ -115,6 +115,12 @@ class Distro(ABC):
     #: packages for the ifupdown backend, and its service
     ifupdown_packages: ClassVar[list[str]] = ["ifupdown"]
     ifupdown_service: ClassVar[str] = "networking"
+    #: the network backends the distro can run: "networkd", "ifupdown"
+    network_backends: ClassVar[tuple[str, ...]] = ("networkd", "ifupdown")
+    #: packages systemd-networkd needs besides systemd (Fedora ships it separately)
+    networkd_packages: ClassVar[list[str]] = []
+    #: packages that provide useradd/groupadd (Debian has them in an essential package)
+    user_packages: ClassVar[list[str]] = []
     #: the archive component that must be enabled for NVIDIA's user-space, if any
     nonfree_component: ClassVar[str | None] = None
 
@@ -141,8 +147,8 @@ class Distro(ABC):
             argv.append("-r")
         return [*argv, name]
 
-    def locale_packages(self) -> list[str]:
-        """Packages needed to generate locales."""
+    def locale_packages(self, locales: list[str]) -> list[str]:
+        """Packages that provide ``locales`` (``en_US.UTF-8``, ...)."""
         return []
 
     def configure_locales(self, ctx: RootfsContext, locales: list[str], lang: str) -> None:
@@ -155,6 +161,14 @@ class Distro(ABC):
     def nvidia_packages(self, driver_version: str) -> list[str]:
         """NVIDIA user-space packages pinned to ``driver_version`` (the kernel module's)."""
         raise NotImplementedError(f"{self.name} has no NVIDIA user-space packages configured")
+
+    def spec_name(self, spec: str) -> str:
+        """The package name in an install spec with a pinned version (``name=1.2-*``)."""
+        return spec.split("=")[0]
+
+    def version_matches(self, installed: str, wanted: str) -> bool:
+        """Whether an installed version (as ``list_packages`` gives it) is upstream ``wanted``."""
+        return installed.split(":", 1)[-1].startswith(f"{wanted}-")
 
     def install_firstboot(self, ctx: RootfsContext, script: str) -> None:
         """Make ``script`` (a path in the image) run once, on the container's first boot.

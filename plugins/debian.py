@@ -72,6 +72,9 @@ class Debian(Distro):
     default_release: ClassVar[str] = "bookworm"
     default_components: ClassVar[list[str]] = ["main"]
     keyring_package: ClassVar[str] = "debian-archive-keyring"
+    #: the archive's keyring on the build host, given to the bootstrapper explicitly when set
+    #: (mmdebstrap and debootstrap find Debian's own)
+    keyring: ClassVar[str | None] = None
     bootstrap_revision = 2  # 2: apt lists kept in the bootstrap for post-steps
     ssh_service = "ssh"
     ssh_generates_host_keys = False  # openssh-server makes keys in postinst, not at boot
@@ -137,6 +140,8 @@ class Debian(Distro):
                 # same archive state as the bootstrap; the rootfs stage removes them
                 "--skip=cleanup/apt/lists",
             ]
+            if self.keyring:
+                argv.append(f"--keyring={self.keyring}")
             if base.get("snapshot"):
                 argv.append('--aptopt=Acquire::Check-Valid-Until "false"')
             if packages:
@@ -149,12 +154,14 @@ class Debian(Distro):
                                  "or change [base] variant")
             argv = ["debootstrap", f"--variant={base['variant']}", f"--arch={base['arch']}",
                     f"--components={','.join(base['components'])}"]
+            if self.keyring:
+                argv.append(f"--keyring={self.keyring}")
             if packages:
                 argv.append(f"--include={','.join(packages)}")
             argv += [base["release"], str(dest), *mirror]
         log.run(isolated(argv), step=f"bootstrap ({tool})", env=env, shown_command=" ".join(argv))
 
-    def locale_packages(self) -> list[str]:
+    def locale_packages(self, locales: list[str]) -> list[str]:
         return ["locales"]
 
     def configure_locales(self, ctx: RootfsContext, locales: list[str], lang: str) -> None:
@@ -209,10 +216,15 @@ class Ubuntu(Debian):
         return [f"nvidia-utils-{branch}={driver_version}-*",
                 f"libnvidia-compute-{branch}={driver_version}-*"]
 
+    keyring: ClassVar[str | None] = "/usr/share/keyrings/ubuntu-archive-keyring.gpg"
+
     def bootstrapper(self) -> tuple[str, str]:
-        if not Path("/usr/share/keyrings/ubuntu-archive-keyring.gpg").exists():
-            raise HostToolMissing("ubuntu-archive-keyring.gpg", "ubuntu-keyring",
-                                  "to verify Ubuntu's archive")
+        if self.keyring and not Path(self.keyring).exists():
+            raise BuildError(
+                f"{self.keyring} is missing on this host but is needed to verify Ubuntu's "
+                "archive; on Ubuntu install it with: apt-get install ubuntu-keyring (Debian has "
+                "no package for it: copy the file from an Ubuntu system or its ubuntu-keyring "
+                ".deb)")
         return super().bootstrapper()
 
 

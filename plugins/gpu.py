@@ -118,9 +118,9 @@ def nspawnbuild_finalize_rootfs(ctx: RootfsContext) -> None:
     if table is None:
         return
     want = table["driver_version"]
-    names = {p.split("=")[0] for p in ctx.distro.nvidia_packages(want)}
+    names = {ctx.distro.spec_name(p) for p in ctx.distro.nvidia_packages(want)}
     found = {p.name: p.version for p in ctx.distro.list_packages(ctx.root) if p.name in names}
-    wrong = {n: v for n, v in found.items() if not v.startswith(f"{want}-")}
+    wrong = {n: v for n, v in found.items() if not ctx.distro.version_matches(v, want)}
     if wrong or len(found) != len(names):
         raise BuildError(f"NVIDIA user-space {want} was asked for but the image has "
                          f"{found or 'none of ' + ', '.join(sorted(names))}")

@@ -37,7 +37,7 @@ def nspawnbuild_packages(recipe: Recipe, distro: Distro) -> list[str]:
     table = recipe.feature("locales")
     if table is None:
         return []
-    pkgs = distro.locale_packages() if table.get("locales") else []
+    pkgs = distro.locale_packages(table["locales"]) if table.get("locales") else []
     if "timezone" in table:
         pkgs += distro.timezone_packages()
     return [distro.map_package(p) for p in pkgs]

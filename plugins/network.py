@@ -74,7 +74,14 @@ def nspawnbuild_validate(recipe: Recipe) -> None:
     if table.get("ports") and mode == "host":
         fail(recipe, "features.network.ports", "port forwarding needs a private network: "
              "mode 'veth', 'bridge' or 'zone'")
-    if table.get("dns") and table.get("backend") == "ifupdown":
+    from nspawnbuild.plan import make_distro
+
+    distro = make_distro(recipe)
+    backend = _backend(table, distro)
+    if mode != "host" and backend not in distro.network_backends:
+        fail(recipe, "features.network.backend", f"{distro.name} images cannot use {backend}",
+             f"use backend = \"{distro.network_backends[0]}\" (or leave it out)")
+    if table.get("dns") and backend == "ifupdown":
         fail(recipe, "features.network.dns", "dns is set through systemd-resolved, which the "
              "ifupdown backend does not use", "use backend = \"networkd\", or a post-step")
     for key, kind in (("address", "interface"), ("gateway", "address"), ("dns", "address")):
@@ -117,7 +124,8 @@ def nspawnbuild_packages(recipe: Recipe, distro: Distro) -> list[str]:
         return []
     if _backend(table, distro) == "ifupdown":
         return [distro.map_package(p) for p in distro.ifupdown_packages]
-    return [distro.map_package("systemd-resolved")] if table.get("dns") else []
+    resolved = [distro.map_package("systemd-resolved")] if table.get("dns") else []
+    return [*distro.networkd_packages, *resolved]
 
 
 def networkd_file(table: dict[str, Any]) -> str:

@@ -69,7 +69,9 @@ def nspawnbuild_validate(recipe: Recipe) -> None:
 
 @hookimpl
 def nspawnbuild_packages(recipe: Recipe, distro: Distro) -> list[str]:
-    return [distro.map_package("sudo")] if any(a.get("sudo") for a in _accounts(recipe)) else []
+    accounts = _accounts(recipe)
+    sudo = [distro.map_package("sudo")] if any(a.get("sudo") for a in accounts) else []
+    return [*distro.user_packages, *sudo] if accounts else []
 
 
 @hookimpl

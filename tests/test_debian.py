@@ -149,3 +149,25 @@ def test_snapshot_is_validated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
                     'mirror = "http://127.0.0.1:9/debian"\n')
     with pytest.raises(RecipeError, match="mirror and snapshot exclude each other"):
         load_recipe(path)
+
+
+def test_ubuntu_uses_its_keyring_components_and_the_bootstrappers_default_mirror(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    keyring = tmp_path / "ubuntu-archive-keyring.gpg"
+    keyring.write_bytes(b"")
+    monkeypatch.setattr(debian.Ubuntu, "keyring", str(keyring))
+    monkeypatch.setattr("nspawnbuild_plugins.debian.shutil.which", only({"mmdebstrap"}))
+    u = debian.Ubuntu({"distro": "ubuntu", "arch": "amd64"})
+    assert u.release == "noble" and u.base["components"] == ["main", "universe"]
+    log = FakeLog()
+    u.bootstrap(tmp_path / "root", ["dbus"], 0, log)  # type: ignore[arg-type]
+    assert f"--keyring={keyring}" in log.argv
+    assert "--components=main,universe" in log.argv
+    assert log.argv[-2:] == ["noble", str(tmp_path / "root")]  # no mirror: mmdebstrap's default
+
+
+def test_ubuntu_without_its_keyring_says_where_to_get_it(monkeypatch: pytest.MonkeyPatch,
+                                                         tmp_path: Path) -> None:
+    monkeypatch.setattr(debian.Ubuntu, "keyring", str(tmp_path / "missing.gpg"))
+    with pytest.raises(BuildError, match=r"missing.gpg is missing on this host.*ubuntu-keyring"):
+        debian.Ubuntu({"distro": "ubuntu"}).bootstrapper()

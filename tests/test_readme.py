@@ -35,6 +35,7 @@ def toml_keys(text: str) -> set[str]:
     keys = set()
     for block in re.findall(r"```toml\n(.*?)```", text, re.S):
         keys |= set(re.findall(r"^#? ?([a-z_0-9]+) = ", block, re.M))
+        keys |= set(re.findall(r"^#? ?\[\[?[a-z_]+\.([a-z_0-9]+)\]\]?", block, re.M))  # [[base.repos]]
     return keys
 
 

@@ -1,0 +1,272 @@
+"""Alpine Linux: the static ``apk`` with a pinned checksum, OpenRC made to run under nspawn.
+
+Safe by construction, as the field guide's fork of alpine-chroot-install is: nothing of the
+host is ever bound or mounted into the tree, and nothing is left in it that the build needed
+(the static apk stays in a temporary directory beside the tree). Packages are verified by apk
+with Alpine's signing keys, which the build host provides (``[base] keys_dir``); there is no
+``--allow-untrusted`` anywhere.
+
+No mirror and no download host is written here: the recipe (or the environment) names the
+mirror and where the static apk is fetched from; only its checksum is pinned.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar
+
+from nspawnbuild import hookimpl
+from nspawnbuild.distro import Distro, Package
+from nspawnbuild.errors import BuildError
+from nspawnbuild.features import fail
+from nspawnbuild.fetch import fetch
+from nspawnbuild.paths import Layout
+from nspawnbuild.recipe import Recipe
+from nspawnbuild.rootfs import RootfsContext, make_dirs, remove_tree, resolve_in_root, write_file
+from nspawnbuild.sandbox import isolated
+from nspawnbuild.steplog import StepLog
+
+#: sha256 of apk-tools' static binary (apk.static), by architecture: v2.14.7, as released by
+#: apk-tools and pinned by alpine-chroot-install and the field guide's alpine-nspawn-install
+APK_STATIC_SHA256 = {
+    "x86_64": ("2.14.7", "bdd044e0fd6cc388c5e571e1093efa5f35f7767cc5aa338b0a2576a429009a62"),
+}
+HOST_KEYS_DIR = "/etc/apk/keys"
+URL = {"type": "string", "pattern": r"^(https?|file)://[^\s,]+$",
+       "x-hint": "a URL (http://, https:// or file://)"}
+#: OpenRC knows it runs in systemd-nspawn through rc_sys (it then skips hardware services)
+RC_SYS = 'rc_sys="systemd-nspawn"'
+RESOLV_CONF = """\
+# Written by nspawnbuild: no name servers of the build host are shipped in the image.
+# With DHCP, udhcpc fills this file in when the container starts; with static addresses,
+# list name servers here in a [[files]] entry of the recipe.
+"""
+DEFAULT_INTERFACES = "auto lo\niface lo inet loopback\n"
+FIRSTBOOT = """\
+#!/bin/sh
+# Written by nspawnbuild: the image's first-boot commands, once per container (OpenRC local).
+[ -e {stamp} ] && exit 0
+{script} && mkdir -p /var/lib/nspawnbuild && touch {stamp}
+"""
+
+
+def apk_arch() -> str:
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine(), platform.machine())
+
+
+def parse_apk_installed(text: str) -> list[Package]:
+    """Installed packages from ``/lib/apk/db/installed`` (read, never executed)."""
+    packages = []
+    for stanza in text.split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in stanza.splitlines():
+            if len(line) > 2 and line[1] == ":" and line[0] not in fields:
+                fields[line[0]] = line[2:]
+        if "P" in fields and "V" in fields:
+            size = fields.get("I", "0")
+            packages.append(Package(fields["P"], fields["V"], fields.get("A", ""),
+                                    int(size) // 1024 if size.isdigit() else 0))
+    return sorted(packages)
+
+
+class Alpine(Distro):
+    name = "alpine"
+    init = "openrc"  # the .nspawn gets KillSignal=SIGTERM (OpenRC ignores SIGRTMIN+3)
+    base_schema: ClassVar[dict[str, Any]] = {
+        "apk_static_url": {**URL, "description": "where to download apk-tools' static apk "
+                                                 "(or set NSPAWNBUILD_APK_STATIC_URL)"},
+        "apk_static_sha256": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$",
+                              "x-hint": "64 hex digits: `sha256sum apk.static`",
+                              "description": "its sha256 (default: pinned for x86_64)"},
+        "keys_dir": {"type": "string", "pattern": "^/",
+                     "x-hint": "an absolute directory on the build host",
+                     "description": "Alpine's signing keys (*.rsa.pub) on the build host; "
+                                    "default /etc/apk/keys or NSPAWNBUILD_ALPINE_KEYS"},
+    }
+    default_release: ClassVar[str] = "3.22"
+    ssh_service = "sshd"
+    ssh_generates_host_keys = True  # the sshd init script runs ssh-keygen -A
+    network_backend = "ifupdown"
+    network_backends = ("ifupdown",)
+    ifupdown_packages: ClassVar[list[str]] = ["ifupdown-ng"]
+    ifupdown_service = "networking"
+    user_packages: ClassVar[list[str]] = ["shadow"]  # useradd/groupadd (busybox has adduser)
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {"release": cls.default_release, "arch": apk_arch()}
+
+    def __init__(self, base: dict[str, Any]):
+        super().__init__({**self.defaults(), **base})
+
+    @property
+    def branch(self) -> str:
+        return "edge" if self.release == "edge" else f"v{self.release}"
+
+    def apk_static(self) -> tuple[str, str]:
+        """(URL, sha256) of the static apk, or a BuildError saying what to set."""
+        url = self.base.get("apk_static_url") or os.environ.get("NSPAWNBUILD_APK_STATIC_URL")
+        if not url:
+            raise BuildError("alpine: no apk_static_url: set [base] apk_static_url to the URL of "
+                             "apk-tools' static binary (apk.static) for "
+                             f"{self.arch}, or NSPAWNBUILD_APK_STATIC_URL (nspawnbuild writes no "
+                             "download host of its own)")
+        sha = self.base.get("apk_static_sha256") or APK_STATIC_SHA256.get(self.arch, ("", ""))[1]
+        if not sha:
+            raise BuildError(f"alpine: no pinned checksum of apk.static for {self.arch}: set "
+                             "[base] apk_static_sha256")
+        return url, sha.lower()
+
+    def mirror(self) -> str:
+        mirror = self.base.get("mirror") or os.environ.get("NSPAWNBUILD_ALPINE_MIRROR")
+        if not mirror:
+            raise BuildError("alpine: no mirror: set [base] mirror = \"http://HOST/alpine\" or "
+                             "NSPAWNBUILD_ALPINE_MIRROR (nspawnbuild writes no mirror of its own)")
+        return mirror.rstrip("/")
+
+    def keys(self) -> list[Path]:
+        where = (self.base.get("keys_dir") or os.environ.get("NSPAWNBUILD_ALPINE_KEYS")
+                 or HOST_KEYS_DIR)
+        keys = sorted(Path(where).glob("*.rsa.pub")) if Path(where).is_dir() else []
+        if not keys:
+            raise BuildError(f"alpine: no signing keys (*.rsa.pub) in {where}: apk verifies every "
+                             "package with Alpine's keys; set [base] keys_dir or "
+                             "NSPAWNBUILD_ALPINE_KEYS to a directory holding them (an Alpine "
+                             "system's /etc/apk/keys, or the alpine-keys package's files)")
+        return keys
+
+    def bootstrapper(self) -> tuple[str, str]:
+        pinned = APK_STATIC_SHA256.get(self.arch)
+        sha = self.base.get("apk_static_sha256")
+        version = pinned[0] if pinned and not sha else f"sha256:{(sha or '')[:16]}"
+        return "apk.static", version
+
+    def base_packages(self) -> list[str]:
+        return ["alpine-base", "openrc", "ifupdown-ng"]
+
+    def repositories(self) -> str:
+        mirror = self.mirror()
+        return f"{mirror}/{self.branch}/main\n{mirror}/{self.branch}/community\n"
+
+    def apk_argv(self, apk: Path, dest: Path, packages: list[str]) -> list[str]:
+        return [str(apk), "--root", str(dest), "--initdb", "--arch", self.arch, "--no-progress",
+                "--no-cache", "add", *packages]
+
+    def bootstrap(self, dest: Path, packages: list[str], epoch: int, log: StepLog) -> None:
+        url, sha = self.apk_static()
+        keys, repositories = self.keys(), self.repositories()
+        log.note(f"fetching apk.static from {url} (sha256 {sha})")
+        cached = fetch(url, sha, Layout.from_env().cache, log=log)
+        dest.mkdir(parents=True)
+        for key in keys:
+            write_file(dest, f"/etc/apk/keys/{key.name}", key.read_bytes())
+        write_file(dest, "/etc/apk/repositories", repositories.encode())
+        with tempfile.TemporaryDirectory(prefix=".apk-", dir=dest.parent) as tmp:
+            apk = Path(tmp) / "apk.static"  # beside the tree, never in it
+            shutil.copyfile(cached, apk)
+            apk.chmod(0o755)
+            argv = self.apk_argv(apk, dest, packages)
+            log.run(isolated(argv), step="bootstrap (apk)", shown_command=" ".join(argv),
+                    env={"SOURCE_DATE_EPOCH": str(epoch)})
+        self.make_nspawn_ready(dest)
+
+    def make_nspawn_ready(self, root: Path) -> None:
+        """What alpine-nspawn-install does after apk: the tree boots under systemd-nspawn."""
+        if not resolve_in_root(root, "/etc/os-release").exists():
+            raise BuildError("the Alpine tree has no /etc/os-release (alpine-release was not "
+                             "installed); systemd-nspawn refuses to boot it")
+        inittab = resolve_in_root(root, "/etc/inittab")
+        if inittab.is_file():  # no gettys on ttys a container does not have
+            text = re.sub(r"^(tty\d+:)", r"#\1", inittab.read_text(), flags=re.M)
+            write_file(root, "/etc/inittab", text.encode())
+        rc_conf = resolve_in_root(root, "/etc/rc.conf")
+        text = rc_conf.read_text() if rc_conf.is_file() else ""
+        text = re.sub(r"^#?\s*rc_sys=.*$", RC_SYS, text, flags=re.M)
+        if RC_SYS not in text:
+            text += f"\n{RC_SYS}\n"
+        write_file(root, "/etc/rc.conf", text.encode())
+        if not resolve_in_root(root, "/etc/network/interfaces").exists():
+            write_file(root, "/etc/network/interfaces", DEFAULT_INTERFACES.encode())
+        self.enable(root, "networking")
+
+    def enable(self, root: Path, service: str, runlevel: str = "default") -> None:
+        """What ``rc-update add SERVICE RUNLEVEL`` does, without running anything of the image."""
+        link = make_dirs(root, f"/etc/runlevels/{runlevel}") / service
+        if not link.is_symlink():
+            os.symlink(f"/etc/init.d/{service}", link)
+
+    def enable_service_command(self, unit: str) -> list[str]:
+        return ["rc-update", "add", unit.removesuffix(".service"), "default"]
+
+    def install_command(self, packages: list[str]) -> list[str]:
+        return ["apk", "add", "--no-cache", *packages]
+
+    def list_packages(self, root: Path) -> list[Package]:
+        db = resolve_in_root(root, "/lib/apk/db/installed")
+        if not db.is_file():
+            return []
+        return parse_apk_installed(db.read_text(encoding="utf-8", errors="replace"))
+
+    def clean(self, root: Path) -> None:
+        cache = resolve_in_root(root, "/var/cache/apk")
+        if cache.is_dir() and not cache.is_symlink():
+            for child in cache.iterdir():
+                remove_tree(child)
+        if resolve_in_root(root, "/etc").is_dir():
+            resolv = resolve_in_root(root, "/etc/resolv.conf", follow_final=False)
+            if not resolv.is_symlink():
+                write_file(root, "/etc/resolv.conf", RESOLV_CONF.encode())
+
+    def locale_packages(self, locales: list[str]) -> list[str]:
+        return ["musl-locales"]
+
+    def configure_locales(self, ctx: RootfsContext, locales: list[str], lang: str) -> None:
+        # musl has no locale-gen: musl-locales provides them; the default comes from profile.d
+        ctx.write_file("/etc/profile.d/20-nspawnbuild-locale.sh",
+                       f"export LANG={lang}\nexport LC_COLLATE=C\n")
+
+    def nvidia_packages(self, driver_version: str) -> list[str]:
+        raise NotImplementedError("NVIDIA's user-space libraries are built for glibc and Alpine "
+                                  "uses musl; use a debian, ubuntu or fedora base for GPU images")
+
+    def install_firstboot(self, ctx: RootfsContext, script: str) -> None:
+        ctx.write_file("/etc/local.d/50-nspawnbuild-firstboot.start", FIRSTBOOT.format(
+            script=script, stamp="/var/lib/nspawnbuild/firstboot.done"), mode=0o755)
+        ctx.enable_service("local")
+
+
+DISTROS: dict[str, type[Alpine]] = {"alpine": Alpine}
+
+
+@hookimpl
+def nspawnbuild_validate(recipe: Recipe) -> None:
+    base = recipe.base
+    if base.get("distro") not in DISTROS:
+        return
+    for key in ("components", "variant"):
+        if key in base:
+            fail(recipe, f"base.{key}", f"alpine does not use {key}",
+                 "the main and community repositories of the release are used")
+    arch = base.get("arch", apk_arch())
+    if "apk_static_sha256" not in base and arch not in APK_STATIC_SHA256:
+        fail(recipe, "base.apk_static_sha256", f"no checksum of apk.static is pinned for {arch}",
+             "set apk_static_sha256 to the sha256 of the apk.static you trust")
+
+
+@hookimpl
+def nspawnbuild_distro_names() -> list[str]:
+    return sorted(DISTROS)
+
+
+@hookimpl
+def nspawnbuild_make_distro(base: dict[str, Any]) -> Distro | None:
+    cls = DISTROS.get(base.get("distro", ""))
+    return cls(base) if cls else None
+
+
+__all__ = ["Alpine", "parse_apk_installed"]

@@ -1,0 +1,139 @@
+"""The Fedora bootstrapper without a network: its dnf command line, .repo file, rpm parsing,
+validation of [base] and the features it answers for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_debian import FakeLog, only
+
+from nspawnbuild.errors import BuildError, HostToolMissing, RecipeError
+from nspawnbuild.plan import collect_packages, make_distro, nspawn_settings
+from nspawnbuild.recipe import load_recipe
+from nspawnbuild_plugins import fedora
+from nspawnbuild_plugins.fedora import Fedora, parse_rpm_query, repo_file
+
+REPO = {"name": "local", "baseurl": "file:///srv/repo", "gpgkey": ["file:///srv/key.asc"]}
+
+
+def fedora_recipe(tmp_path: Path, body: str = "", base: str = "") -> Path:
+    path = tmp_path / "f.toml"
+    path.write_text(f'[base]\ndistro = "fedora"\nrelease = "41"\n{base}\n'
+                    '[[base.repos]]\nname = "local"\nbaseurl = "file:///srv/repo"\n'
+                    f'gpgkey = ["file:///srv/key.asc"]\n{body}')
+    return path
+
+
+def test_dnf_command_line_and_configuration(monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: Path) -> None:
+    seen: dict[str, str] = {}
+
+    class Log(FakeLog):
+        def run(self, argv, **kw):  # noqa: ANN001
+            super().run(argv, **kw)
+            conf = Path(self.env["HOME"])  # the files exist only while dnf runs
+            seen.update({p.name: p.read_text() for p in conf.rglob("*") if p.is_file()})
+
+    monkeypatch.setattr(fedora.subprocess, "run", lambda *a, **k: type("R", (), {
+        "stdout": "4.14.0\n", "returncode": 0})())
+    monkeypatch.setattr("nspawnbuild.distro.shutil.which", lambda name: f"/usr/bin/{name}")
+    d = Fedora({"distro": "fedora", "release": "41", "arch": "x86_64", "repos": [REPO]})
+    log = Log()
+    d.bootstrap(tmp_path / "root", ["fedora-release", "systemd", "vim"], 1700000000, log)  # type: ignore[arg-type]
+    assert log.isolated
+    assert log.argv[:2] == ["dnf", "-y"]
+    assert f"--installroot={tmp_path / 'root'}" in log.argv
+    assert "--releasever=41" in log.argv and "--forcearch=x86_64" in log.argv
+    assert "--setopt=install_weak_deps=False" in log.argv and "--nogpgcheck" not in log.argv
+    assert log.argv[-4:] == ["install", "fedora-release", "systemd", "vim"]
+    assert any(a.startswith("--config=") for a in log.argv)  # never the host's dnf.conf
+    assert any(a.startswith("--setopt=reposdir=") for a in log.argv)
+    assert "gpgcheck=1" in seen["dnf.conf"] and "install_weak_deps=False" in seen["dnf.conf"]
+    assert seen[".rpmmacros"] == "%_dbpath /usr/lib/sysimage/rpm\n"
+    assert "[local]\nname=local\nbaseurl=file:///srv/repo\ngpgcheck=1\n" in seen["nspawnbuild.repo"]
+    assert "gpgkey=file:///srv/key.asc" in seen["nspawnbuild.repo"]
+    assert log.env["SOURCE_DATE_EPOCH"] == "1700000000"
+    assert not list(tmp_path.glob(".dnf-*"))  # the configuration is gone afterwards
+
+
+def test_gpgcheck_off_is_explicit() -> None:
+    text = repo_file([{**REPO, "gpgcheck": False}], gpgcheck=True)
+    assert "gpgcheck=0" in text
+
+
+def test_no_repositories_anywhere_is_a_clear_error(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    monkeypatch.setattr(fedora, "HOST_REPO_DIRS", (str(tmp_path / "none"),))
+    monkeypatch.setattr(Fedora, "bootstrapper", lambda self: ("dnf", "4"))
+    d = Fedora({"distro": "fedora"})
+    with pytest.raises(BuildError, match=r"names no \[\[base.repos\]\] and this host has no dnf"):
+        d.bootstrap(tmp_path / "root", ["systemd"], 0, FakeLog())  # type: ignore[arg-type]
+
+
+def test_missing_dnf_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("nspawnbuild.distro.shutil.which", only(set()))
+    with pytest.raises(HostToolMissing, match=r"'dnf' is not installed .* apt-get install dnf"):
+        Fedora({"distro": "fedora"}).bootstrapper()
+
+
+def test_rpm_query_parsing() -> None:
+    text = ("gpg-pubkey\t0\t237756fa-6b07011d\t(none)\t0\n"
+            "bash\t0\t5.2.26-3.fc41\tx86_64\t8388608\n"
+            "xorg-x11-drv-nvidia-cuda\t3\t550.54.14-1.fc41\tx86_64\t2048\n")
+    assert [p.as_dict() for p in parse_rpm_query(text)] == [
+        {"name": "bash", "version": "5.2.26-3.fc41", "arch": "x86_64", "installed_size_kib": 8192},
+        {"name": "xorg-x11-drv-nvidia-cuda", "version": "3:550.54.14-1.fc41", "arch": "x86_64",
+         "installed_size_kib": 2}]
+
+
+@pytest.mark.parametrize(("base", "body", "key", "message"), [
+    ('mirror = "http://example.invalid/fedora"', "", "base.mirror", "does not use mirror"),
+    ('components = ["main"]', "", "base.components", "does not use components"),
+    ("", '[[base.repos]]\nname = "two"\nbaseurl = "file:///a"\nmetalink = "file:///b"\n'
+         'gpgkey = ["file:///k"]\n', "base.repos.1", "exactly one of baseurl"),
+    ("", '[[base.repos]]\nname = "nokey"\nbaseurl = "file:///a"\n', "base.repos.1.gpgkey",
+     "GPG-checked but has no gpgkey"),
+    ("", '[[base.repos]]\nname = "local"\nbaseurl = "file:///a"\ngpgkey = ["file:///k"]\n',
+     "base.repos.1.name", "named twice"),
+    ("", '[features.network]\nbackend = "ifupdown"\n', "features.network.backend",
+     "fedora images cannot use ifupdown"),
+])
+def test_bad_fedora_bases_are_refused(tmp_path: Path, base: str, body: str, key: str,
+                                      message: str) -> None:
+    with pytest.raises(RecipeError) as e:
+        load_recipe(fedora_recipe(tmp_path, body, base))
+    assert any(p.key == key and message in p.message for p in e.value.problems), e.value
+
+
+def test_features_ask_the_distro_for_fedora_names(tmp_path: Path) -> None:
+    recipe = load_recipe(fedora_recipe(tmp_path, """
+[features.ssh]
+authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOM5g5Xq4uZRN8P7ZtrDL2u0Mm0v1rJ3Y7Pn0M8oXHQ9 a@b"]
+[features.network]
+[features.locales]
+locales = ["de_DE.UTF-8", "en_US.UTF-8"]
+timezone = "Europe/Berlin"
+[[features.users.accounts]]
+name = "app"
+sudo = "nopasswd"
+"""))
+    distro = make_distro(recipe)
+    packages = collect_packages(recipe, distro)
+    for pkg in ("fedora-release", "systemd", "openssh-server", "systemd-networkd",
+                "glibc-langpack-de", "glibc-langpack-en", "tzdata", "shadow-utils", "sudo"):
+        assert pkg in packages, pkg
+    assert "locales" not in packages and "ifupdown" not in packages
+    assert distro.ssh_service == "sshd" and distro.ssh_generates_host_keys
+    settings = {(s.section, s.key): s.value for s in nspawn_settings(recipe, distro)}
+    assert ("Exec", "KillSignal") not in settings  # systemd is the init
+
+
+def test_nvidia_on_fedora_pins_rpm_fusion_packages() -> None:
+    d = Fedora({"distro": "fedora"})
+    specs = d.nvidia_packages("550.54.14")
+    assert specs == ["xorg-x11-drv-nvidia-cuda-3:550.54.14", "xorg-x11-drv-nvidia-cuda-libs-3:550.54.14"]
+    assert [d.spec_name(s) for s in specs] == ["xorg-x11-drv-nvidia-cuda",
+                                               "xorg-x11-drv-nvidia-cuda-libs"]
+    assert d.version_matches("3:550.54.14-1.fc41", "550.54.14")
+    assert not d.version_matches("3:550.54.15-1.fc41", "550.54.14")
