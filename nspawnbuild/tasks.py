@@ -214,6 +214,7 @@ def action_rootfs(recipe_path: str) -> None:
                 _evict(entry, touched, log)
             remove_tree(work / "rootfs")
             os.replace(new, work / "rootfs")
+            remove_tree(work / "rootfs.failed")  # a kept failure is stale once the step works
         except NspawnbuildError as e:
             if not keep_rootfs():
                 remove_tree(new)
@@ -237,7 +238,8 @@ def _keep_failed(tree: Path, kept: Path, log: StepLog) -> str:
     message = (f"  the tree as the failing step left it is kept (--keep-rootfs): {kept}\n"
                "  look inside without changing it: systemd-nspawn --register=no --keep-unit "
                f"--volatile=overlay -D {kept}\n"
-               "  (it shares files with the bootstrap cache; remove it with nspawnbuild clean)")
+               "  (it shares files with the bootstrap cache; the next good build or "
+               "nspawnbuild clean removes it)")
     log.note(message.strip())
     return message
 

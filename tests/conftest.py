@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -42,6 +43,12 @@ class Env:
         """``doit`` from the project root, the way the README tells a user to run it."""
         return subprocess.run([str(BIN / "doit"), *args], cwd=ROOT, env=self.environ(**extra),
                               capture_output=True, text=True, timeout=1200)
+
+
+def artifact_digests(out: Path) -> dict[str, str]:
+    """sha256 of every artifact under out/NAME; build.log (the log of the last run) is not one."""
+    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(out.rglob("*")) if p.is_file() and p.name != "build.log"}
 
 
 def import_tarball(tarball: Path, images: Path, machine: str) -> Path:

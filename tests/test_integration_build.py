@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from conftest import ROOT, Env, import_tarball
+from conftest import ROOT, Env, artifact_digests, import_tarball
 
 pytestmark = pytest.mark.integration
 
@@ -204,7 +204,7 @@ def test_failing_post_step_names_step_and_log_and_keeps_old_artifacts(env: Env) 
     recipe = write_recipe(env.tmp / "failing.toml", '[[post]]\nrun = "true"\n')
     assert env.nspawnbuild("build", str(recipe)).returncode == 0
     out = env.out / "failing"
-    before = {p.name: sha256(p) for p in out.iterdir() if p.is_file() and p.name != "build.log"}
+    before = artifact_digests(out)
 
     write_recipe(recipe, '[[post]]\nrun = "true"\n\n[[post]]\nname = "breaks"\n'
                  'run = """\necho preparing\necho "it went wrong" >&2\nexit 3\n"""\n')
@@ -216,7 +216,7 @@ def test_failing_post_step_names_step_and_log_and_keeps_old_artifacts(env: Env) 
     assert "Traceback" not in r.stderr
     log = env.work / "recipes" / "failing" / "logs" / "rootfs.log"
     assert f"full log: {log}" in r.stderr and "it went wrong" in log.read_text()
-    assert {p.name: sha256(p) for p in out.iterdir() if p.is_file() and p.name != "build.log"} == before
+    assert artifact_digests(out) == before
     assert not (env.work / "recipes" / "failing" / "rootfs.new").exists()
     assert "it went wrong" in (out / "build.log").read_text()  # the failed build's log
     assert mounts_under(env.tmp) == []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 from test_integration_build import write_recipe
 
-from conftest import BIN, Env
+from conftest import BIN, Env, artifact_digests
 
 pytestmark = pytest.mark.integration
 
@@ -65,12 +64,6 @@ def assert_host_clean(env: Env) -> None:
     assert mounts_under(env.tmp, env.cache) == []
 
 
-def digests(out: Path) -> dict[str, str]:
-    """The artifacts (build.log, the log of the last run, changes with every build)."""
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.iterdir()
-            if p.is_file() and p.name != "build.log"}
-
-
 def sums_ok(out: Path) -> bool:
     return subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=out,
                           capture_output=True).returncode == 0
@@ -112,7 +105,7 @@ def test_sigkill_during_pack_keeps_the_published_artifacts(env: Env) -> None:
     r = env.nspawnbuild("build", str(recipe))
     assert r.returncode == 0, r.stdout + r.stderr
     out = env.out / "killpack"
-    before = digests(out)
+    before = artifact_digests(out)
 
     write_recipe(recipe, '[[post]]\nrun = "echo 2 > /etc/v"\n')
     proc = start(env, recipe)
@@ -121,10 +114,10 @@ def test_sigkill_during_pack_keeps_the_published_artifacts(env: Env) -> None:
     proc.kill()
     proc.wait()
     assert_host_clean(env)
-    assert digests(out) == before and sums_ok(out)
+    assert artifact_digests(out) == before and sums_ok(out)
     r = env.nspawnbuild("build", str(recipe))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert digests(out) != before and sums_ok(out)
+    assert artifact_digests(out) != before and sums_ok(out)
     assert not list(stage.glob(".*.tmp-*"))
 
 
@@ -134,7 +127,7 @@ def test_interrupt_stops_children_promptly_and_keeps_artifacts(env: Env, signum:
     r = env.nspawnbuild("build", str(recipe))
     assert r.returncode == 0, r.stdout + r.stderr
     out = env.out / "interrupted"
-    before = digests(out)
+    before = artifact_digests(out)
 
     write_recipe(recipe, SLOW_STEP)
     proc = start(env, recipe)
@@ -150,7 +143,7 @@ def test_interrupt_stops_children_promptly_and_keeps_artifacts(env: Env, signum:
         f"error: interrupted by {signal.Signals(signum).name} during rootfs; "
         "the previous artifacts are unchanged")
     assert_host_clean(env)
-    assert digests(out) == before and sums_ok(out)
+    assert artifact_digests(out) == before and sums_ok(out)
     assert not (env.work / "recipes" / "interrupted" / "rootfs.new").exists()
 
 

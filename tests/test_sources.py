@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from conftest import ROOT, Env
+from conftest import ROOT, Env, artifact_digests
 from nspawnbuild.errors import BuildError, RecipeError
 from nspawnbuild.fetch import cache_path, fetch
 from nspawnbuild.plan import make_plan
@@ -398,11 +398,6 @@ def image_files(tarball: Path, prefixes: tuple[str, ...]) -> dict[str, tuple[tar
         return found
 
 
-def outputs(out: Path) -> dict[str, str]:
-    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(out.rglob("*")) if p.is_file()}
-
-
 @pytest.mark.integration
 def test_build_installs_sources_and_refuses_a_wrong_digest(env: Env, server: Server) -> None:
     token = uuid.uuid4().hex.encode()  # content unique to this run: nothing cached before
@@ -452,7 +447,7 @@ strip_components = 1
     assert not [n for n in files if "tool-1.2" in n or n.startswith(f".{GUEST_PATH}")]
 
     # a wrong digest: exit 1, both digests named, no traceback, the last good build untouched
-    before = outputs(out)
+    before = artifact_digests(out)
     wrong = sha(b"not the archive")
     recipe.write_text(body.replace(sha(archive), wrong))
     r = env.nspawnbuild("build", str(recipe), **NO_PROXY)
@@ -460,6 +455,6 @@ strip_components = 1
     assert wrong in r.stderr and sha(archive) in r.stderr, r.stderr
     assert server.url("tool-1.2.tar.gz") in r.stderr and f"{recipe}" in r.stderr
     assert "Traceback" not in r.stderr
-    assert outputs(out) == before
+    assert artifact_digests(out) == before
     assert not cache_path(env.cache, wrong).exists()
     assert not (env.work / "recipes" / name / "rootfs.new").exists()
