@@ -113,3 +113,13 @@ def test_recipes_fedora_base_validates_and_asks_for_repositories(env: Env) -> No
     assert "names no [[base.repos]] and this host has no dnf repository files" in r.stderr
     assert "[[base.repos]]" in r.stderr and "gpgkey" in r.stderr
     assert not (env.out / "fedora-base" / "manifest.json").exists()
+
+
+def test_a_host_without_dnf_is_told_which_package_to_install(env: Env,
+                                                             signed_repo: RpmRepo) -> None:
+    r = env.nspawnbuild("build", str(recipe(env.tmp / "nodnf.toml", signed_repo, "nodnf")),
+                        PATH=str(env.tmp / "empty-bin"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "'dnf' is not installed on this host but is needed to bootstrap fedora; install it " \
+           "with: apt-get install dnf" in r.stderr
+    assert not (env.out / "nodnf").exists()
