@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -201,6 +202,28 @@ ExecStartPost=/bin/touch {stamp}
 [Install]
 WantedBy=multi-user.target
 """
+
+
+def distro_hooks(*classes: type[Distro]) -> tuple[Callable[[], list[str]],
+                                                  Callable[[dict[str, Any]], Distro | None]]:
+    """The two hooks of a distro plugin, for its classes::
+
+        nspawnbuild_distro_names, nspawnbuild_make_distro = distro_hooks(Fedora)
+    """
+    from . import hookimpl
+
+    known = {cls.name: cls for cls in classes}
+
+    @hookimpl
+    def nspawnbuild_distro_names() -> list[str]:
+        return sorted(known)
+
+    @hookimpl
+    def nspawnbuild_make_distro(base: dict[str, Any]) -> Distro | None:
+        cls = known.get(base.get("distro", ""))
+        return cls(base) if cls else None
+
+    return nspawnbuild_distro_names, nspawnbuild_make_distro
 
 
 def require_tool(tool: str, package: str, why: str) -> str:

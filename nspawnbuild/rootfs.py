@@ -258,6 +258,17 @@ SCRUB_FILES = (
 SCRUB_DIRS_CONTENT = ("/tmp", "/var/tmp", "/run")
 
 
+def empty_dir(root: Path, path: str) -> None:
+    """Remove what is in the image's directory ``path`` (a cache), keeping the directory.
+
+    Nothing happens when it is missing or a symlink: emptying never reaches out of the image.
+    """
+    d = resolve_in_root(root, path)
+    if d.is_dir() and not d.is_symlink():
+        for child in d.iterdir():
+            remove_tree(child)
+
+
 def scrub(root: Path, hostname: str) -> None:
     """Remove host state and per-machine secrets; leave what first boot must create empty.
 
@@ -288,10 +299,7 @@ def scrub(root: Path, hostname: str) -> None:
             key.unlink()
 
     for path in SCRUB_DIRS_CONTENT:
-        d = resolve_in_root(root, path)
-        if d.is_dir() and not d.is_symlink():
-            for child in d.iterdir():
-                remove_tree(child)
+        empty_dir(root, path)
 
     log = resolve_in_root(root, "/var/log")
     if log.is_dir() and not log.is_symlink():

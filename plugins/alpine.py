@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from nspawnbuild import hookimpl
-from nspawnbuild.distro import Distro, Package
+from nspawnbuild.distro import Distro, Package, distro_hooks
 from nspawnbuild.errors import BuildError
 from nspawnbuild.features import fail
 from nspawnbuild.fetch import fetch
 from nspawnbuild.paths import Layout
 from nspawnbuild.recipe import Recipe
-from nspawnbuild.rootfs import RootfsContext, make_dirs, remove_tree, resolve_in_root, write_file
+from nspawnbuild.rootfs import RootfsContext, empty_dir, make_dirs, resolve_in_root, write_file
 from nspawnbuild.sandbox import isolated
 from nspawnbuild.steplog import StepLog
 
@@ -213,10 +213,7 @@ class Alpine(Distro):
         return parse_apk_installed(db.read_text(encoding="utf-8", errors="replace"))
 
     def clean(self, root: Path) -> None:
-        cache = resolve_in_root(root, "/var/cache/apk")
-        if cache.is_dir() and not cache.is_symlink():
-            for child in cache.iterdir():
-                remove_tree(child)
+        empty_dir(root, "/var/cache/apk")
         if resolve_in_root(root, "/etc").is_dir():
             resolv = resolve_in_root(root, "/etc/resolv.conf", follow_final=False)
             if not resolv.is_symlink():
@@ -240,13 +237,10 @@ class Alpine(Distro):
         ctx.enable_service("local")
 
 
-DISTROS: dict[str, type[Alpine]] = {"alpine": Alpine}
-
-
 @hookimpl
 def nspawnbuild_validate(recipe: Recipe) -> None:
     base = recipe.base
-    if base.get("distro") not in DISTROS:
+    if base.get("distro") != Alpine.name:
         return
     for key in ("components", "variant"):
         if key in base:
@@ -258,15 +252,7 @@ def nspawnbuild_validate(recipe: Recipe) -> None:
              "set apk_static_sha256 to the sha256 of the apk.static you trust")
 
 
-@hookimpl
-def nspawnbuild_distro_names() -> list[str]:
-    return sorted(DISTROS)
-
-
-@hookimpl
-def nspawnbuild_make_distro(base: dict[str, Any]) -> Distro | None:
-    cls = DISTROS.get(base.get("distro", ""))
-    return cls(base) if cls else None
+nspawnbuild_distro_names, nspawnbuild_make_distro = distro_hooks(Alpine)
 
 
 __all__ = ["Alpine", "parse_apk_installed"]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from nspawnbuild import hookimpl
-from nspawnbuild.distro import Distro, Package, require_tool
+from nspawnbuild.distro import Distro, Package, distro_hooks, require_tool
 from nspawnbuild.errors import BuildError, HostToolMissing
 from nspawnbuild.features import fail
 from nspawnbuild.recipe import Recipe
@@ -228,9 +228,6 @@ class Ubuntu(Debian):
         return super().bootstrapper()
 
 
-DISTROS: dict[str, type[Debian]] = {"debian": Debian, "ubuntu": Ubuntu}
-
-
 @hookimpl
 def nspawnbuild_validate(recipe: Recipe) -> None:
     base = recipe.base
@@ -245,15 +242,7 @@ def nspawnbuild_validate(recipe: Recipe) -> None:
              "NSPAWNBUILD_SNAPSHOT_URL (nspawnbuild writes no archive host name of its own)")
 
 
-@hookimpl
-def nspawnbuild_distro_names() -> list[str]:
-    return sorted(DISTROS)
-
-
-@hookimpl
-def nspawnbuild_make_distro(base: dict[str, Any]) -> Distro | None:
-    cls = DISTROS.get(base.get("distro", ""))
-    return cls(base) if cls else None
+nspawnbuild_distro_names, nspawnbuild_make_distro = distro_hooks(Debian, Ubuntu)
 
 
 __all__ = ["Debian", "Ubuntu", "require_tool"]

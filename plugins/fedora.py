@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from nspawnbuild import hookimpl
-from nspawnbuild.distro import Distro, Package, require_tool
+from nspawnbuild.distro import Distro, Package, distro_hooks, require_tool
 from nspawnbuild.errors import BuildError
 from nspawnbuild.features import fail
 from nspawnbuild.recipe import Recipe
-from nspawnbuild.rootfs import RootfsContext, remove_tree, resolve_in_root
+from nspawnbuild.rootfs import RootfsContext, empty_dir, resolve_in_root
 from nspawnbuild.sandbox import isolated
 from nspawnbuild.steplog import StepLog
 
@@ -179,10 +179,7 @@ class Fedora(Distro):
     def clean(self, root: Path) -> None:
         """dnf's caches and logs (the field guide found 260 MiB of cache in a 507 MiB tree)."""
         for path in ("/var/cache/dnf", "/var/cache/libdnf5", "/var/lib/dnf/repos"):
-            d = resolve_in_root(root, path)
-            if d.is_dir() and not d.is_symlink():
-                for child in d.iterdir():
-                    remove_tree(child)
+            empty_dir(root, path)
         log = resolve_in_root(root, "/var/log")
         if log.is_dir() and not log.is_symlink():
             for f in [*log.glob("dnf*.log"), log / "hawkey.log"]:
@@ -204,13 +201,10 @@ class Fedora(Distro):
         return spec.rsplit("-", 1)[0]
 
 
-DISTROS: dict[str, type[Fedora]] = {"fedora": Fedora}
-
-
 @hookimpl
 def nspawnbuild_validate(recipe: Recipe) -> None:
     base = recipe.base
-    if base.get("distro") not in DISTROS:
+    if base.get("distro") != Fedora.name:
         return
     for key, why in (("mirror", "name the repositories in [[base.repos]] (baseurl, metalink "
                                "or mirrorlist)"),
@@ -234,15 +228,7 @@ def nspawnbuild_validate(recipe: Recipe) -> None:
                  "repository you trust otherwise, gpgcheck = false)")
 
 
-@hookimpl
-def nspawnbuild_distro_names() -> list[str]:
-    return sorted(DISTROS)
-
-
-@hookimpl
-def nspawnbuild_make_distro(base: dict[str, Any]) -> Distro | None:
-    cls = DISTROS.get(base.get("distro", ""))
-    return cls(base) if cls else None
+nspawnbuild_distro_names, nspawnbuild_make_distro = distro_hooks(Fedora)
 
 
 __all__ = ["Fedora", "parse_rpm_query", "repo_file"]
