@@ -46,6 +46,10 @@ release = "44"
 name = "local"
 baseurl = "{repo.url}"
 gpgkey = ["{repo.key.as_uri()}"]
+
+[features.locales]
+locales = ["de_DE.UTF-8"]
+timezone = "Europe/Berlin"
 ''')
     return path
 
@@ -69,7 +73,10 @@ def test_fedora_image_from_a_signed_local_repository(env: Env, signed_repo: RpmR
     versions = {p["name"]: (p["version"], p["arch"]) for p in manifest["packages"]}
     assert versions == {"fedora-release": ("44-1", "noarch"),
                         "systemd": ("257.1-2.fc44", "noarch"),
-                        "hello-nspawnbuild": ("1.2.3-1", "noarch")}
+                        "hello-nspawnbuild": ("1.2.3-1", "noarch"),
+                        # asked for by [features.locales], named by the Fedora distro object
+                        "glibc-langpack-de": ("2.40-9.fc44", "noarch"),
+                        "tzdata": ("2025b-1.fc44", "noarch")}
 
     tree = members(out / "fedtest.tar.zst")
     assert "./usr/share/hello/hello.txt" in tree and "./usr/lib/os-release" in tree
@@ -77,6 +84,10 @@ def test_fedora_image_from_a_signed_local_repository(env: Env, signed_repo: RpmR
     assert not [n for n in tree if n.startswith("./var/cache/dnf/") and n != "./var/cache/dnf/"]
     assert not [n for n in tree if n.startswith("./var/log/") and n.endswith(".log")]
     assert tree["./etc/hostname"].size == len("fedtest\n")
+    assert tree["./etc/localtime"].linkname == "../usr/share/zoneinfo/Europe/Berlin"
+    rootfs = env.work / "recipes" / "fedtest" / "rootfs"
+    assert (rootfs / "etc/locale.conf").read_text() == "LANG=de_DE.UTF-8\n"  # no locale-gen
+    assert "Timezone=off" in (out / "fedtest.nspawn").read_text()
 
     log = (out / "build.log").read_text()
     assert "--installroot=" in log and "--releasever=44" in log
@@ -86,7 +97,7 @@ def test_fedora_image_from_a_signed_local_repository(env: Env, signed_repo: RpmR
     assert check.returncode == 0
 
     # the image is read by the real rpm inside-out: its own database lists what the manifest says
-    q = subprocess.run(["rpm", f"--root={env.work / 'recipes' / 'fedtest' / 'rootfs'}",
+    q = subprocess.run(["rpm", f"--root={rootfs}",
                         "--dbpath=/usr/lib/sysimage/rpm", "-q", "hello-nspawnbuild"],
                        capture_output=True, text=True)
     assert q.stdout.strip() == "hello-nspawnbuild-1.2.3-1.noarch", q.stderr
