@@ -218,14 +218,14 @@ class Ubuntu(Debian):
 
     keyring: ClassVar[str | None] = "/usr/share/keyrings/ubuntu-archive-keyring.gpg"
 
-    def bootstrapper(self) -> tuple[str, str]:
+    def bootstrap(self, dest: Path, packages: list[str], epoch: int, log: StepLog) -> None:
         if self.keyring and not Path(self.keyring).exists():
             raise BuildError(
                 f"{self.keyring} is missing on this host but is needed to verify Ubuntu's "
                 "archive; on Ubuntu install it with: apt-get install ubuntu-keyring (Debian has "
                 "no package for it: copy the file from an Ubuntu system or its ubuntu-keyring "
                 ".deb)")
-        return super().bootstrapper()
+        super().bootstrap(dest, packages, epoch, log)
 
 
 @hookimpl

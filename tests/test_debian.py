@@ -169,5 +169,7 @@ def test_ubuntu_uses_its_keyring_components_and_the_bootstrappers_default_mirror
 def test_ubuntu_without_its_keyring_says_where_to_get_it(monkeypatch: pytest.MonkeyPatch,
                                                          tmp_path: Path) -> None:
     monkeypatch.setattr(debian.Ubuntu, "keyring", str(tmp_path / "missing.gpg"))
+    log = FakeLog()
     with pytest.raises(BuildError, match=r"missing.gpg is missing on this host.*ubuntu-keyring"):
-        debian.Ubuntu({"distro": "ubuntu"}).bootstrapper()
+        debian.Ubuntu({"distro": "ubuntu"}).bootstrap(tmp_path / "root", [], 0, log)  # type: ignore[arg-type]
+    assert log.argv == []  # nothing was run
