@@ -78,6 +78,14 @@ class Distro(ABC):
         part of the bootstrap cache key.
         """
 
+    def bootstrap_inputs(self) -> dict[str, Any]:
+        """What the bootstrap depends on besides the recipe's ``[base]`` and packages.
+
+        A mirror from the environment or repository files of the build host change what is
+        bootstrapped; whatever is returned here becomes part of the bootstrap cache key.
+        """
+        return {}
+
     @abstractmethod
     def bootstrap(self, dest: Path, packages: list[str], epoch: int, log: StepLog) -> None:
         """Create a root filesystem at ``dest`` (absent) with ``packages`` installed."""

@@ -107,6 +107,9 @@ def make_plan(recipe: Recipe) -> Plan:
         "bootstrapper": [tool, tool_version, distro.bootstrap_revision],
         "epoch": recipe.epoch,
     }
+    extra = distro.bootstrap_inputs()
+    if extra:  # inputs from outside the recipe (environment, host files): part of the key
+        bootstrap["inputs"] = extra
     pm = get_plugin_manager()
     rootfs = {
         "format": PLAN_FORMAT,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import sys
 import threading
 import time
@@ -26,6 +27,8 @@ from rich.text import Text
 from . import __version__, steplog
 from .paths import BUILD_LOG, Layout
 
+#: escape sequences and control characters in a step's output line
+CONTROL = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]|[\x00-\x08\x0b-\x1f\x7f]")
 #: stages whose work is logged by a StepLog (the others are quick and log nothing)
 LOGGED_STAGES = ("bootstrap", "rootfs")
 
@@ -109,17 +112,18 @@ class ElapsedColumn(ProgressColumn):
 class Reporter(ConsoleReporter):
     """Live stage lines on a terminal, plain lines elsewhere, build.log always."""
 
-    def __init__(self, outstream: Any, options: dict[str, Any]):
+    def __init__(self, outstream: Any, options: dict[str, Any], *,
+                 console: Console | None = None, err: Console | None = None):
         super().__init__(outstream, options)
         self.quiet = bool(os.environ.get("NSPAWNBUILD_QUIET"))
         # doit swaps sys.stdout/stderr while an action runs: write to the real streams
-        self.console = Console(file=sys.__stdout__)
-        self.err = Console(file=sys.__stderr__, highlight=False)
+        self.console = console or Console(file=sys.__stdout__)
+        self.err = err or Console(file=sys.__stderr__, highlight=False)
         self.progress: Progress | None = None
         if self.console.is_terminal and not self.quiet:
             self.progress = Progress(
                 StateColumn(), TextColumn("{task.fields[recipe]:<20} {task.fields[stage]:<10}"),
-                ElapsedColumn(), TextColumn("[dim]{task.fields[line]}"),
+                ElapsedColumn(), TextColumn("{task.fields[line]}", style="dim", markup=False),
                 console=self.console, redirect_stdout=False, redirect_stderr=False,
             )
         self.layout = Layout.from_env()
@@ -143,12 +147,13 @@ class Reporter(ConsoleReporter):
         if self.progress is None:
             return
         stage, recipe = split_task(task_name) or (task_name, "")
-        if task_name not in self._rows:
-            if not self.progress.live.is_started:
-                self.progress.start()
-            self._rows[task_name] = self.progress.add_task(
-                "", total=1, recipe=recipe, stage=stage, state=state, line="")
-        row = self._rows[task_name]
+        with self._lock:  # doit's thread runner reports from its worker threads
+            if task_name not in self._rows:
+                if not self.progress.live.is_started:
+                    self.progress.start()
+                self._rows[task_name] = self.progress.add_task(
+                    "", total=1, recipe=recipe, stage=stage, state=state, line="")
+            row = self._rows[task_name]
         if state == "running":
             self.progress.update(row, state=state)
         else:
@@ -157,7 +162,9 @@ class Reporter(ConsoleReporter):
     def _on_line(self, log: Path, line: str) -> None:
         row = self._by_log.get(log)
         if row is not None and self.progress is not None:
-            self.progress.update(row, line=line.strip()[:70])
+            # a step's output is text to show, never markup or terminal control sequences
+            shown = CONTROL.sub("", line).strip()[:70]
+            self.progress.update(row, line=shown)
 
     # -- the build log ------------------------------------------------------------------------
 
@@ -206,17 +213,20 @@ class Reporter(ConsoleReporter):
         self.failures.append({"task": task, "exception": fail})
         if isinstance(fail, TaskFailed):
             message = f"{task.name}: {fail.message}"
-        else:  # an unexpected exception in our code: the traceback is for a bug report
+        elif getattr(fail, "exception", None) is not None:
+            # an unexpected exception in our code: the traceback is for a bug report
             message = f"{task.name}: internal error, please report:\n{fail.get_msg()}"
+        else:  # doit's own complaint (a missing dependency, a setup problem)
+            message = f"{task.name}: {fail.message}"
         self._record(task.name, "failed", message)
         self._row(task.name, "failed")
         parsed = split_task(task.name)
         if parsed and parsed[1] in self.runs:
             message += f"\n  build log: {self.layout.build_log(parsed[1])}"
-        if self.progress is not None:
+        if self.progress is not None and self.err.is_terminal:  # one terminal: above the lines
             self.progress.console.print(Text.assemble(("error: ", "bold red"), message),
                                         soft_wrap=True)
-        else:
+        else:  # stderr is a file or a pipe (2>err.log): the message goes there, plain
             self.err.file.write(f"error: {message}\n")
             self.err.file.flush()
 

@@ -245,7 +245,7 @@ def changed(before: dict[str, tuple[object, ...]], after: dict[str, tuple[object
 
 #: files that carry host state, secrets or run-to-run noise; removed from every image
 SCRUB_FILES = (
-    "/etc/resolv.conf",  # unless it is a symlink (to resolved's stub), see scrub()
+    "/etc/resolv.conf",  # unless a symlink (to resolved's stub) or the recipe's own, see scrub()
     "/var/lib/dbus/machine-id",
     "/var/lib/systemd/random-seed",
     "/var/lib/systemd/credential.secret",
@@ -269,6 +269,29 @@ def empty_dir(root: Path, path: str) -> None:
             remove_tree(child)
 
 
+def drop_resolv_conf(root: Path) -> None:
+    """Remove a regular /etc/resolv.conf: what a bootstrapper left is never the recipe's.
+
+    Run before the features and steps, so that a resolv.conf in the finished image is one the
+    recipe wrote on purpose ([features.network] dns, a [[files]] entry); a symlink (to
+    resolved's stub) stays.
+    """
+    resolv = resolve_in_root(root, "/etc/resolv.conf", follow_final=False)
+    if resolv.is_file() and not resolv.is_symlink():
+        resolv.unlink()
+
+
+def _is_host_resolv_conf(path: Path) -> bool:
+    """An empty resolv.conf (nspawn's mount point) or the build host's: host state, not the
+    recipe's. A resolv.conf with other content was written by the recipe and stays."""
+    content = path.read_bytes().strip()
+    try:
+        host = Path("/etc/resolv.conf").read_bytes().strip()
+    except OSError:
+        host = b""
+    return not content or content == host
+
+
 def scrub(root: Path, hostname: str) -> None:
     """Remove host state and per-machine secrets; leave what first boot must create empty.
 
@@ -285,7 +308,7 @@ def scrub(root: Path, hostname: str) -> None:
     write_file(root, "/etc/hostname", f"{hostname}\n".encode())
 
     resolv = resolve_in_root(root, "/etc/resolv.conf", follow_final=False)
-    if resolv.exists() and not resolv.is_symlink():
+    if resolv.is_file() and not resolv.is_symlink() and _is_host_resolv_conf(resolv):
         resolv.unlink()
     for path in SCRUB_FILES[1:]:
         target = resolve_in_root(root, path, follow_final=False)

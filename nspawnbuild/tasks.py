@@ -36,6 +36,7 @@ from .reporter import Reporter
 from .rootfs import (
     RootfsContext,
     changed,
+    drop_resolv_conf,
     fingerprint,
     link_tree,
     mounts_below,
@@ -189,6 +190,7 @@ def action_rootfs(recipe_path: str) -> None:
         if not link_tree(entry / "root", new):
             log.note("cache and work directory are on different filesystems: copied instead")
         try:
+            drop_resolv_conf(new)
             distro = make_distro(recipe)
             ctx = RootfsContext(new, recipe, distro, log, layout.cache)
             get_plugin_manager().hook.nspawnbuild_configure_rootfs(ctx=ctx)
@@ -209,19 +211,19 @@ def action_rootfs(recipe_path: str) -> None:
             scrub(new, name)
             distro.clean(new)
             packages = [p.as_dict() for p in distro.list_packages(new)]
-            touched = changed(pristine, fingerprint(entry / "root"))
-            if touched:
-                _evict(entry, touched, log)
+            _check_cache(entry, pristine, log)
             remove_tree(work / "rootfs")
             os.replace(new, work / "rootfs")
             remove_tree(work / "rootfs.failed")  # a kept failure is stale once the step works
         except NspawnbuildError as e:
+            _check_cache(entry, pristine, log)  # a failing step may have written in place too
             if not keep_rootfs():
                 remove_tree(new)
                 raise
             raise BuildError(f"{e}\n{_keep_failed(new, work / 'rootfs.failed', log)}") from None
         except BaseException:
             remove_tree(new)
+            _check_cache(entry, pristine, log)
             raise
         _write_json(work / "rootfs.json", {"spec": digest(spec), "packages": packages})
 
@@ -242,6 +244,13 @@ def _keep_failed(tree: Path, kept: Path, log: StepLog) -> str:
                "nspawnbuild clean removes it)")
     log.note(message.strip())
     return message
+
+
+def _check_cache(entry: Path, pristine: dict[str, tuple[object, ...]], log: StepLog) -> None:
+    """Drop the cached bootstrap if the steps changed any of its files in place."""
+    touched = changed(pristine, fingerprint(entry / "root"))
+    if touched:
+        _evict(entry, touched, log)
 
 
 def _evict(entry: Path, touched: list[str], log: StepLog) -> None:

@@ -24,15 +24,16 @@ from nspawnbuild import hookimpl
 from nspawnbuild.distro import Distro, Package, distro_hooks
 from nspawnbuild.errors import BuildError
 from nspawnbuild.features import fail
-from nspawnbuild.fetch import fetch
+from nspawnbuild.fetch import fetch, file_sha256
 from nspawnbuild.paths import Layout
 from nspawnbuild.recipe import Recipe
 from nspawnbuild.rootfs import RootfsContext, empty_dir, make_dirs, resolve_in_root, write_file
 from nspawnbuild.sandbox import isolated
 from nspawnbuild.steplog import StepLog
 
-#: sha256 of apk-tools' static binary (apk.static), by architecture: v2.14.7, as released by
-#: apk-tools and pinned by alpine-chroot-install and the field guide's alpine-nspawn-install
+#: sha256 of apk-tools' static binary (apk.static), by architecture: v2.14.7 for x86_64, the
+#: value the field guide's alpine-nspawn-install pins (its APK_TOOLS_SHA256); not checked
+#: against Alpine's servers from here, which these machines cannot reach
 APK_STATIC_SHA256 = {
     "x86_64": ("2.14.7", "bdd044e0fd6cc388c5e571e1093efa5f35f7767cc5aa338b0a2576a429009a62"),
 }
@@ -44,7 +45,7 @@ RC_SYS = 'rc_sys="systemd-nspawn"'
 RESOLV_CONF = """\
 # Written by nspawnbuild: no name servers of the build host are shipped in the image.
 # With DHCP, udhcpc fills this file in when the container starts; with static addresses,
-# list name servers here in a [[files]] entry of the recipe.
+# the recipe lists them in [features.network] dns (or a [[files]] entry for this file).
 """
 DEFAULT_INTERFACES = "auto lo\niface lo inet loopback\n"
 FIRSTBOOT = """\
@@ -140,6 +141,17 @@ class Alpine(Distro):
                              "system's /etc/apk/keys, or the alpine-keys package's files)")
         return keys
 
+    def bootstrap_inputs(self) -> dict[str, Any]:
+        """The mirror, the apk URL and the keys, wherever they come from (recipe or environment)."""
+        inputs: dict[str, Any] = {}
+        for name, get in (("mirror", self.mirror), ("apk_static", self.apk_static),
+                          ("keys", lambda: {k.name: file_sha256(k) for k in self.keys()})):
+            try:
+                inputs[name] = get()
+            except BuildError:  # said when bootstrapping; planning works without it
+                inputs[name] = None
+        return inputs
+
     def bootstrapper(self) -> tuple[str, str]:
         pinned = APK_STATIC_SHA256.get(self.arch)
         sha = self.base.get("apk_static_sha256")
@@ -197,8 +209,12 @@ class Alpine(Distro):
     def enable(self, root: Path, service: str, runlevel: str = "default") -> None:
         """What ``rc-update add SERVICE RUNLEVEL`` does, without running anything of the image."""
         link = make_dirs(root, f"/etc/runlevels/{runlevel}") / service
-        if not link.is_symlink():
-            os.symlink(f"/etc/init.d/{service}", link)
+        if link.is_symlink():
+            return
+        if link.exists():
+            raise BuildError(f"cannot enable {service}: /etc/runlevels/{runlevel}/{service} in "
+                             "the image is not a symlink")
+        os.symlink(f"/etc/init.d/{service}", link)
 
     def enable_service_command(self, unit: str) -> list[str]:
         return ["rc-update", "add", unit.removesuffix(".service"), "default"]
@@ -216,7 +232,7 @@ class Alpine(Distro):
         empty_dir(root, "/var/cache/apk")
         if resolve_in_root(root, "/etc").is_dir():
             resolv = resolve_in_root(root, "/etc/resolv.conf", follow_final=False)
-            if not resolv.is_symlink():
+            if not resolv.exists() and not resolv.is_symlink():  # the recipe's own stays
                 write_file(root, "/etc/resolv.conf", RESOLV_CONF.encode())
 
     def locale_packages(self, locales: list[str]) -> list[str]:

@@ -22,6 +22,7 @@ from nspawnbuild import hookimpl
 from nspawnbuild.distro import Distro, Package, distro_hooks, require_tool
 from nspawnbuild.errors import BuildError
 from nspawnbuild.features import fail
+from nspawnbuild.fetch import file_sha256
 from nspawnbuild.recipe import Recipe
 from nspawnbuild.rootfs import RootfsContext, empty_dir, resolve_in_root
 from nspawnbuild.sandbox import isolated
@@ -132,11 +133,19 @@ class Fedora(Distro):
     def base_packages(self) -> list[str]:
         return [self.release_package, "systemd"]
 
+    def host_repo_dirs(self) -> list[str]:
+        return [d for d in HOST_REPO_DIRS if Path(d).is_dir() and any(Path(d).glob("*.repo"))]
+
+    def bootstrap_inputs(self) -> dict[str, Any]:
+        if self.base.get("repos"):
+            return {}
+        return {"host_repos": {str(p): file_sha256(p) for d in self.host_repo_dirs()
+                               for p in sorted(Path(d).glob("*.repo"))}}
+
     def bootstrap(self, dest: Path, packages: list[str], epoch: int, log: StepLog) -> None:
         self.bootstrapper()
         repos = self.base.get("repos", [])
-        if not repos and not any(Path(d).is_dir() and any(Path(d).glob("*.repo"))
-                                 for d in HOST_REPO_DIRS):
+        if not repos and not self.host_repo_dirs():
             raise BuildError(
                 f"{self.name}: the recipe names no [[base.repos]] and this host has no dnf "
                 f"repository files ({', '.join(HOST_REPO_DIRS)}); add e.g.\n"
@@ -154,6 +163,8 @@ class Fedora(Distro):
                 (conf / "repos" / "nspawnbuild.repo").write_text(
                     repo_file(repos, self.base["gpgcheck"]))
                 argv.append(f"--setopt=reposdir={conf / 'repos'}")
+            else:  # the host's, named: dnf5 would look inside the (empty) installroot
+                argv.append(f"--setopt=reposdir={','.join(self.host_repo_dirs())}")
             if not self.base["gpgcheck"]:
                 argv.append("--nogpgcheck")
             argv += ["install", *packages]

@@ -137,3 +137,17 @@ def test_nvidia_on_fedora_pins_rpm_fusion_packages() -> None:
                                                "xorg-x11-drv-nvidia-cuda-libs"]
     assert d.version_matches("3:550.54.14-1.fc41", "550.54.14")
     assert not d.version_matches("3:550.54.15-1.fc41", "550.54.14")
+
+
+def test_clean_removes_dnf_caches_and_logs_only(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    for rel in ("var/cache/dnf/local-1234/repodata/primary.xml.zst", "var/log/dnf.log",
+                "var/log/dnf.rpm.log", "var/log/hawkey.log", "var/log/messages",
+                "var/lib/dnf/history.sqlite", "usr/lib/sysimage/rpm/rpmdb.sqlite"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("x")
+    Fedora({"distro": "fedora"}).clean(root)
+    assert (root / "var/cache/dnf").is_dir() and not any((root / "var/cache/dnf").iterdir())
+    assert sorted(p.name for p in (root / "var/log").iterdir()) == ["messages"]
+    assert (root / "var/lib/dnf/history.sqlite").exists()
+    assert (root / "usr/lib/sysimage/rpm/rpmdb.sqlite").exists()

@@ -13,7 +13,8 @@ pytestmark = pytest.mark.integration
 
 def test_ubuntu_base_without_ubuntus_keyring(env: Env) -> None:
     # Debian 12 packages no Ubuntu keyring; on an Ubuntu host this recipe builds
-    assert not Path("/usr/share/keyrings/ubuntu-archive-keyring.gpg").exists()
+    if Path("/usr/share/keyrings/ubuntu-archive-keyring.gpg").exists():
+        pytest.skip("this host has Ubuntu's keyring: ubuntu-base would build")
     r = env.nspawnbuild("build", "ubuntu-base")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "bootstrap:ubuntu-base" in r.stderr

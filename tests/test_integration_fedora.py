@@ -118,7 +118,8 @@ def test_recipes_fedora_base_validates_and_asks_for_repositories(env: Env) -> No
     assert ok.returncode == 0, ok.stderr
     # this Debian machine has dnf but no repository files, and fedora-base names none: the
     # build says so and what to add (on a Fedora host it would use the host's repositories)
-    assert not any(any(Path(d).glob("*.repo")) for d in ("/etc/yum.repos.d", "/etc/yum/repos.d"))
+    if any(any(Path(d).glob("*.repo")) for d in ("/etc/yum.repos.d", "/etc/yum/repos.d")):
+        pytest.skip("this host has dnf repository files: fedora-base would use them")
     r = env.nspawnbuild("build", "fedora-base")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "names no [[base.repos]] and this host has no dnf repository files" in r.stderr

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
+from rich.console import Console
+
+from nspawnbuild import steplog
 from nspawnbuild.paths import Layout
-from nspawnbuild.reporter import Event, RecipeRun, split_task, write_build_log
+from nspawnbuild.reporter import Event, RecipeRun, Reporter, split_task, write_build_log
 
 
 def test_split_task() -> None:
@@ -31,3 +37,25 @@ def test_build_log_has_each_stage_and_only_the_logs_of_stages_that_ran(tmp_path:
 
 def test_a_run_with_nothing_to_do_did_no_work() -> None:
     assert not RecipeRun(events=[Event("rootfs", "up to date")]).did_work
+
+
+def test_a_steps_output_is_shown_as_text_never_as_markup_or_escapes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NSPAWNBUILD_OUT", str(tmp_path / "out"))
+    monkeypatch.setenv("NSPAWNBUILD_WORK", str(tmp_path / "work"))
+    monkeypatch.delenv("NSPAWNBUILD_QUIET", raising=False)
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=160, color_system=None)
+    r = Reporter(io.StringIO(), {}, console=console, err=console)
+    task = SimpleNamespace(name="rootfs:web", actions=[object()])
+    r.execute_task(task)
+    log = Layout.from_env().log("web", "rootfs")
+    for listener in steplog.listeners:
+        listener(log, "Unpacking [/usr/share/foo] \x1b[31mred\x1b[0m [bold]x[/bold]\r")
+    r.progress.refresh()  # type: ignore[union-attr]
+    r.add_success(task)
+    r.complete_run()
+    text = screen.getvalue()
+    assert "Unpacking [/usr/share/foo] red [bold]x[/bold]" in text
+    assert "\x1b[31m" not in text
+    assert r._on_line not in steplog.listeners  # the listener goes with the run

@@ -63,3 +63,17 @@ def test_a_step_writing_into_a_shared_file_evicts_the_cache_entry(env: Env) -> N
     r = env.nspawnbuild("build", str(recipe))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "bootstrap:inplace done" in r.stdout
+
+
+@pytest.mark.integration
+def test_a_failing_step_that_wrote_into_a_shared_file_evicts_it_too(env: Env) -> None:
+    from test_integration_build import write_recipe
+
+    recipe = write_recipe(env.tmp / "inplacefail.toml", 'packages = ["hello"]\n[[post]]\n'
+                          'run = "echo changed >> /usr/share/doc/hello/copyright; exit 1"\n')
+    r = env.nspawnbuild("build", str(recipe))
+    assert r.returncode == 1
+    assert "note: a step changed files of the cached bootstrap in place" in r.stderr
+    for entry in (env.cache / "bootstrap").iterdir():
+        text = entry / "root/usr/share/doc/hello/copyright"
+        assert not text.exists() or "changed" not in text.read_text()

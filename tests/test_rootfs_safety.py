@@ -379,3 +379,33 @@ def test_remove_tree_of_a_symlink_removes_only_the_link(tmp_path):
     assert not os.path.lexists(link)
     assert (host / "precious").read_text() == "x\n"
     remove_tree(tmp_path / "missing")  # nothing there: nothing to do
+
+
+def test_resolv_conf_of_the_recipe_stays_host_state_goes(tmp_path: Path) -> None:
+    from nspawnbuild.rootfs import drop_resolv_conf, scrub
+
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    resolv = root / "etc" / "resolv.conf"
+    resolv.write_text("nameserver 192.0.2.99\n")  # as a bootstrapper left it
+    drop_resolv_conf(root)
+    assert not resolv.exists()
+
+    resolv.write_text("# from the recipe\nnameserver 192.0.2.53\n")
+    scrub(root, "web")
+    assert resolv.read_text() == "# from the recipe\nnameserver 192.0.2.53\n"
+
+    resolv.write_text("")  # nspawn's bind-mount point
+    scrub(root, "web")
+    assert not resolv.exists()
+
+    host = Path("/etc/resolv.conf")
+    if host.is_file() and host.read_bytes().strip():
+        resolv.write_bytes(host.read_bytes())
+        scrub(root, "web")
+        assert not resolv.exists()
+
+    resolv.symlink_to("../run/systemd/resolve/stub-resolv.conf")
+    drop_resolv_conf(root)
+    scrub(root, "web")
+    assert resolv.is_symlink()
