@@ -1,24 +1,14 @@
-"""Alpine: what can be checked on a Debian machine that cannot reach Alpine's mirrors.
+"""Alpine without a build: apk's database, the features' packages and settings, validation.
 
-There is no ``apk`` in Debian's archive or on PyPI, so the real apk cannot run here. What is
-real: the download of the static apk over HTTP (loopback server) with its checksum checked,
-the command line apk gets, every file nspawnbuild writes into the tree, the package list read
-from apk's database, the nspawn settings and what the features ask of the distro. apk itself is
-played by a small shell script that records its arguments and lays out the files the real apk
-would (``lib/apk/db/installed``, ``/etc/inittab``, ``/etc/rc.conf``, ``/etc/os-release``).
+The build itself, with the real apk against a signed local repository, is in
+test_integration_alpine.py.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tarfile
 from pathlib import Path
 
 import pytest
-import zstandard
-from test_sources import NO_PROXY, Server, server  # noqa: F401  (the loopback server fixture)
 
 from conftest import Env
 from nspawnbuild.errors import RecipeError
@@ -40,31 +30,6 @@ V:1.37.0-r18
 A:x86_64
 I:798720
 """
-
-#: plays apk: records its arguments, checks the keys are there, lays out a minimal tree
-FAKE_APK = r"""#!/bin/sh
-set -e
-echo "$0 $*" > "$APK_RECORD"
-root=""; pkgs=""; seen_add=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --root) root="$2"; shift ;;
-    add) seen_add=1 ;;
-    --*) ;;
-    *) [ -n "$seen_add" ] && pkgs="$pkgs $1" ;;
-  esac
-  shift
-done
-ls "$root"/etc/apk/keys/*.rsa.pub > /dev/null || { echo "UNTRUSTED: no keys" >&2; exit 1; }
-mkdir -p "$root/lib/apk/db" "$root/etc/network"
-for p in $pkgs; do printf 'P:%s\nV:1.0-r0\nA:x86_64\nI:4096\n\n' "$p"; done > "$root/lib/apk/db/installed"
-printf 'NAME="Alpine Linux"\nID=alpine\nVERSION_ID=3.22.0\n' > "$root/etc/os-release"
-printf '::sysinit:/sbin/openrc sysinit\ntty1::respawn:/sbin/getty 38400 tty1\n' > "$root/etc/inittab"
-printf 'tty2::respawn:/sbin/getty 38400 tty2\n' >> "$root/etc/inittab"
-printf '#rc_parallel="NO"\n#rc_sys=""\n' > "$root/etc/rc.conf"
-echo "nameserver 192.0.2.53" > "$root/etc/resolv.conf"
-"""
-
 
 def test_apk_database_parsing() -> None:
     assert [p.as_dict() for p in parse_apk_installed(INSTALLED)] == [
@@ -122,71 +87,6 @@ def test_argv_never_allows_untrusted_packages(tmp_path: Path) -> None:
                         "--arch", "x86_64"]
     assert argv[-3:] == ["add", "alpine-base", "openrc"]
     assert "--allow-untrusted" not in argv
-
-
-# -- the build, with the static apk downloaded from a loopback server --------------------------
-
-def build_recipe(path: Path, server: Server, apk: bytes, keys: Path, sha: str | None = None) -> Path:  # noqa: F811
-    path.write_text(f'''name = "alpine-test"
-packages = ["openssh-server"]
-[base]
-distro = "alpine"
-release = "3.22"
-arch = "x86_64"
-mirror = "{server.url("alpine")}"
-apk_static_url = "{server.url("apk.static")}"
-apk_static_sha256 = "{sha or hashlib.sha256(apk).hexdigest()}"
-keys_dir = "{keys}"
-''')
-    return path
-
-
-@pytest.mark.integration
-def test_alpine_build_with_a_downloaded_static_apk(env: Env, server: Server) -> None:  # noqa: F811
-    apk = FAKE_APK.encode()
-    server.files["apk.static"] = apk
-    keys = env.tmp / "keys"
-    keys.mkdir()
-    (keys / "test-0001.rsa.pub").write_text("-----BEGIN PUBLIC KEY-----\nMFww\n-----END PUBLIC KEY-----\n")
-    record = env.tmp / "apk-argv"
-    recipe = build_recipe(env.tmp / "alpine-test.toml", server, apk, keys)
-
-    # a wrong pinned checksum: the download is refused, nothing runs, nothing is published
-    bad = build_recipe(env.tmp / "bad.toml", server, apk, keys, sha="0" * 64)
-    r = env.nspawnbuild("build", str(bad), APK_RECORD=str(record), **NO_PROXY)
-    assert r.returncode == 1 and "0" * 64 in r.stderr and hashlib.sha256(apk).hexdigest() in r.stderr
-    assert not record.exists()
-
-    r = env.nspawnbuild("build", str(recipe), APK_RECORD=str(record), **NO_PROXY)
-    assert r.returncode == 0, r.stdout + r.stderr
-    argv = record.read_text().split()
-    assert argv[0].endswith("/apk.static") and "--initdb" in argv and "--allow-untrusted" not in argv
-    assert argv[argv.index("add") + 1:] == sorted(["alpine-base", "ifupdown-ng", "openrc",
-                                                   "openssh-server"])
-    # the refused download was not kept; this one is (the mirror itself is apk's business)
-    assert server.requests == ["/apk.static", "/apk.static"]
-
-    out = env.out / "alpine-test"
-    with open(out / "alpine-test.tar.zst", "rb") as fh, \
-            zstandard.ZstdDecompressor().stream_reader(fh) as raw, \
-            tarfile.open(fileobj=raw, mode="r|") as tar:
-        files = {m.name: tar.extractfile(m).read().decode() for m in tar if m.isfile()}  # type: ignore[union-attr]
-        # (symlinks are not files; the runlevel link is checked in the work tree below)
-    assert not [n for n in files if n.endswith("apk.static")]  # no helper left in the image
-    assert files["./etc/apk/repositories"] == (f"{server.url('alpine')}/v3.22/main\n"
-                                               f"{server.url('alpine')}/v3.22/community\n")
-    assert "./etc/apk/keys/test-0001.rsa.pub" in files
-    assert "#tty1::respawn" in files["./etc/inittab"] and "\ntty2" not in files["./etc/inittab"]
-    assert 'rc_sys="systemd-nspawn"' in files["./etc/rc.conf"]
-    assert "192.0.2.53" not in files["./etc/resolv.conf"]  # what the bootstrap left is replaced
-    assert "nameserver" not in files["./etc/resolv.conf"].replace("# ", "")
-    tree = env.work / "recipes" / "alpine-test" / "rootfs"
-    assert os.readlink(tree / "etc/runlevels/default/networking") == "/etc/init.d/networking"
-    nspawn = (out / "alpine-test.nspawn").read_text()
-    assert "KillSignal=SIGTERM" in nspawn
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert {p["name"]: p["version"] for p in manifest["packages"]}["openssh-server"] == "1.0-r0"
-    assert manifest["bootstrapper"]["name"] == "apk.static"
 
 
 @pytest.mark.integration
