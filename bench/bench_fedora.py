@@ -26,17 +26,6 @@ from rpmrepo import FEDORA_LIKE, build_repo  # noqa: E402
 
 from bench import build, raw_tar_zstd, sh  # noqa: E402
 
-RECIPE = """name = "fedbench"
-packages = ["hello-nspawnbuild"]
-[base]
-distro = "fedora"
-release = "44"
-[[base.repos]]
-name = "local"
-baseurl = "{url}"
-gpgkey = ["{key}"]
-"""
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
@@ -47,7 +36,7 @@ def main() -> None:
     try:
         repo = build_repo(tmp / "repo", FEDORA_LIKE)
         recipe = tmp / "fedbench.toml"
-        recipe.write_text(RECIPE.format(url=repo.url, key=repo.key.as_uri()))
+        recipe.write_text(repo.recipe("fedbench"))
         conf = tmp / "conf"
         (conf / "repos").mkdir(parents=True)
         (conf / "dnf.conf").write_text("[main]\ngpgcheck=1\ninstall_weak_deps=False\n")

@@ -34,23 +34,11 @@ def unsigned_repo(tmp_path_factory: pytest.TempPathFactory) -> RpmRepo:
 
 
 def recipe(path: Path, repo: RpmRepo, name: str = "fedtest") -> Path:
-    path.write_text(f'''name = "{name}"
-description = "Fedora from a local repository"
-packages = ["hello-nspawnbuild"]
-
-[base]
-distro = "fedora"
-release = "44"
-
-[[base.repos]]
-name = "local"
-baseurl = "{repo.url}"
-gpgkey = ["{repo.key.as_uri()}"]
-
+    path.write_text(repo.recipe(name, '''
 [features.locales]
 locales = ["de_DE.UTF-8"]
 timezone = "Europe/Berlin"
-''')
+'''))
     return path
 
 
