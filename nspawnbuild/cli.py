@@ -514,6 +514,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    saved = dict(os.environ)  # commands pass options to the tasks through the environment
     try:
         return int(args.func(args))
     except NspawnbuildError as e:
@@ -525,6 +526,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `nspawnbuild plugins | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:  # so that a second call in the same process starts from the same environment
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
-from nspawnbuild.cli import make_parser
+import pytest
+
+from nspawnbuild.cli import main, make_parser
 
 
 def commands() -> dict[str, argparse.ArgumentParser]:
@@ -21,3 +25,16 @@ def test_every_command_is_in_the_main_help_and_has_examples() -> None:
         assert f"    {name}" in main_help, name
         assert "example" in parser.format_help(), f"'nspawnbuild {name} --help' has no example"
         assert f"nspawnbuild {name}" in parser.format_help(), name
+
+
+def test_options_passed_through_the_environment_do_not_outlive_the_command(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("NSPAWNBUILD_QUIET", "NSPAWNBUILD_OUT", "NSPAWNBUILD_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["cache", "--cache-dir", str(tmp_path / "cache"), "list"]) == 0
+    with pytest.raises(SystemExit) as bad:  # bad input: exit 2 before anything is built
+        main(["build", "--quiet", "--out", str(tmp_path / "o"), "./missing.toml"])
+    assert bad.value.code == 2
+    for var in ("NSPAWNBUILD_QUIET", "NSPAWNBUILD_OUT", "NSPAWNBUILD_CACHE"):
+        assert var not in os.environ, var
