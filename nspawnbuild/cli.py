@@ -7,6 +7,7 @@ embedded doit, so it works from any directory.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -366,9 +367,12 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"nspawnbuild {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # every command's help ends with examples, laid out as written
+    command = functools.partial(sub.add_parser,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    p = sub.add_parser("build", help="build recipes into out/NAME/",
-                       epilog=EPILOG_BUILD, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command("build", help="build recipes into out/NAME/",
+                       epilog=EPILOG_BUILD)
     p.add_argument("recipes", nargs="+", metavar="RECIPE", help="recipe name or path")
     p.add_argument("--out", help="artifact directory (default: ./out)")
     p.add_argument("--work-dir", help="work trees and build state (default: ./.nspawnbuild)")
@@ -388,16 +392,14 @@ def make_parser() -> argparse.ArgumentParser:
                    help="print what was published as JSON (for scripts), nothing else")
     p.set_defaults(func=cmd_build)
 
-    p = sub.add_parser("validate", help="check recipes without building",
-                       epilog="example:\n  nspawnbuild validate recipes/*.toml",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command("validate", help="check recipes without building",
+                       epilog="example:\n  nspawnbuild validate recipes/*.toml")
     p.add_argument("recipes", nargs="+", metavar="RECIPE")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("audit", help="check image tarballs for secrets and host state",
+    p = command("audit", help="check image tarballs for secrets and host state",
                        epilog="examples:\n  nspawnbuild audit out/debian-base\n"
-                              "  nspawnbuild audit image.tar.zst --allow 'private-key:/opt/demo/*'",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                              "  nspawnbuild audit image.tar.zst --allow 'private-key:/opt/demo/*'")
     p.add_argument("artifacts", nargs="+", metavar="ARTIFACT",
                    help="a tarball, or an artifact directory such as out/NAME")
     p.add_argument("--allow", action="append", default=[], metavar="CHECK:GLOB",
@@ -405,10 +407,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="print findings only")
     p.set_defaults(func=cmd_audit)
 
-    p = sub.add_parser("cache", help="list or prune the bootstrap and download cache",
+    p = command("cache", help="list or prune the bootstrap and download cache",
                        epilog="examples:\n  nspawnbuild cache list\n"
-                              "  nspawnbuild cache prune --older-than 30 --max-size 20G",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                              "  nspawnbuild cache prune --older-than 30 --max-size 20G")
     p.add_argument("--cache-dir", help=f"the cache (default: {default_cache()})")
     csub = p.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
     c = csub.add_parser("list", help="entries with size and last use")
@@ -421,16 +422,14 @@ def make_parser() -> argparse.ArgumentParser:
     c.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     p.set_defaults(func=cmd_cache)
 
-    p = sub.add_parser("cache-key", help="print a recipe's bootstrap cache key (for CI caches)",
-                       epilog="example:\n  key=$(nspawnbuild cache-key debian-base)",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command("cache-key", help="print a recipe's bootstrap cache key (for CI caches)",
+                       epilog="example:\n  key=$(nspawnbuild cache-key debian-base)")
     p.add_argument("recipes", nargs="+", metavar="RECIPE")
     p.set_defaults(func=cmd_cache_key)
 
-    p = sub.add_parser("install", help="install built artifacts on this host (or under --root)",
+    p = command("install", help="install built artifacts on this host (or under --root)",
                        epilog="examples:\n  nspawnbuild install out/ollama-gpu --enable --start\n"
-                              "  nspawnbuild install out/debian-base --root /mnt/target --name web1",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                              "  nspawnbuild install out/debian-base --root /mnt/target --name web1")
     p.add_argument("artifact_dir", metavar="ARTIFACT_DIR", help="a directory a build wrote, out/NAME")
     p.add_argument("--name", help="machine name on the host (default: the recipe's)")
     p.add_argument("--root", default="/", help="install into this directory tree instead of /")
@@ -439,18 +438,16 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", action="store_true", help="start it now (needs systemd running)")
     p.set_defaults(func=cmd_install)
 
-    p = sub.add_parser("inspect", help="what is in a built image: packages, sizes, settings",
-                       epilog="example:\n  nspawnbuild inspect out/ollama-gpu --top 20",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command("inspect", help="what is in a built image: packages, sizes, settings",
+                       epilog="example:\n  nspawnbuild inspect out/ollama-gpu --top 20")
     p.add_argument("artifact_dir", metavar="ARTIFACT_DIR")
     p.add_argument("--top", type=int, default=15, help="how many packages to list")
     p.add_argument("--json", action="store_true", help="print the manifest")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("diff", help="compare two builds: packages, files, size, settings",
+    p = command("diff", help="compare two builds: packages, files, size, settings",
                        epilog="example (CI, on a pull request):\n"
-                              "  nspawnbuild diff published/debian-base out/debian-base",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                              "  nspawnbuild diff published/debian-base out/debian-base")
     p.add_argument("a", metavar="A", help="artifact directory of the old build")
     p.add_argument("b", metavar="B", help="artifact directory of the new build")
     p.add_argument("--exit-code", action="store_true", help="exit 1 when the builds differ")
@@ -458,11 +455,10 @@ def make_parser() -> argparse.ArgumentParser:
 
     for verb, text in (("shell", "run a shell (or a command) in a built image, with its settings"),
                        ("boot", "boot a built image in systemd-nspawn, with its settings")):
-        p = sub.add_parser(verb, help=text,
+        p = command(verb, help=text,
                            epilog=f"examples:\n  nspawnbuild {verb} debian-base\n"
                                   + ("  nspawnbuild shell out/debian-base -- cat /etc/os-release"
-                                     if verb == "shell" else "  (press ^] three times to leave)"),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     if verb == "shell" else "  (press ^] three times to leave)"))
         p.add_argument("image", metavar="IMAGE", help="a recipe name or an artifact directory")
         if verb == "shell":
             p.add_argument("command", nargs="*", metavar="-- CMD",
@@ -473,40 +469,35 @@ def make_parser() -> argparse.ArgumentParser:
         p.add_argument("--work-dir", help="scratch space (default: ./.nspawnbuild)")
         p.set_defaults(func=cmd_run, command_name=verb)
 
-    p = sub.add_parser("show", help="print a recipe fully resolved (extends applied) as TOML",
+    p = command("show", help="print a recipe fully resolved (extends applied) as TOML",
                        epilog="examples:\n  nspawnbuild show ollama-gpu\n"
-                              "  nspawnbuild show ./web.toml > web-resolved.toml",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                              "  nspawnbuild show ./web.toml > web-resolved.toml")
     p.add_argument("recipe", metavar="RECIPE")
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("schema", help="print the JSON Schema of recipes (for editors)",
+    p = command("schema", help="print the JSON Schema of recipes (for editors)",
                        epilog="example:\n  nspawnbuild schema --output schema/recipe.schema.json"
-                              "\n  (recipes then start with: #:schema ../schema/recipe.schema.json)",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                              "\n  (recipes then start with: #:schema ../schema/recipe.schema.json)")
     p.add_argument("--output", metavar="FILE", help="write it to FILE")
     p.set_defaults(func=cmd_schema)
 
-    p = sub.add_parser("clean", help="remove work trees and artifacts (of RECIPEs, or all)",
+    p = command("clean", help="remove work trees and artifacts (of RECIPEs, or all)",
                        epilog="examples:\n  nspawnbuild clean web      # .nspawnbuild/recipes/web "
                               "and out/web\n  nspawnbuild clean          # all of .nspawnbuild/ and "
-                              "out/\nthe bootstrap cache is kept: see nspawnbuild cache prune",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                              "out/\nthe bootstrap cache is kept: see nspawnbuild cache prune")
     p.add_argument("recipes", nargs="*", metavar="RECIPE")
     p.add_argument("--out", help="artifact directory (default: ./out)")
     p.add_argument("--work-dir", help="work directory (default: ./.nspawnbuild)")
     p.set_defaults(func=cmd_clean)
 
-    p = sub.add_parser("list", help="list the recipes found",
+    p = command("list", help="list the recipes found",
                        epilog="examples:\n  nspawnbuild list\n  nspawnbuild list --json | jq -c "
-                              "'[.[].name]'   # a CI matrix",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                              "'[.[].name]'   # a CI matrix")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("plugins", help="list loaded plugins, their distros and features",
-                       epilog="examples:\n  nspawnbuild plugins\n  nspawnbuild plugins --json",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command("plugins", help="list loaded plugins, their distros and features",
+                       epilog="examples:\n  nspawnbuild plugins\n  nspawnbuild plugins --json")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plugins)
     return parser
