@@ -62,6 +62,12 @@ def resolve_in_root(root: Path, path: str, *, follow_final: bool = True) -> Path
     return root.joinpath(*done)
 
 
+def read_text_in_root(root: Path, path: str) -> str | None:
+    """The text of a file inside the image (a package database), or None when it is absent."""
+    host = resolve_in_root(root, path)
+    return host.read_text(encoding="utf-8", errors="replace") if host.is_file() else None
+
+
 def make_dirs(root: Path, path: str, mode: int = 0o755) -> Path:
     """``mkdir -p`` inside the image; every component is resolved inside ``root``."""
     if not path.startswith("/"):

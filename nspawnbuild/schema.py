@@ -26,6 +26,13 @@ SETTING_VALUE = {"anyOf": [SCALAR, {"type": "array", "items": SCALAR}],
 COMPRESSION_LEVELS = {"zstd": (1, 22), "xz": (0, 9), "gzip": (1, 9), "none": (0, 0)}
 
 
+def mode_schema(example: str) -> dict[str, Any]:
+    """A file mode: an octal string ("0644") or its number."""
+    return {"anyOf": [{"type": "string", "pattern": r"^0?[0-7]{3,4}$"},
+                      {"type": "integer", "minimum": 0, "maximum": 0o7777}],
+            "x-hint": f"an octal string such as \"{example}\""}
+
+
 def core_schema() -> dict[str, Any]:
     """The schema of the keys the core owns (everything but feature tables and distro extras)."""
     return {
@@ -104,10 +111,7 @@ def core_schema() -> dict[str, Any]:
                         "dest": {"type": "string", "pattern": ABSOLUTE_PATH_PATTERN,
                                  "x-hint": "an absolute path inside the image without '..', "
                                            "e.g. /etc/motd"},
-                        "mode": {"anyOf": [
-                            {"type": "string", "pattern": r"^0?[0-7]{3,4}$"},
-                            {"type": "integer", "minimum": 0, "maximum": 0o7777},
-                        ], "x-hint": "an octal string such as \"0644\""},
+                        "mode": mode_schema("0644"),
                         "owner": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?$",
                                   "x-hint": "USER or USER:GROUP, names or numbers"},
                         "template": {"type": "boolean"},
@@ -136,10 +140,7 @@ def core_schema() -> dict[str, Any]:
                         "strip_components": {"type": "integer", "minimum": 0, "maximum": 64,
                                              "x-hint": "a number of leading path components, "
                                                        "0 to 64"},
-                        "mode": {"anyOf": [
-                            {"type": "string", "pattern": r"^0?[0-7]{3,4}$"},
-                            {"type": "integer", "minimum": 0, "maximum": 0o7777},
-                        ], "x-hint": "an octal string such as \"0755\""},
+                        "mode": mode_schema("0755"),
                     },
                 },
             },

@@ -27,7 +27,14 @@ from nspawnbuild.features import fail
 from nspawnbuild.fetch import fetch, file_sha256
 from nspawnbuild.paths import Layout
 from nspawnbuild.recipe import Recipe
-from nspawnbuild.rootfs import RootfsContext, empty_dir, make_dirs, resolve_in_root, write_file
+from nspawnbuild.rootfs import (
+    RootfsContext,
+    empty_dir,
+    make_dirs,
+    read_text_in_root,
+    resolve_in_root,
+    write_file,
+)
 from nspawnbuild.sandbox import isolated
 from nspawnbuild.steplog import StepLog
 
@@ -223,10 +230,7 @@ class Alpine(Distro):
         return ["apk", "add", "--no-cache", *packages]
 
     def list_packages(self, root: Path) -> list[Package]:
-        db = resolve_in_root(root, "/lib/apk/db/installed")
-        if not db.is_file():
-            return []
-        return parse_apk_installed(db.read_text(encoding="utf-8", errors="replace"))
+        return parse_apk_installed(read_text_in_root(root, "/lib/apk/db/installed") or "")
 
     def clean(self, root: Path) -> None:
         empty_dir(root, "/var/cache/apk")

@@ -18,7 +18,7 @@ from nspawnbuild.distro import Distro, Package, distro_hooks, require_tool
 from nspawnbuild.errors import BuildError, HostToolMissing
 from nspawnbuild.features import fail
 from nspawnbuild.recipe import Recipe
-from nspawnbuild.rootfs import RootfsContext, remove_tree, resolve_in_root
+from nspawnbuild.rootfs import RootfsContext, read_text_in_root, remove_tree, resolve_in_root
 from nspawnbuild.sandbox import isolated
 from nspawnbuild.steplog import StepLog
 
@@ -182,10 +182,7 @@ class Debian(Distro):
                 + " ".join(packages)]
 
     def list_packages(self, root: Path) -> list[Package]:
-        status = resolve_in_root(root, "/var/lib/dpkg/status")
-        if not status.is_file():
-            return []
-        return parse_dpkg_status(status.read_text(encoding="utf-8", errors="replace"))
+        return parse_dpkg_status(read_text_in_root(root, "/var/lib/dpkg/status") or "")
 
     def clean(self, root: Path) -> None:
         for pattern_dir, pattern in (("/var/lib/apt/lists", "*"), ("/var/cache/apt", "*.bin"),
