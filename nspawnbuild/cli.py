@@ -96,10 +96,9 @@ def build_summary(out: Path) -> dict[str, object]:
     manifest = json.loads((out / "manifest.json").read_text())
     files = [{"file": str(p.relative_to(out)), "size": p.stat().st_size}
              for p in sorted(out.rglob("*")) if p.is_file() and p.name != BUILD_LOG]
-    digests = {}
-    for line in (out / "SHA256SUMS").read_text().splitlines():
-        digest, _, name = line.partition("  ")
-        digests[name] = digest
+    from .install import read_sums
+
+    digests = read_sums(out / "SHA256SUMS")
     for f in files:
         f["sha256"] = digests.get(str(f["file"]))
     return {"name": manifest["name"], "dir": str(out), "files": files,

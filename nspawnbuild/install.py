@@ -23,18 +23,26 @@ from .rootfs import remove_tree
 IMPORT = "/lib/systemd/systemd-import"
 
 
-def verify(artifact_dir: Path) -> dict[str, str]:
-    """Check every line of SHA256SUMS; return ``{file: sha256}``."""
-    sums_file = artifact_dir / "SHA256SUMS"
-    if not sums_file.is_file():
-        raise RecipeError(Problem(artifact_dir, None, "no SHA256SUMS here",
-                                  "give the directory a build wrote, e.g. out/NAME"))
+def read_sums(sums_file: Path) -> dict[str, str]:
+    """``{file: sha256}`` from a SHA256SUMS file (``sha256sum``'s format), names checked."""
     sums: dict[str, str] = {}
     for line in sums_file.read_text().splitlines():
         digest, _, name = line.partition("  ")
         name = name.lstrip("*")
         if not name or "/.." in f"/{name}" or name.startswith("/"):
             raise BuildError(f"{sums_file}: bad line {line!r}")
+        sums[name] = digest
+    return sums
+
+
+def verify(artifact_dir: Path) -> dict[str, str]:
+    """Check every line of SHA256SUMS; return ``{file: sha256}``."""
+    sums_file = artifact_dir / "SHA256SUMS"
+    if not sums_file.is_file():
+        raise RecipeError(Problem(artifact_dir, None, "no SHA256SUMS here",
+                                  "give the directory a build wrote, e.g. out/NAME"))
+    sums = read_sums(sums_file)
+    for name, digest in sums.items():
         try:
             actual = sha256_file(artifact_dir / name)
         except OSError as e:
@@ -42,7 +50,6 @@ def verify(artifact_dir: Path) -> dict[str, str]:
         if actual != digest:
             raise BuildError(f"{artifact_dir / name} does not match SHA256SUMS (expected {digest}, "
                              f"got {actual}); the artifacts are damaged or were changed")
-        sums[name] = digest
     return sums
 
 

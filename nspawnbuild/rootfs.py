@@ -290,12 +290,10 @@ def drop_resolv_conf(root: Path) -> None:
 def _is_host_resolv_conf(path: Path) -> bool:
     """An empty resolv.conf (nspawn's mount point) or the build host's: host state, not the
     recipe's. A resolv.conf with other content was written by the recipe and stays."""
+    from .audit import host_state
+
     content = path.read_bytes().strip()
-    try:
-        host = Path("/etc/resolv.conf").read_bytes().strip()
-    except OSError:
-        host = b""
-    return not content or content == host
+    return not content or content == host_state()[1]
 
 
 def scrub(root: Path, hostname: str) -> None:
