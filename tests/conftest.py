@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+import sentinels
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -73,3 +75,34 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def env(tmp_path: Path, shared_cache: Path) -> Iterator[Env]:
     e = Env(tmp_path, tmp_path / "out", tmp_path / "work", shared_cache)
     yield e
+
+
+@pytest.fixture(scope="session")
+def _sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sentinels.Sentinels]:
+    s = sentinels.setup(tmp_path_factory.mktemp("decoys"))
+    os.environ["NSPAWNBUILD_DECOY_TOKEN"] = s.token  # as a CI secret would be
+    yield s
+    os.environ.pop("NSPAWNBUILD_DECOY_TOKEN", None)
+    sentinels.teardown(s)
+
+
+@pytest.fixture
+def host_sentinels(_sentinels: sentinels.Sentinels) -> Iterator[sentinels.Sentinels]:
+    """Decoy host files, a decoy loop device and a decoy cgroup release_agent, checked unchanged
+    after the test (see tests/sentinels.py)."""
+    _sentinels.state = _sentinels.snapshot()
+    yield _sentinels
+    changed = _sentinels.check()
+    assert not changed, f"a hostile case changed host sentinels: {changed}"
+
+
+def assert_token_absent(s: sentinels.Sentinels, *paths: Path) -> None:
+    """No artifact (decompressed when it is a tarball) contains the decoy token."""
+    import zstandard
+
+    for p in paths:
+        for f in ([p] if p.is_file() else sorted(x for x in p.rglob("*") if x.is_file())):
+            data = f.read_bytes()
+            if f.suffix == ".zst":
+                data = zstandard.ZstdDecompressor().stream_reader(data).read()
+            assert s.token.encode() not in data, f"{f} carries the decoy token"
