@@ -7,10 +7,13 @@ uses them) or of the file itself (downloads), so pruning by age keeps what is in
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
+import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,3 +109,93 @@ def prune(cache: Path, *, older_than_days: float | None, max_size: int | None,
             with exclusive(lock, wait=True, what=f"cache entry {e.key}"):
                 remove_tree(e.path)
     return doomed
+
+
+# -- the content digest of a bootstrap entry ---------------------------------------------------
+
+CONTENTS = "contents.json"
+HASH_CHUNK = 1 << 20
+
+
+def _xattrs(path: str) -> list[list[str]]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return []
+    return [[n, os.getxattr(path, n, follow_symlinks=False).hex()] for n in sorted(names)]
+
+
+def _hash(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as fh:
+        for chunk in iter(lambda: fh.read(HASH_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _record(path: str, st: os.stat_result) -> list[object]:
+    """What a tree entry is: type and mode, owner, size, content digest or link target, xattrs."""
+    if stat.S_ISREG(st.st_mode):
+        content = _hash(path)
+    elif stat.S_ISLNK(st.st_mode):
+        content = os.readlink(path)
+    elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        content = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+    else:
+        content = ""
+    return [st.st_mode, st.st_uid, st.st_gid, st.st_size if stat.S_ISREG(st.st_mode) else 0,
+            content, _xattrs(path)]
+
+
+def _stamp(st: os.stat_result) -> list[int]:
+    """What changes whenever anything writes, truncates, chmods or chowns the file: ctime can
+    not be set from user space, so an unchanged stamp means unchanged content (as git's index)."""
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _walk(root: Path) -> Iterator[tuple[str, str, os.stat_result]]:
+    for dirpath, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted([*dirs, *files]):
+            path = os.path.join(dirpath, name)
+            yield os.path.relpath(path, root), path, os.lstat(path)
+
+
+def write_contents(entry: Path) -> str:
+    """Record the content digest of ``entry/root``; returns the digest of the record."""
+    records, stamps = {}, {}
+    for rel, path, st in _walk(entry / "root"):
+        records[rel] = _record(path, st)
+        stamps[rel] = _stamp(st)
+    doc = {"records": records, "stamps": stamps}
+    digest = hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
+    (entry / CONTENTS).write_text(json.dumps(doc, sort_keys=True))
+    return digest
+
+
+def verify_contents(entry: Path, expected: str | None) -> list[str]:
+    """What in ``entry/root`` differs from its recorded contents (empty when intact).
+
+    Files whose stamp is unchanged are trusted; any other file is hashed again, so a cache that
+    was copied or restored (new ctimes, same content) still verifies, and a truncated or
+    rewritten file never does.
+    """
+    try:
+        doc = json.loads((entry / CONTENTS).read_text())
+        records, stamps = doc["records"], doc["stamps"]
+    except (OSError, ValueError, KeyError):
+        return [f"{CONTENTS} is missing or unreadable"]
+    if expected is not None and \
+            hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest() != expected:
+        return [f"{CONTENTS} does not match the digest in info.json"]
+    problems, seen = [], set()
+    for rel, path, st in _walk(entry / "root"):
+        seen.add(rel)
+        if rel not in records:
+            problems.append(f"{rel}: not in the recorded contents")
+        elif stamps.get(rel) != _stamp(st) and _record(path, st) != records[rel]:
+            problems.append(f"{rel}: changed since it was cached")
+        if len(problems) >= 5:
+            return problems
+    problems.extend(f"{rel}: missing" for rel in sorted(set(records) - seen))
+    return problems[:5]

@@ -52,3 +52,27 @@ def exclusive(path: Path, *, wait: bool, what: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+_shared: dict[str, int] = {}
+
+
+def hold_shared(path: Path, *, what: str) -> None:
+    """Take a shared ``flock`` on ``path`` until :func:`release_shared` or the process ends.
+
+    Builds that use a cache entry hold it shared; pruning and eviction take it exclusively and
+    so wait until no build uses the entry.
+    """
+    key = str(path)
+    if key in _shared:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    _shared[key] = fd
+
+
+def release_shared(path: Path) -> None:
+    fd = _shared.pop(str(path), None)
+    if fd is not None:
+        os.close(fd)

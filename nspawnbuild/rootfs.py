@@ -7,7 +7,6 @@ image points into the image, and ``..`` stops at its root. A hostile or merely u
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -24,6 +23,7 @@ from .steplog import StepLog
 if TYPE_CHECKING:
     from .distro import Distro
     from .recipe import Recipe
+    from .sandbox import Sandbox
 
 MAX_SYMLINKS = 40
 COPY_CHUNK = 1 << 20
@@ -199,54 +199,6 @@ def copy_tree(src: Path, dest: Path) -> None:
     subprocess.run(["cp", "-a", "--reflink=auto", "--", str(src), str(dest)], check=True)
 
 
-#: directories whose files tools edit in place (shadow's passwd- backups, dpkg's and debconf's
-#: databases, logs, home directories): always copied, never linked
-PRIVATE_DIRS = ("etc", "root", "home", "var/lib/dpkg", "var/cache/debconf", "var/log",
-                "var/lib/systemd", "var/spool")
-
-
-def link_tree(src: Path, dest: Path) -> bool:
-    """Make ``dest`` a tree of new directories whose files are hardlinks to ``src``'s.
-
-    Creating files dominates a copy of a root filesystem (tens of thousands of inodes); a
-    hardlink farm costs a few percent of that. Writes that replace a file (rename, unlink,
-    what package managers and nspawnbuild do) leave ``src`` untouched; :data:`PRIVATE_DIRS`,
-    where tools write into files, are real copies; any other write *into* a linked file would
-    change ``src`` too, which :func:`fingerprint` detects. Returns False (and copies instead)
-    when the two are on different filesystems.
-    """
-    r = subprocess.run(["cp", "-al", "--", str(src), str(dest)], capture_output=True, text=True)
-    if r.returncode != 0:
-        remove_tree(dest)
-        copy_tree(src, dest)
-        return False
-    for sub in PRIVATE_DIRS:
-        if (src / sub).is_dir() and not (src / sub).is_symlink():
-            remove_tree(dest / sub)
-            copy_tree(src / sub, dest / sub)
-    return True
-
-
-def fingerprint(root: Path) -> dict[str, tuple[object, ...]]:
-    """What an in-place write, chmod, chown or setcap would change, for every file in ``root``."""
-    out: dict[str, tuple[object, ...]] = {}
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            caps = b""
-            if stat.S_ISREG(st.st_mode):
-                with contextlib.suppress(OSError):
-                    caps = os.getxattr(path, "security.capability", follow_symlinks=False)
-            out[path] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode, st.st_uid, st.st_gid,
-                         caps)
-    return out
-
-
-def changed(before: dict[str, tuple[object, ...]], after: dict[str, tuple[object, ...]]) -> list[str]:
-    return sorted(p for p, v in before.items() if after.get(p) != v)
-
-
 # -- scrubbing --------------------------------------------------------------------------------
 
 #: files that carry host state, secrets or run-to-run noise; removed from every image
@@ -348,6 +300,8 @@ class RootfsContext:
     log: StepLog
     #: nspawnbuild's cache directory (downloads are kept under it by digest)
     cache: Path | None = None
+    #: runs commands in the image (user namespace, own cgroup, ID-mapped overlay)
+    sandbox: Sandbox | None = None
 
     def path(self, image_path: str) -> Path:
         """The host path of ``image_path``, resolved inside the image."""
@@ -391,10 +345,11 @@ class RootfsContext:
         ``binds_ro``: ``(host path, path in the container)`` pairs bound read-only for this
         command only (an input file, never a host directory the image should not see).
         """
-        from .sandbox import run_in_root
-
-        run_in_root(self.log, self.root, self.recipe.name, command, step=step, network=network,
-                    env={"SOURCE_DATE_EPOCH": str(self.recipe.epoch)}, binds_ro=binds_ro)
+        if self.sandbox is None:
+            raise BuildError(f"{step}: no sandbox to run commands in (a RootfsContext made "
+                             "outside a build)")
+        self.sandbox.run(self.log, command, step=step, network=network,
+                         env={"SOURCE_DATE_EPOCH": str(self.recipe.epoch)}, binds_ro=binds_ro)
 
     def enable_service(self, unit: str) -> None:
         """Enable a service the distro's way (systemctl or rc-update), inside the image."""

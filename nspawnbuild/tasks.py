@@ -21,10 +21,12 @@ from doit import get_var
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from . import audit
+from . import audit, cache
 from .cache import touch
 from .errors import BuildError, NspawnbuildError, RecipeError, error_lines
-from .lock import exclusive, hold
+from .lock import exclusive, hold, hold_shared, release_shared
+from .namespaces import enter_private_mount_namespace, require_private_mount_namespace
+from .overlay import ImageTree, umount
 from .pack import SUFFIXES, pack, sha256_file
 from .paths import Layout, dropin_name, nspawn_name, tarball_name
 from .plan import Plan, digest, make_distro, make_plan
@@ -35,17 +37,15 @@ from .render import render_dropin, render_nspawn
 from .reporter import Reporter
 from .rootfs import (
     RootfsContext,
-    changed,
+    copy_tree,
     drop_resolv_conf,
-    fingerprint,
-    link_tree,
     mounts_below,
     parse_owner,
     remove_tree,
     scrub,
     write_file,
 )
-from .sandbox import run_in_root
+from .sandbox import Sandbox
 from .settings import Setting
 from .steplog import StepLog
 
@@ -57,6 +57,8 @@ def doit_config(layout: Layout | None = None) -> dict[str, Any]:
     layout = layout or Layout.from_env()
     layout.work.mkdir(parents=True, exist_ok=True)
     install_signal_handlers()
+    # before doit or the reporter start threads: the build's mounts live and die with it
+    enter_private_mount_namespace()
     return {
         "backend": "sqlite3",
         "dep_file": str(layout.state_db),
@@ -147,17 +149,25 @@ def action_bootstrap(recipe_path: str, key: str) -> None:
     recipe = _recipe(recipe_path)
     layout = Layout.from_env()
     entry = layout.bootstrap_entry(key)
+    if (entry / "info.json").is_file():  # builds using it hold it shared: do not wait for them
+        with StepLog(layout.log(recipe.name, "bootstrap")) as log:
+            log.note(f"cache entry {key} is already there (an earlier build made it): "
+                     "nothing to bootstrap")
+        return
+    _make_entry(recipe, key, layout)
+
+
+def _make_entry(recipe: Recipe, key: str, layout: Layout) -> None:
+    """Bootstrap the cache entry ``key`` (under its exclusive lock) and record its contents."""
+    entry = layout.bootstrap_entry(key)
     spec = _read_json(layout.plan_file(recipe.name, "bootstrap"))
-    with exclusive(entry.with_suffix(".lock"), wait=True, what=f"bootstrap cache entry {key}"):
+    with exclusive(_entry_lock(entry), wait=True, what=f"bootstrap cache entry {key}"):
         if (entry / "info.json").is_file():
-            with StepLog(layout.log(recipe.name, "bootstrap")) as log:
-                log.note(f"cache entry {key} is already there (an earlier build made it): "
-                         "nothing to bootstrap")
             return
         for stale in entry.parent.glob(f".{key}.tmp-*"):  # left by a killed build
             remove_tree(stale)
+        remove_tree(entry)  # a half-removed entry (no info.json)
         tmp = entry.with_name(f".{key}.tmp-{os.getpid()}")
-        remove_tree(tmp)
         tmp.mkdir(parents=True)
         try:
             with StepLog(layout.log(recipe.name, "bootstrap")) as log:
@@ -165,67 +175,120 @@ def action_bootstrap(recipe_path: str, key: str) -> None:
                 log.note(f"bootstrapping {distro.name} {distro.release} {distro.arch} with "
                          f"{spec['bootstrapper'][0]} {spec['bootstrapper'][1]}")
                 distro.bootstrap(tmp / "root", spec["packages"], spec["epoch"], log)
-            _write_json(tmp / "info.json", {"key": key, "spec": spec})
+                contents = cache.write_contents(tmp)
+                log.note(f"recorded the contents of the new cache entry: {contents}")
+            _write_json(tmp / "info.json", {"key": key, "spec": spec, "contents": contents})
             os.replace(tmp, entry)
         except BaseException:
             remove_tree(tmp)
             raise
 
 
+def _entry_lock(entry: Path) -> Path:
+    return entry.with_suffix(".lock")
+
+
+def use_entry(recipe: Recipe, key: str, layout: Layout, log: StepLog) -> str:
+    """Hold the cache entry ``key`` shared for the rest of the build and check its contents.
+
+    A damaged entry (a truncated file, anything changed since it was made) is dropped and
+    bootstrapped again, with a note; returns the entry's contents digest.
+    """
+    entry = layout.bootstrap_entry(key)
+    for _attempt in range(2):
+        hold_shared(_entry_lock(entry), what=f"bootstrap cache entry {key}")
+        info = entry / "info.json"
+        if info.is_file():
+            expected = _read_json(info).get("contents")
+            problems = cache.verify_contents(entry, expected)
+            if not problems and expected:
+                touch(info)  # last use, for `nspawnbuild cache prune --older-than`
+                return str(expected)
+            message = (f"note: bootstrap cache entry {key[:16]} is damaged "
+                       f"({'; '.join(problems) or 'no contents digest'}); dropped it, "
+                       "bootstrapping again")
+            log.note(message)
+            print(message, file=sys.__stderr__)
+        release_shared(_entry_lock(entry))
+        with exclusive(_entry_lock(entry), wait=True, what=f"bootstrap cache entry {key}"):
+            current = entry / "info.json"
+            if current.is_file() and cache.verify_contents(entry, _read_json(current).get("contents")):
+                remove_tree(entry)
+        _make_entry(recipe, key, layout)
+    raise BuildError(f"bootstrap cache entry {key} is damaged again right after it was made; "
+                     f"check the disk under {entry.parent}")
+
+
+def image_tree(layout: Layout, name: str, key: str, *, new: bool = False) -> ImageTree:
+    """The overlay of recipe ``name``: the cache entry below, its own layer above."""
+    work = layout.work_dir(name)
+    return ImageTree(layout.bootstrap_entry(key) / "root", work / ("layer.new" if new else "layer"),
+                     layout.rootfs(name))
+
+
 @_guarded
 def action_rootfs(recipe_path: str) -> None:
-    """Copy the cached bootstrap, apply features, files and post-steps, scrub, list packages."""
+    """On an overlay of the cached bootstrap: features, files, post-steps, scrub, list packages."""
     recipe = _recipe(recipe_path)
     layout = Layout.from_env()
     name = recipe.name
     spec = _read_json(layout.plan_file(name, "rootfs"))
-    entry = layout.bootstrap_entry(spec["bootstrap_key"])
+    key = spec["bootstrap_key"]
     work = layout.work_dir(name)
-    new = work / "rootfs.new"
+    require_private_mount_namespace()
     with StepLog(layout.log(name, "rootfs")) as log:
-        remove_tree(new)
-        log.note(f"linking bootstrap {spec['bootstrap_key'][:16]} into {new}")
-        touch(entry / "info.json")  # last use, for `nspawnbuild cache prune --older-than`
-        pristine = fingerprint(entry / "root")
-        if not link_tree(entry / "root", new):
-            log.note("cache and work directory are on different filesystems: copied instead")
+        contents = use_entry(recipe, key, layout, log)
+        tree = image_tree(layout, name, key, new=True)
+        umount(tree.merged)
+        remove_tree(tree.layer)
+        tree.create()
+        log.note(f"overlay on bootstrap {key[:16]} (read-only) at {tree.merged}, "
+                 f"changes in {tree.upper}")
+        tree.mount()
+        new = tree.merged
         try:
-            drop_resolv_conf(new)
-            distro = make_distro(recipe)
-            ctx = RootfsContext(new, recipe, distro, log, layout.cache)
-            get_plugin_manager().hook.nspawnbuild_configure_rootfs(ctx=ctx)
-            for f in recipe.files:
-                uid, gid = parse_owner(new, f.owner)
-                log.note(f"file {f.dest} from {f.src}")
-                write_file(new, f.dest, f.content, mode=f.mode if f.mode is not None else 0o644,
-                           uid=uid, gid=gid)
-            for i, step in enumerate(recipe.post, start=1):
-                label = f"post-step {i}" + (f" ({step['name']})" if step.get("name") else "")
-                shell = step.get("shell", "/bin/sh")
-                first = step["run"].strip().splitlines()[0] if step["run"].strip() else ""
-                run_in_root(log, new, name, [shell, "-e", "-c", step["run"]], step=label,
-                            network=step.get("network", True),
-                            env={"SOURCE_DATE_EPOCH": str(recipe.epoch)},
-                            shown_command=first + (" ..." if "\n" in step["run"].strip() else ""))
-            get_plugin_manager().hook.nspawnbuild_finalize_rootfs(ctx=ctx)
-            scrub(new, name)
-            distro.clean(new)
-            packages = [p.as_dict() for p in distro.list_packages(new)]
-            _check_cache(entry, pristine, log)
-            remove_tree(work / "rootfs")
-            os.replace(new, work / "rootfs")
+            with Sandbox(tree, name) as sandbox:
+                drop_resolv_conf(new)
+                distro = make_distro(recipe)
+                ctx = RootfsContext(new, recipe, distro, log, layout.cache, sandbox=sandbox)
+                get_plugin_manager().hook.nspawnbuild_configure_rootfs(ctx=ctx)
+                for f in recipe.files:
+                    uid, gid = parse_owner(new, f.owner)
+                    log.note(f"file {f.dest} from {f.src}")
+                    write_file(new, f.dest, f.content,
+                               mode=f.mode if f.mode is not None else 0o644, uid=uid, gid=gid)
+                for i, step in enumerate(recipe.post, start=1):
+                    label = f"post-step {i}" + (f" ({step['name']})" if step.get("name") else "")
+                    shell = step.get("shell", "/bin/sh")
+                    first = step["run"].strip().splitlines()[0] if step["run"].strip() else ""
+                    sandbox.run(log, [shell, "-e", "-c", step["run"]], step=label,
+                                network=step.get("network", True),
+                                env={"SOURCE_DATE_EPOCH": str(recipe.epoch)},
+                                shown_command=first + (" ..." if "\n" in step["run"].strip() else ""))
+                get_plugin_manager().hook.nspawnbuild_finalize_rootfs(ctx=ctx)
+                scrub(new, name)
+                distro.clean(new)
+                packages = [p.as_dict() for p in distro.list_packages(new)]
+            tree.umount()
+            remove_tree(work / "layer")
+            os.replace(tree.layer, work / "layer")
             remove_tree(work / "rootfs.failed")  # a kept failure is stale once the step works
         except NspawnbuildError as e:
-            _check_cache(entry, pristine, log)  # a failing step may have written in place too
             if not keep_rootfs():
-                remove_tree(new)
+                _discard(tree)
                 raise
-            raise BuildError(f"{e}\n{_keep_failed(new, work / 'rootfs.failed', log)}") from None
+            kept = _keep_failed(tree, work / "rootfs.failed", log)
+            raise BuildError(f"{e}\n{kept}") from None
         except BaseException:
-            remove_tree(new)
-            _check_cache(entry, pristine, log)
+            _discard(tree)
             raise
-        _write_json(work / "rootfs.json", {"spec": digest(spec), "packages": packages})
+        _write_json(work / "rootfs.json", {"spec": digest(spec), "packages": packages,
+                                           "bootstrap": {"key": key, "contents": contents}})
+
+
+def _discard(tree: ImageTree) -> None:
+    tree.umount()
+    remove_tree(tree.layer)
 
 
 def keep_rootfs() -> bool:
@@ -233,40 +296,18 @@ def keep_rootfs() -> bool:
     return bool(os.environ.get("NSPAWNBUILD_KEEP_ROOTFS") or get_var("keep_rootfs", ""))
 
 
-def _keep_failed(tree: Path, kept: Path, log: StepLog) -> str:
-    """Move a failed tree aside for a look inside; return the lines that say how."""
+def _keep_failed(tree: ImageTree, kept: Path, log: StepLog) -> str:
+    """Copy a failed tree aside for a look inside (a copy: it shares nothing with the cache);
+    return the lines that say how."""
     remove_tree(kept)
-    os.replace(tree, kept)
+    copy_tree(tree.merged, kept)
+    _discard(tree)
     message = (f"  the tree as the failing step left it is kept (--keep-rootfs): {kept}\n"
                "  look inside without changing it: systemd-nspawn --register=no --keep-unit "
                f"--volatile=overlay -D {kept}\n"
-               "  (it shares files with the bootstrap cache; the next good build or "
-               "nspawnbuild clean removes it)")
+               "  (the next good build or nspawnbuild clean removes it)")
     log.note(message.strip())
     return message
-
-
-def _check_cache(entry: Path, pristine: dict[str, tuple[object, ...]], log: StepLog) -> None:
-    """Drop the cached bootstrap if the steps changed any of its files in place."""
-    touched = changed(pristine, fingerprint(entry / "root"))
-    if touched:
-        _evict(entry, touched, log)
-
-
-def _evict(entry: Path, touched: list[str], log: StepLog) -> None:
-    """A step wrote into files shared with the cached bootstrap: drop that cache entry.
-
-    This build is right (it has what the steps did); the cache is not pristine any more, so
-    the next build that needs it bootstraps again.
-    """
-    shown = ", ".join(str(Path(p).relative_to(entry / "root")) for p in touched[:3])
-    message = (f"note: a step changed files of the cached bootstrap in place ({shown}"
-               f"{', ...' if len(touched) > 3 else ''}); dropped cache entry {entry.name[:16]}, "
-               "the next build of this base bootstraps again")
-    log.note(message)
-    print(message, file=sys.__stderr__)
-    with exclusive(entry.with_suffix(".lock"), wait=True, what=f"bootstrap cache entry {entry.name}"):
-        remove_tree(entry)
 
 
 @_guarded
@@ -274,15 +315,31 @@ def action_pack(name: str) -> None:
     layout = Layout.from_env()
     spec = _read_json(layout.plan_file(name, "pack"))
     work = layout.work_dir(name)
+    built = _read_json(work / "rootfs.json")["bootstrap"]
     dest = layout.tarball(name, spec["compression"])
     dest.parent.mkdir(parents=True, exist_ok=True)  # the staging directory
     for stale in dest.parent.glob(".*.tmp-*"):  # left by a killed build
         stale.unlink()
-    if mounts_below(work / "rootfs"):
-        raise BuildError(f"something is mounted below {work / 'rootfs'}; unmount it and rebuild")
-    auditor = audit.Auditor(machine=name)
-    result = pack(work / "rootfs", dest, spec["epoch"], spec["compression"], spec["level"],
-                  inspect=auditor.add)
+    require_private_mount_namespace()
+    entry = layout.bootstrap_entry(built["key"])
+    hold_shared(_entry_lock(entry), what=f"bootstrap cache entry {built['key']}")
+    info = entry / "info.json"
+    if not info.is_file() or _read_json(info).get("contents") != built["contents"] \
+            or cache.verify_contents(entry, built["contents"]):
+        raise BuildError(f"the bootstrap cache entry {built['key'][:16]} under this image changed "
+                         f"or was pruned since its rootfs was made; rebuild with: "
+                         f"nspawnbuild clean {name} && nspawnbuild build {name}")
+    tree = image_tree(layout, name, built["key"])
+    umount(tree.merged)
+    if mounts_below(tree.merged):
+        raise BuildError(f"something is mounted below {tree.merged}; unmount it and rebuild")
+    tree.mount_read_only()
+    try:
+        auditor = audit.Auditor(machine=name)
+        result = pack(tree.merged, dest, spec["epoch"], spec["compression"], spec["level"],
+                      inspect=auditor.add)
+    finally:
+        tree.umount()
     for compression in SUFFIXES:  # a tarball of another compression is now stale
         other = layout.tarball(name, compression)
         if other != dest:
@@ -357,8 +414,17 @@ def cache_entry_exists(key: str) -> bool:
     return (Layout.from_env().bootstrap_entry(key) / "info.json").is_file()
 
 
-def tree_exists(path: str) -> bool:
-    return Path(path).is_dir()
+def rootfs_current(name: str, key: str) -> bool:
+    """The image's layer exists and sits on the very cache entry contents it was made on."""
+    layout = Layout.from_env()
+    work = layout.work_dir(name)
+    try:
+        built = _read_json(work / "rootfs.json")["bootstrap"]
+        info = _read_json(layout.bootstrap_entry(key) / "info.json")
+    except (OSError, ValueError, KeyError):
+        return False
+    return ((work / "layer" / "upper").is_dir() and built["key"] == key
+            and built["contents"] == info.get("contents"))
 
 
 # -- task creation ----------------------------------------------------------------------------
@@ -391,7 +457,7 @@ def recipe_tasks(recipe: Recipe, plan: Plan, layout: Layout) -> Iterator[dict[st
            "actions": [(action_rootfs, [str(recipe.path)])],
            "file_dep": [plan_files["rootfs"]], "task_dep": [f"bootstrap:{name}"],
            "targets": [rootfs_json],
-           "uptodate": [(tree_exists, [str(layout.rootfs(name))])], "verbosity": 0}
+           "uptodate": [(rootfs_current, [name, plan.bootstrap_key])], "verbosity": 0}
     yield {"basename": "pack", "name": name, "doc": "pack the rootfs into a tarball",
            "actions": [(action_pack, [name])],
            "file_dep": [plan_files["pack"], rootfs_json],

@@ -1,0 +1,126 @@
+"""The image tree of a build: an overlay whose lower layer is the read-only cached bootstrap.
+
+A build never writes into the cache: everything it does lands in its own upper layer
+(``work/NAME/layer/upper``), the cached bootstrap is only ever an overlayfs lower layer. Two
+builds on one base each have their own upper layer, so they cannot see each other's writes, and
+a step that writes into a file in place copies it up first.
+
+Mounts are made in the build process's private mount namespace
+(:func:`nspawnbuild.namespaces.enter_private_mount_namespace`): nothing outside the build sees
+them, and the kernel removes them when the build ends, however it ends.
+
+Two ways to mount the same layers, never at once:
+
+- *plain*, for nspawnbuild's own writes (features, ``[[files]]``, scrub) as host root;
+- *ID-mapped*, for commands run in the container: both layers are bound through an ID-mapped
+  mount (on-disk uid N appears as ``base + N``) before overlayfs stacks them, so the container's
+  root (uid ``base`` on the host, in a user namespace) sees the image's own owners and what it
+  creates is stored with the image's ids. overlayfs itself cannot be ID-mapped (the kernel
+  refuses ``MOUNT_ATTR_IDMAP`` on it), its layers can.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import BuildError
+from .namespaces import UserNamespace, idmapped_bind, mount_as, require_private_mount_namespace
+
+#: no metacopy (data stays in the lower layer), no index, no redirects: the upper layer is a
+#: plain tree of what the build changed, and nothing in it depends on the lower layer's inodes
+OVERLAY_OPTIONS = "index=off,metacopy=off,redirect_dir=off,xino=off"
+
+
+def _mount(argv: list[str], what: str) -> None:
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise BuildError(f"could not mount {what}: {r.stderr.strip() or r.stdout.strip()}")
+
+
+def umount(path: Path) -> None:
+    """Unmount ``path`` if something is mounted there (never lazily: a busy mount is an error)."""
+    if _is_mountpoint(path):
+        r = subprocess.run(["umount", "--", str(path)], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise BuildError(f"could not unmount {path}: {r.stderr.strip()}")
+
+
+def _is_mountpoint(path: Path) -> bool:
+    return subprocess.run(["mountpoint", "-q", "--", str(path)]).returncode == 0
+
+
+def _safe(path: Path) -> str:
+    text = str(path)
+    if any(c in text for c in ",:\\\n"):
+        raise BuildError(f"{path}: overlayfs cannot use a path containing ',', ':' or '\\'; "
+                         "use another --work-dir or --cache-dir")
+    return text
+
+
+@dataclass(frozen=True)
+class ImageTree:
+    """One build's overlay: ``lower`` (the cache entry's tree), ``layer`` (upper + work dirs),
+    ``merged`` (the mount point the build works on)."""
+
+    lower: Path
+    layer: Path
+    merged: Path
+
+    @property
+    def upper(self) -> Path:
+        return self.layer / "upper"
+
+    @property
+    def _work(self) -> Path:
+        return self.layer / "work"
+
+    @property
+    def _maps(self) -> Path:
+        return self.layer.parent / f".{self.layer.name}-maps"
+
+    def create(self) -> None:
+        for d in (self.upper, self._work, self.merged):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def mount(self) -> None:
+        """The plain read-write overlay at ``merged``."""
+        require_private_mount_namespace()
+        opts = (f"lowerdir={_safe(self.lower)},upperdir={_safe(self.upper)},"
+                f"workdir={_safe(self._work)},{OVERLAY_OPTIONS}")
+        _mount(["mount", "-t", "overlay", "overlay", "-o", opts, str(self.merged)],
+               f"the image overlay at {self.merged}")
+
+    def mount_read_only(self) -> None:
+        """Both layers as read-only lower layers (for packing a finished tree)."""
+        require_private_mount_namespace()
+        self.merged.mkdir(parents=True, exist_ok=True)
+        opts = f"ro,lowerdir={_safe(self.upper)}:{_safe(self.lower)},{OVERLAY_OPTIONS}"
+        _mount(["mount", "-t", "overlay", "overlay", "-o", opts, str(self.merged)],
+               f"the finished image at {self.merged}")
+
+    def umount(self) -> None:
+        umount(self.merged)
+        for sub in ("upper", "lower"):
+            umount(self._maps / sub)
+
+    @contextlib.contextmanager
+    def idmapped(self, userns: UserNamespace) -> Iterator[Path]:
+        """Swap the plain overlay for one on ID-mapped layers while a container runs in it."""
+        umount(self.merged)
+        lower_map, rw_map = self._maps / "lower", self._maps / "upper"
+        for d in (lower_map, rw_map):
+            d.mkdir(parents=True, exist_ok=True)
+        try:
+            idmapped_bind(self.lower, lower_map, userns, read_only=True)
+            idmapped_bind(self.layer, rw_map, userns, read_only=False)
+            opts = (f"lowerdir={_safe(lower_map)},upperdir={_safe(rw_map / 'upper')},"
+                    f"workdir={_safe(rw_map / 'work')},{OVERLAY_OPTIONS}")
+            mount_as(userns.base, "overlay", self.merged, opts)
+            yield self.merged
+        finally:
+            self.umount()
+            self.mount()
