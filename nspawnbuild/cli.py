@@ -385,7 +385,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="build up to N tasks at once (several recipes in parallel)")
     p.add_argument("--keep-rootfs", action="store_true",
                    help="when the rootfs step fails, keep its tree (.nspawnbuild/recipes/NAME/"
-                        "rootfs.failed) to look inside; the finished tree is always in .../rootfs")
+                        "rootfs.failed, a copy) to look inside")
     p.add_argument("--quiet", action="store_true", help="print errors only")
     p.add_argument("--json", action="store_true",
                    help="print what was published as JSON (for scripts), nothing else")

@@ -112,7 +112,7 @@ LOCK_DIR = Path("/run/nspawnbuild/uid")
 #: device nodes a step may open (v1 devices controller syntax); everything else is denied
 ALLOWED_DEVICES = ("c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",
                    "c 5:0 rwm", "c 5:2 rwm", "c 136:* rwm")
-PIDS_MAX = 16384
+PIDS_MAX = 4096
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 

@@ -8,6 +8,7 @@ the recorded plan says.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -97,6 +98,8 @@ def _guarded(fn: Callable[..., None]) -> Callable[..., TaskFailed | None]:
             fn(*args, **kwargs)
         except NspawnbuildError as e:
             return TaskFailed(str(e))
+        except OSError as e:  # disk full, a read-only out/, a file that vanished: one clear line
+            return TaskFailed(os_error_line(e, fn.__name__.removeprefix("action_")))
         except KeyboardInterrupt:
             name = signal.Signals(_signal_received).name
             print(f"error: interrupted by {name} during {fn.__name__.removeprefix('action_')}; "
@@ -104,6 +107,19 @@ def _guarded(fn: Callable[..., None]) -> Callable[..., TaskFailed | None]:
             raise SystemExit(128 + _signal_received) from None
         return None
     return wrapper
+
+
+def os_error_line(e: OSError, stage: str) -> str:
+    """What went wrong, where, and how to fix it, for an error from the operating system."""
+    where = f" ({e.filename})" if e.filename else ""
+    fixes = {errno.ENOSPC: "free some space there (nspawnbuild cache prune helps) or build "
+                           "elsewhere with --out/--work-dir/--cache-dir",
+             errno.EDQUOT: "free some space there or build elsewhere with --out/--work-dir",
+             errno.EROFS: "that file system is read-only: build elsewhere with --out/--work-dir",
+             errno.EACCES: "make it writable for this user, or build elsewhere with --out/--work-dir",
+             errno.EPERM: "make it writable for this user, or build elsewhere with --out/--work-dir"}
+    fix = fixes.get(e.errno or 0, "fix the cause and build again")
+    return f"{stage} failed: {e.strerror or e}{where}; {fix}; the previous artifacts are unchanged"
 
 
 _recipes: dict[str, Recipe] = {}

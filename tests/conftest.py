@@ -106,3 +106,12 @@ def assert_token_absent(s: sentinels.Sentinels, *paths: Path) -> None:
             if f.suffix == ".zst":
                 data = zstandard.ZstdDecompressor().stream_reader(data).read()
             assert s.token.encode() not in data, f"{f} carries the decoy token"
+
+
+def unpack(tarball: Path, dest: Path) -> Path:
+    """The image tree of a built tarball, unpacked with owners, modes and xattrs (the build's
+    own tree is an overlay that exists only while the build runs)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run(f"zstd -dc '{tarball}' | tar -x --numeric-owner --xattrs "
+                   f"--xattrs-include='*' -C '{dest}' -f -", shell=True, check=True)
+    return dest

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from conftest import ROOT, Env
+from conftest import ROOT, Env, unpack
 
 sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
 from apkrepo import AlpineRepo, ApkPackage, build_apk_static, build_repo, busybox  # noqa: E402
@@ -162,7 +162,8 @@ def test_alpine_image_with_the_real_apk(env: Env, mirror: str, apk_static: Path,
     r = env.nspawnbuild("build", str(recipe(env.tmp / "alpine-test.toml", mirror, apk_static,
                                             repo.keys_dir, FEATURES)), **NO_PROXY)
     assert r.returncode == 0, r.stdout + r.stderr
-    out, rootfs = env.out / "alpine-test", env.work / "recipes" / "alpine-test" / "rootfs"
+    out = env.out / "alpine-test"
+    rootfs = unpack(out / "alpine-test.tar.zst", env.tmp / "tree")
 
     manifest = json.loads((out / "manifest.json").read_text())
     versions = {p["name"]: p["version"] for p in manifest["packages"]}

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from conftest import ROOT, Env, artifact_digests, import_tarball
+from conftest import ROOT, Env, artifact_digests, import_tarball, unpack
 
 pytestmark = pytest.mark.integration
 
@@ -196,7 +196,7 @@ def test_post_step_change_reuses_the_cached_bootstrap(env: Env) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     assert "bootstrap:poststep up to date" in r.stdout
     assert "rootfs:poststep" in ran(r.stdout) and "pack:poststep" in ran(r.stdout)
-    tree = env.work / "recipes" / "poststep" / "rootfs"
+    tree = unpack(env.out / "poststep" / "poststep.tar.zst", env.tmp / "tree")
     assert (tree / "etc/stamp").read_text() == "two\n"
 
 
@@ -239,7 +239,7 @@ run = "apt-get install -y --no-install-recommends file"
 """)
     r = env.nspawnbuild("build", str(recipe))
     assert r.returncode == 0, r.stdout + r.stderr
-    tree = env.work / "recipes" / "sandboxed" / "rootfs"
+    tree = unpack(env.out / "sandboxed" / "sandboxed.tar.zst", env.tmp / "tree")
     assert (tree / "etc/build-hostname").read_text().strip() == "sandboxed"
     manifest = json.loads((env.out / "sandboxed" / "manifest.json").read_text())
     assert "file" in {p["name"] for p in manifest["packages"]}

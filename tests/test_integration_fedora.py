@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from conftest import ROOT, Env
+from conftest import ROOT, Env, unpack
 
 sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
 from rpmrepo import FEDORA_LIKE, RpmRepo, build_repo  # noqa: E402
@@ -73,7 +73,7 @@ def test_fedora_image_from_a_signed_local_repository(env: Env, signed_repo: RpmR
     assert not [n for n in tree if n.startswith("./var/log/") and n.endswith(".log")]
     assert tree["./etc/hostname"].size == len("fedtest\n")
     assert tree["./etc/localtime"].linkname == "../usr/share/zoneinfo/Europe/Berlin"
-    rootfs = env.work / "recipes" / "fedtest" / "rootfs"
+    rootfs = unpack(out / "fedtest.tar.zst", env.tmp / "tree")
     assert (rootfs / "etc/locale.conf").read_text() == "LANG=de_DE.UTF-8\n"  # no locale-gen
     assert "Timezone=off" in (out / "fedtest.nspawn").read_text()
 
