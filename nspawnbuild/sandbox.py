@@ -201,11 +201,25 @@ JOIN = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift;
 DIE_WITH_BUILD = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--"]
 
 
+def reap_stale_cgroups(machine: str) -> list[str]:
+    """Remove the step cgroups a killed earlier build of ``machine`` left (its process is gone:
+    the kernel killed the step with it, the empty cgroup stays); returns what was removed."""
+    removed = []
+    for mnt, _controllers in _hierarchies():
+        for d in sorted((mnt / "nspawnbuild").glob(f"{machine}-*-*")):
+            pid = d.name.removeprefix(f"{machine}-").split("-")[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+                _remove_cgroup(d)
+                removed.append(str(d))
+    return removed
+
+
 class Sandbox:
     """Runs one build's commands in its image: its UID range, its overlay, a cgroup per step."""
 
     def __init__(self, tree: ImageTree, machine: str):
         self.tree, self.machine = tree, machine
+        self.stale = reap_stale_cgroups(machine)
         self.uid_base, self._lock = pick_uid_base(machine)
         self._userns = UserNamespace(self.uid_base, RANGE)
         self._steps = 0

@@ -264,6 +264,9 @@ def action_rootfs(recipe_path: str) -> None:
         new = tree.merged
         try:
             with Sandbox(tree, name) as sandbox:
+                if sandbox.stale:
+                    log.note(f"removed {len(sandbox.stale)} cgroups a killed earlier build left: "
+                             + ", ".join(sandbox.stale))
                 drop_resolv_conf(new)
                 distro = make_distro(recipe)
                 ctx = RootfsContext(new, recipe, distro, log, layout.cache, sandbox=sandbox)
