@@ -1,55 +1,163 @@
 """``inspect`` and ``diff``: what is in a built image, and what changed between two builds.
 
 Both read only the artifact directory (manifest.json, the tarball's headers, the .nspawn and
-the drop-in), so they work on artifacts downloaded from CI as well as on local builds.
+the drop-in), so they work on artifacts downloaded from CI as well as on local builds. Such a
+directory may be hostile: the manifest is checked against the fields the tools read, its file
+names must stay inside the directory, small files are read with a size bound, and the tarball
+with the bounded reader (:mod:`nspawnbuild.tarread`). :class:`Artifact` is also what install,
+shell and boot open.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import tarfile
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from .audit import open_tarball
+import jsonschema
+
+from . import tarread
 from .errors import Problem, RecipeError
+from .schema import MACHINE_NAME_HINT, MACHINE_NAME_PATTERN
 
 BAR = 30
+MAX_MANIFEST_BYTES = 16 << 20  # a manifest with 10 000 packages is about 1.5 MiB
+MAX_SETTINGS_BYTES = 1 << 20
+NOT_AN_ARTIFACT = "give a directory a build wrote, e.g. out/NAME"
+#: an artifact's file, relative to its directory and inside it
+ARTIFACT_FILE_PATTERN = r"^(?!/)(?!.*(^|/)\.\.?(/|$))[^\x00-\x1f]+$"
+_STR = {"type": "string"}
+_INT = {"type": "integer"}
+_FILE = {"type": "string", "pattern": ARTIFACT_FILE_PATTERN}
+
+
+def _object(**props: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": list(props), "properties": props}
+
+
+#: the fields of manifest.json that install, inspect, diff, shell and boot read (a build writes
+#: more); checked on opening, so that a foreign or damaged manifest is a clear error, not a
+#: KeyError in the middle of a report
+MANIFEST_SCHEMA = _object(
+    name=_STR, recipe_digest=_STR, source_date_epoch=_INT,
+    base=_object(distro=_STR, release=_STR, arch=_STR),
+    tool=_object(version=_STR),
+    tree=_object(bytes=_INT),
+    packages={"type": "array", "items": _object(name=_STR, version=_STR,
+                                                 installed_size_kib={"type": "number"})},
+    artifacts=_object(tarball=_object(file=_FILE, size=_INT, compression=_STR),
+                      nspawn=_object(file=_FILE), dropin=_object(file=_FILE)),
+)
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    """The bytes of a small file of an artifact directory; a larger one is refused before it is
+    read (artifact directories may come from anywhere)."""
+    with open(path, "rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise RecipeError(Problem(path, None, f"larger than {limit} bytes, far more than a build "
+                                  "writes", NOT_AN_ARTIFACT))
+    return data
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """``text`` cut to fit an error line: hostile input can be megabytes long."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def confined(path: Path, top: Path, hint: str) -> Path:
+    """``path``, refused when it leads (symlinks followed) outside ``top``, an already resolved
+    directory: what it names is read or written, and must be what the tool means to touch."""
+    try:
+        real = path.resolve()
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop
+        raise RecipeError(Problem(path, None, f"cannot be resolved ({e})", hint)) from None
+    if real != top and not real.is_relative_to(top):
+        raise RecipeError(Problem(path, None, f"leads to {real}, outside {top}", hint))
+    return path
+
+
+def check_machine_name(name: str, where: Path, key: str | None) -> str:
+    """``name``, refused unless it is a valid machine name: it becomes a path below
+    /var/lib/machines, /etc/systemd and /run/systemd, so it must not be able to leave them."""
+    if not isinstance(name, str) or not re.fullmatch(MACHINE_NAME_PATTERN, name):
+        raise RecipeError(Problem(where, key, f"{_short(repr(name))} is not a valid machine name",
+                                  MACHINE_NAME_HINT))
+    return name
 
 
 @dataclass
 class Artifact:
     dir: Path
-    manifest: dict
+    manifest: dict[str, Any]
 
     @classmethod
     def open(cls, path: Path) -> Artifact:
         try:
-            return cls(path, json.loads((path / "manifest.json").read_text()))
-        except (OSError, ValueError) as e:
-            raise RecipeError(Problem(path, None, f"not an artifact directory ({e})",
-                                      "give a directory a build wrote, e.g. out/NAME")) from None
+            data = read_bounded(path / "manifest.json", MAX_MANIFEST_BYTES)
+        except OSError as e:
+            raise RecipeError(Problem(path, None, f"not an artifact directory (manifest.json: "
+                                      f"{e.strerror})", NOT_AN_ARTIFACT)) from None
+        return cls.parse(path, data)
+
+    @classmethod
+    def parse(cls, path: Path, data: bytes) -> Artifact:
+        """The artifact at ``path`` whose manifest.json holds ``data`` (install parses the very
+        bytes it checked against SHA256SUMS); every field the tools read is checked here."""
+        where = path / "manifest.json"
+        try:
+            manifest = json.loads(data)
+        except (ValueError, RecursionError) as e:
+            why = str(e) if isinstance(e, ValueError) else "nested too deeply"
+            raise RecipeError(Problem(where, None, f"not valid JSON ({why})",
+                                      NOT_AN_ARTIFACT)) from None
+        errors = sorted(jsonschema.Draft202012Validator(MANIFEST_SCHEMA).iter_errors(manifest),
+                        key=lambda e: list(map(str, e.absolute_path)))
+        if errors:
+            first = errors[0]
+            key = ".".join(map(str, first.absolute_path)) or None
+            what = (f"{_short(repr(first.instance))} is not a path inside the artifact directory"
+                    if first.validator == "pattern" else _short(first.message, 160))
+            raise RecipeError(Problem(where, key, f"{what}; not a manifest nspawnbuild wrote",
+                                      NOT_AN_ARTIFACT))
+        check_machine_name(manifest["name"], where, "name")
+        return cls(path, manifest)
 
     @property
     def name(self) -> str:
-        return self.manifest["name"]
+        return str(self.manifest["name"])
+
+    def path(self, which: str) -> Path:
+        """The file of artifact ``which`` (tarball, nspawn, dropin), refused when a symlink takes
+        it out of the artifact directory (inspect would print another file's lines)."""
+        path = self.dir / self.manifest["artifacts"][which]["file"]
+        return confined(path, self.dir.resolve(), "an artifact's files are inside its "
+                        "directory; " + NOT_AN_ARTIFACT)
 
     @property
     def tarball(self) -> Path:
-        return self.dir / self.manifest["artifacts"]["tarball"]["file"]
+        return self.path("tarball")
 
     def settings(self, which: str) -> list[str]:
-        rel = self.manifest["artifacts"][which]["file"]
-        return [line for line in (self.dir / rel).read_text().splitlines()
-                if line and not line.startswith("#")]
+        path = self.path(which)
+        try:
+            text = read_bounded(path, MAX_SETTINGS_BYTES).decode(errors="replace")
+        except OSError as e:
+            raise RecipeError(Problem(path, None, f"cannot read it ({e.strerror})",
+                                      NOT_AN_ARTIFACT)) from None
+        return [line for line in text.splitlines() if line and not line.startswith("#")]
 
     def files(self, with_digests: bool = False) -> dict[str, tuple[int, str]]:
-        """``{path: (size, kind or digest)}`` from the tarball (headers; digests on request)."""
+        """``{path: (size, kind or digest)}`` from the tarball (headers; digests on request),
+        read with the bounded reader: the tarball may be hostile."""
         out: dict[str, tuple[int, str]] = {}
-        with open_tarball(self.tarball) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
-            for m in tar:
+        with tarread.open_tar(self.tarball) as tar:
+            for m in tarread.members(tar):
                 name = "/" + m.name.removeprefix("./").strip("/")
                 if m.isfile() and with_digests:
                     fh = tar.extractfile(m)

@@ -4,69 +4,192 @@ What a person would do by hand from the README, as one checked step: verify SHA2
 the tarball the way ``machinectl import-tar`` does (its own program, systemd-import, which
 before systemd 258 cannot read zstd, so the stream is decompressed here), put the .nspawn where
 its privileged settings are honoured and the drop-in where systemd reads it.
+
+An artifact directory may come from anywhere, so everything is checked before anything is
+touched: the machine name (``--name`` and the manifest's), that SHA256SUMS lists every artifact
+and that each matches, the tarball's headers (with the bounded reader), and that every path
+written stays below ROOT/var/lib/machines or ROOT/etc/systemd with symlinks followed.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
+import re
 import shutil
 import subprocess
-from pathlib import Path
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 
-from .audit import open_tarball
+from . import tarread
 from .errors import BuildError, Problem, RecipeError
+from .inspect import (
+    MAX_MANIFEST_BYTES,
+    NOT_AN_ARTIFACT,
+    Artifact,
+    check_machine_name,
+    confined,
+    read_bounded,
+)
 from .pack import sha256_file
 from .render import DROPIN_NAME
 from .rootfs import remove_tree
 
 IMPORT = "/lib/systemd/systemd-import"
+MAX_SUMS_BYTES = 1 << 20
+#: ``sha256sum`` output: digest, a space, a space (text) or '*' (binary), the name
+_SUM_LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](.+)")
+ARTIFACTS = ("tarball", "nspawn", "dropin")
+#: the option a command-line problem is reported at (in place of a file)
+NAME_OPTION = Path("--name")
 
 
 def read_sums(sums_file: Path) -> dict[str, str]:
-    """``{file: sha256}`` from a SHA256SUMS file (``sha256sum``'s format), names checked."""
+    """``{file: sha256}`` from a SHA256SUMS file (``sha256sum``'s format), every line checked:
+    an empty or garbled file would otherwise verify nothing and let install go on."""
+    try:
+        text = read_bounded(sums_file, MAX_SUMS_BYTES).decode("utf-8")
+    except FileNotFoundError:
+        raise RecipeError(Problem(sums_file.parent, None, "no SHA256SUMS here",
+                                  NOT_AN_ARTIFACT)) from None
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+        raise RecipeError(Problem(sums_file, None, f"cannot read it ({why})",
+                                  NOT_AN_ARTIFACT)) from None
     sums: dict[str, str] = {}
-    for line in sums_file.read_text().splitlines():
-        digest, _, name = line.partition("  ")
-        name = name.lstrip("*")
-        if not name or "/.." in f"/{name}" or name.startswith("/"):
-            raise BuildError(f"{sums_file}: bad line {line!r}")
-        sums[name] = digest
+    for lineno, line in enumerate(text.splitlines(), 1):
+        match = _SUM_LINE.fullmatch(line)
+        name = match.group(2) if match else ""
+        parts = PurePosixPath(name).parts
+        if not match or name.startswith("/") or ".." in parts or name in sums:
+            raise RecipeError(Problem(sums_file, None, f"bad line {line[:80]!r}", "each line is "
+                                      "'SHA256  FILE' for a file of this directory, once",
+                                      line=lineno))
+        sums[name] = match.group(1).lower()
+    if not sums:
+        raise RecipeError(Problem(sums_file, None, "empty: it lists no file to verify",
+                                  NOT_AN_ARTIFACT))
     return sums
 
 
-def verify(artifact_dir: Path) -> dict[str, str]:
-    """Check every line of SHA256SUMS; return ``{file: sha256}``."""
+def _require_listed(sums: dict[str, str], sums_file: Path, files: list[str]) -> None:
+    """Refuse an artifact SHA256SUMS does not list: it would be installed unverified."""
+    missing = [f for f in files if f not in sums]
+    if missing:
+        raise RecipeError(Problem(sums_file, None, f"does not list {', '.join(missing)}",
+                                  "a build lists every artifact; rebuild it, or give the "
+                                  "directory a build wrote"))
+
+
+def _mismatch(path: Path, expected: str, actual: str) -> BuildError:
+    return BuildError(f"{path} does not match SHA256SUMS (expected {expected}, got {actual}); "
+                      "the artifacts are damaged or were changed")
+
+
+def _check_file(artifact_dir: Path, name: str, expected: str) -> None:
+    """One listed file: inside the directory (symlinks followed) and matching its digest."""
+    path = confined(artifact_dir / name, artifact_dir.resolve(),
+                    "an artifact's files are inside its directory; " + NOT_AN_ARTIFACT)
+    try:
+        actual = sha256_file(path)
+    except OSError as e:
+        raise BuildError(f"{path}: {e.strerror}; the artifacts are incomplete") from None
+    if actual != expected:
+        raise _mismatch(path, expected, actual)
+
+
+def verify(artifact_dir: Path) -> tuple[Artifact, dict[str, str]]:
+    """Check SHA256SUMS lists every artifact and that every file it lists matches; return the
+    artifact (from the very manifest bytes that were checked) and ``{file: sha256}``."""
     sums_file = artifact_dir / "SHA256SUMS"
-    if not sums_file.is_file():
-        raise RecipeError(Problem(artifact_dir, None, "no SHA256SUMS here",
-                                  "give the directory a build wrote, e.g. out/NAME"))
     sums = read_sums(sums_file)
+    _require_listed(sums, sums_file, ["manifest.json"])
+    manifest_file = confined(artifact_dir / "manifest.json", artifact_dir.resolve(),
+                             NOT_AN_ARTIFACT)
+    try:
+        data = read_bounded(manifest_file, MAX_MANIFEST_BYTES)
+    except OSError as e:
+        raise BuildError(f"{manifest_file}: {e.strerror}; the artifacts are incomplete") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sums["manifest.json"]:
+        raise _mismatch(manifest_file, sums["manifest.json"], actual)
+    art = Artifact.parse(artifact_dir, data)
+    _require_listed(sums, sums_file, [art.manifest["artifacts"][w]["file"] for w in ARTIFACTS])
     for name, digest in sums.items():
-        try:
-            actual = sha256_file(artifact_dir / name)
-        except OSError as e:
-            raise BuildError(f"{artifact_dir / name}: {e.strerror}; the artifacts are incomplete") from None
-        if actual != digest:
-            raise BuildError(f"{artifact_dir / name} does not match SHA256SUMS (expected {digest}, "
-                             f"got {actual}); the artifacts are damaged or were changed")
-    return sums
+        if name != "manifest.json":
+            _check_file(artifact_dir, name, digest)
+    return art, sums
 
 
-def import_tarball(tarball: Path, image_root: Path, name: str) -> Path:
-    """Import like ``machinectl import-tar``, with its own program; zstd is decompressed here."""
+@dataclass(frozen=True)
+class Targets:
+    """Every path install writes, each checked to stay where install may write."""
+
+    image: Path
+    nspawn: Path
+    dropin: Path
+    wants: Path
+
+
+def targets(root: Path, name: str) -> Targets:
+    """Where machine ``name`` goes under ``root``. A symlink on the way (ROOT/var/lib/machines
+    to /, ROOT/etc/systemd/nspawn elsewhere) would make install replace or ``rm -rf`` something
+    it does not own, so each path must resolve below ROOT/var/lib/machines or ROOT/etc/systemd.
+    """
+    top = root.resolve()
+    machines, systemd = top / "var/lib/machines", top / "etc/systemd"
+    hint = ("install writes only below ROOT/var/lib/machines and ROOT/etc/systemd; replace the "
+            "symlink with a directory (or a mount), or pick another --root")
+    t = Targets(image=machines / name, nspawn=systemd / "nspawn" / f"{name}.nspawn",
+                dropin=systemd / "system" / f"systemd-nspawn@{name}.service.d" / DROPIN_NAME,
+                wants=systemd / "system/machines.target.wants")
+    if confined(t.image, machines, hint).resolve() == machines:
+        raise RecipeError(Problem(t.image, None, f"leads to {machines} itself", hint))
+    for path in (t.nspawn, t.dropin, t.wants):
+        confined(path, systemd, hint)
+    return t
+
+
+def check_tarball(tarball: Path) -> int:
+    """Read every header of the tarball with the bounded reader before systemd-import sees
+    it, and refuse names that leave the image (GNU tar would skip them and fail the import
+    half-way); return the member count."""
+    count = 0
+    with tarread.open_tar(tarball) as tar:
+        for m in tarread.members(tar):
+            count += 1
+            names = [m.name] + ([m.linkname] if m.islnk() else [])
+            for n in names:
+                if n.startswith("/") or ".." in PurePosixPath(n).parts:
+                    raise tarread.TarballError(tarball, f"member {n[:80]!r} leaves the image")
+    return count
+
+
+def import_tarball(tarball: Path, image_root: Path, name: str, *,
+                   headers_checked: bool = False) -> Path:
+    """Import like ``machinectl import-tar``, with its own program; zstd is decompressed here.
+    The headers are read with the bounded reader first (:func:`check_tarball`) unless the
+    caller has just done so."""
     if not Path(IMPORT).exists():
         raise BuildError(f"{IMPORT} is missing; install it with: apt-get install systemd-container")
+    if not headers_checked:
+        check_tarball(tarball)
     image_root.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen([IMPORT, "tar", f"--image-root={image_root}", "-", name],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert proc.stdin is not None and proc.stdout is not None
     try:
-        with open_tarball(tarball) as stream:
-            shutil.copyfileobj(stream, proc.stdin, 1 << 20)
-        proc.stdin.close()
-    except BrokenPipeError:
-        pass
+        with tarread.reading(tarball), tarread.open_stream(tarball) as stream:
+            try:
+                shutil.copyfileobj(stream, proc.stdin, 1 << 20)
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+    except tarread.TarballError:
+        proc.kill()
+        proc.wait()
+        raise
     out = proc.stdout.read().decode(errors="replace")
     if proc.wait() != 0:
         raise BuildError(f"systemd-import failed:\n{out.strip()}")
@@ -77,34 +200,45 @@ def systemd_runs(root: Path) -> bool:
     return root == Path("/") and Path("/run/systemd/system").is_dir()
 
 
-def install(artifact_dir: Path, *, name: str | None, root: Path, force: bool,
-            enable: bool, start: bool) -> list[str]:
-    """Install; return what was done, one line each."""
-    sums = verify(artifact_dir)
-    manifest = json.loads((artifact_dir / "manifest.json").read_text())
-    built = manifest["name"]
-    name = name or built
-    tarball = artifact_dir / manifest["artifacts"]["tarball"]["file"]
-    image = root / "var/lib/machines" / name
-    nspawn = root / "etc/systemd/nspawn" / f"{name}.nspawn"
-    dropin = root / "etc/systemd/system" / f"systemd-nspawn@{name}.service.d" / DROPIN_NAME
-    if (image.exists() or nspawn.exists()) and not force:
-        raise BuildError(f"machine '{name}' already exists ({image if image.exists() else nspawn}); "
-                         "use --force to replace it, or --name to install under another name")
-    done = [f"verified {len(sums)} files against SHA256SUMS"]
-    if image.exists():
-        remove_tree(image)
-        done.append(f"removed the old {image}")
-    image.parent.mkdir(parents=True, exist_ok=True)
-    import_tarball(tarball, image.parent, name)
-    done.append(f"imported {tarball.name} as {image}")
-    for src, dest in ((artifact_dir / f"{built}.nspawn", nspawn),
-                      (artifact_dir / f"systemd-nspawn@{built}.service.d" / DROPIN_NAME, dropin)):
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        shutil.copyfile(src, tmp)
+def _put(src: Path, dest: Path) -> None:
+    """Copy ``src`` to ``dest`` atomically, mode 0644, through a new temporary file (never an
+    existing path, which could be a symlink planted to redirect the write)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as fh:
+            shutil.copyfileobj(fh, out)
         os.chmod(tmp, 0o644)
         os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def install(artifact_dir: Path, *, name: str | None, root: Path, force: bool,
+            enable: bool, start: bool) -> list[str]:
+    """Install; return what was done, one line each. All checks come before the first write."""
+    if name is not None:
+        check_machine_name(name, NAME_OPTION, None)
+    art, sums = verify(artifact_dir)
+    name = name or art.name
+    tarball = art.tarball
+    t = targets(root, name)
+    if (t.image.exists() or t.image.is_symlink() or t.nspawn.exists()) and not force:
+        raise BuildError(f"machine '{name}' already exists "
+                         f"({t.image if t.image.exists() else t.nspawn}); "
+                         "use --force to replace it, or --name to install under another name")
+    members = check_tarball(tarball)
+    done = [f"verified {len(sums)} files against SHA256SUMS",
+            f"read the {members} headers of {tarball.name}"]
+    if t.image.exists() or t.image.is_symlink():
+        remove_tree(t.image)
+        done.append(f"removed the old {t.image}")
+    t.image.parent.mkdir(parents=True, exist_ok=True)
+    import_tarball(tarball, t.image.parent, name, headers_checked=True)
+    done.append(f"imported {tarball.name} as {t.image}")
+    for src, dest in ((art.path("nspawn"), t.nspawn), (art.path("dropin"), t.dropin)):
+        _put(src, dest)
         done.append(f"installed {dest}")
     if systemd_runs(root):
         subprocess.run(["systemctl", "daemon-reload"], check=True)
@@ -115,9 +249,8 @@ def install(artifact_dir: Path, *, name: str | None, root: Path, force: bool,
                 done.append(f"machinectl {verb} {name}")
     else:
         if enable:
-            wants = root / "etc/systemd/system/machines.target.wants"
-            wants.mkdir(parents=True, exist_ok=True)
-            link = wants / f"systemd-nspawn@{name}.service"
+            t.wants.mkdir(parents=True, exist_ok=True)
+            link = t.wants / f"systemd-nspawn@{name}.service"
             if not link.is_symlink():
                 link.symlink_to("/lib/systemd/system/systemd-nspawn@.service")
             done.append(f"enabled: {link}")
