@@ -123,7 +123,11 @@ def main() -> None:
                      f"≤ 25 %, {'no download' if not downloads else 'DOWNLOADED'}"))
 
         # 5, 7. packing alone vs tar | zstd on the same tree; peak RSS of the packer
-        tree = b0 / "work" / "recipes" / recipe.name / "rootfs"
+        tree = tmp / "tree"  # the build's own tree is an overlay that ends with it: unpack
+        tree.mkdir()
+        subprocess.run(["tar", "-x", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-C",
+                        str(tree), "-f", str(next((b0 / "out" / recipe.name).glob("*.tar.*")))],
+                       check=True)
         ours_pack, raw_pack, rss = [], [], []
         for i in range(args.runs):
             _, r = timed([sys.executable, "-c", PACK_PROBE, str(tree), str(tmp / f"p{i}.tar.zst"),
