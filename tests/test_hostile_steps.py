@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -311,3 +312,34 @@ def test_fork_bomb_is_held_by_the_pids_limit(env: Env, host_sentinels: sentinels
     assert "Traceback" not in r.stderr
     time.sleep(1)
     assert len(_running("sleep 30")) < 5, "step processes outlived the step"
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 24 MiB tmpfs of the test's own (a full disk without filling the real one)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24M", "nsbsmall", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "--lazy", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("where", ["work", "out-read-only"])
+def test_full_disk_or_read_only_out_is_one_clear_line(env: Env, small_fs: Path, where: str,
+                                                      host_sentinels: sentinels.Sentinels) -> None:
+    path = recipe(env.tmp / "nospace.toml", "")
+    if where == "work":  # the 56 MiB tarball is written in the work dir: ENOSPC while packing
+        extra = {"NSPAWNBUILD_WORK": str(small_fs / "work")}
+        expected = "pack failed: No space left on device"
+    else:
+        (small_fs / "out").mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+        extra = {"NSPAWNBUILD_OUT": str(small_fs / "out")}
+        expected = "Read-only file system"
+    r = env.nspawnbuild("build", str(path), **extra)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert expected in r.stderr and "build elsewhere with --out/--work-dir" in r.stderr, r.stderr
+    assert "PythonAction Error" not in r.stdout + r.stderr and "Traceback" not in r.stderr
+    assert leftover_mounts(env.tmp / "work") == []
