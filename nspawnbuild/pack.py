@@ -139,10 +139,31 @@ def make_tarinfo(name: str, path: Path, st: os.stat_result, epoch: int) -> tarfi
     return info
 
 
-#: called for every archived entry with its header and, for files, the first bytes of the
-#: content, so that a check (the audit) needs no second pass over the image
+#: called for every archived entry (hardlinks and the top directory included) with its header
+#: and, for files, the first INSPECT_BYTES of the content as written, so that a check (the
+#: audit) needs no second pass over the image
 Inspector = Callable[[tarfile.TarInfo, bytes], None]
-HEAD_BYTES = 4096
+INSPECT_BYTES = 4 << 20  # the audit's SCAN_BYTES
+
+
+class _Tap:
+    """Reads through to ``inner`` and keeps the first ``limit`` bytes read: the inspector sees
+    exactly the bytes that go into the tar, without reading the file a second time."""
+
+    def __init__(self, inner: IO[bytes], limit: int):
+        self.inner = inner
+        self.room = limit
+        self.chunks: list[bytes] = []
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.inner.read(size)
+        if self.room > 0 and data:
+            self.chunks.append(data[:self.room])
+            self.room -= len(self.chunks[-1])
+        return data
+
+    def kept(self) -> bytes:
+        return b"".join(self.chunks)
 
 
 def write_tar(root: Path, fileobj: IO[bytes], epoch: int,
@@ -159,6 +180,8 @@ def write_tar(root: Path, fileobj: IO[bytes], epoch: int,
         root_st = root.lstat()
         top = make_tarinfo(".", root, root_st, epoch)
         top.type = tarfile.DIRTYPE
+        if inspect:
+            inspect(top, b"")
         tar.addfile(top)
         for name, path in walk_sorted(root):
             st = path.lstat()
@@ -170,6 +193,8 @@ def write_tar(root: Path, fileobj: IO[bytes], epoch: int,
                     info.type = tarfile.LNKTYPE
                     info.linkname = links[key]
                     counts["hardlinks"] = counts.get("hardlinks", 0) + 1
+                    if inspect:  # a second name is checked as the file it names
+                        inspect(info, b"")
                     tar.addfile(info)
                     continue
                 if st.st_nlink > 1:
@@ -180,8 +205,11 @@ def write_tar(root: Path, fileobj: IO[bytes], epoch: int,
                 counts["files"] = counts.get("files", 0) + 1
                 with open(path, "rb") as fh:
                     if inspect:
-                        inspect(info, os.pread(fh.fileno(), HEAD_BYTES, 0))
-                    tar.addfile(info, fh)
+                        tap = _Tap(fh, INSPECT_BYTES)
+                        tar.addfile(info, tap)  # type: ignore[arg-type]
+                        inspect(info, tap.kept())
+                    else:
+                        tar.addfile(info, fh)
                 continue
             if stat.S_ISDIR(mode):
                 info.type = tarfile.DIRTYPE

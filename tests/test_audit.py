@@ -128,3 +128,14 @@ def test_the_packer_feeds_the_same_audit_as_reading_the_tarball(tmp_path: Path) 
     assert auditor.result() == audit_tarball(dest, machine="box")
     assert {f.check for f in auditor.result()} == {"machine-id", "private-key", "ssh-host-key",
                                                      "world-writable"}
+
+
+def test_check_names_are_stable_and_the_packer_hands_over_what_the_audit_searches() -> None:
+    """Recipes' ``[audit] allow`` rules and manifests name the checks; a rename would break them."""
+    from nspawnbuild import audit
+    from nspawnbuild.pack import INSPECT_BYTES
+
+    assert audit.CHECKS[:6] == ("ssh-host-key", "machine-id", "resolv-conf", "hostname",
+                                "private-key", "world-writable")
+    assert set(audit.CHECKS) == set(audit.TARBALL_CHECKS) | set(audit.SETTINGS_CHECKS)
+    assert INSPECT_BYTES == audit.SCAN_BYTES  # else a build and `nspawnbuild audit` would differ
