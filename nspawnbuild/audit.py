@@ -585,7 +585,7 @@ def nspawn_risks(key: str, value: str) -> list[tuple[str, str]]:
 def unit_risks(key: str, value: str) -> list[tuple[str, str]]:
     """``(check, detail)`` for one setting of the unit drop-in."""
     if key == "DevicePolicy" and value.lower() == "auto":
-        return [("unit-devices", "every host device, unless a DeviceAllow= is left")]
+        return [("unit-devices", "every host device when no DeviceAllow= is set")]
     if key == "DeviceAllow" and BLOCK_DEVICE.match(value.split()[0] if value.split() else ""):
         return [("unit-devices", "a host block device (a disk holds the host's files)")]
     return []
