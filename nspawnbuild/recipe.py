@@ -2,17 +2,30 @@
 
 Everything a user can get wrong in a recipe is caught here, before any work starts, and
 reported with the file, the key, the line where it can be found, and how to fix it.
+
+A recipe is untrusted input, so loading one is bounded and confined: it reads files only from
+the directory of the recipe that names them (``[[files]]`` src, templates, ``file://``
+sources; see ``nspawnbuild.fetch.confine``), an ``extends`` chain has at most MAX_EXTENDS
+recipes, lists have at most ``schema.LIST_LIMITS`` entries, and templates render in a child
+process with a time, output and memory limit. ``validate``, ``list``, ``show`` and ``build``
+all load recipes through :func:`load_recipe`, so the bounds hold for each of them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import hashlib
 import json
 import os
 import re
+import resource
+import select
+import signal
+import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +34,19 @@ import jinja2
 import jinja2.sandbox
 import jsonschema
 
+from .cache import parse_size
 from .errors import Problem, RecipeError
+from .fetch import Refused, check_confined, is_local, local_path, read_confined
 from .plugins import get_plugin_manager
-from .schema import COMPRESSION_LEVELS, MACHINE_NAME_HINT, MACHINE_NAME_PATTERN, full_schema
+from .schema import (
+    COMPRESSION_LEVELS,
+    LIST_LIMITS,
+    MACHINE_NAME_HINT,
+    MACHINE_NAME_PATTERN,
+    SOURCE_MAX_SIZE_DEFAULT,
+    SOURCE_TIMEOUT_DEFAULT,
+    full_schema,
+)
 from .settings import suggest, table_to_settings
 
 DEFAULT_EPOCH = 1704067200  # 2024-01-01T00:00:00Z; see README "Reproducibility"
@@ -34,7 +57,16 @@ APPEND_LISTS = ("packages", "post", "files", "sources")
 _KEEP_DUPLICATES = ("post", "files", "sources")
 MAX_RECIPE_BYTES = 1 << 20
 MAX_FILE_BYTES = 1 << 30
+MAX_FILES_TOTAL_BYTES = 1 << 30  # every [[files]] src of a recipe together: read at load time
 MAX_NESTING = 32  # tables and arrays in a recipe; real ones need 4 or 5
+MAX_EXTENDS = 32  # recipes in an extends chain, the recipe itself included
+MAX_PROBLEMS = 50  # problems listed for one recipe; locating each one reads the recipe again
+#: bounds on rendering the templates of one recipe (all of them together, but the source)
+TEMPLATE_SECONDS = 10.0
+TEMPLATE_OUTPUT_BYTES = 16 << 20
+TEMPLATE_SOURCE_BYTES = 1 << 20  # one template's source
+TEMPLATE_MEMORY_BYTES = 256 << 20  # what a rendering may allocate beyond what the process had
+TEMPLATE_MAX_INT_BITS = 1 << 20  # a ** b beyond this is refused before it is computed
 
 # TOML has distinct integer and float types: 3.0 is not an integer, whatever JSON Schema says.
 _TYPE_CHECKER = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
@@ -75,6 +107,8 @@ class SourceEntry:
     mode: int  # without extract; 0o644 unless the recipe says otherwise
     declared_in: Path
     index: int  # position among the [[sources]] of the file that declares it
+    max_size: int = parse_size(SOURCE_MAX_SIZE_DEFAULT)  # bytes the download may have
+    timeout: int = SOURCE_TIMEOUT_DEFAULT  # seconds the whole download may take
 
     @property
     def key(self) -> str:
@@ -287,24 +321,78 @@ def merge(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge(out[key], value)
         elif key in APPEND_LISTS and isinstance(value, list) and isinstance(out.get(key), list):
-            out[key] = out[key] + [v for v in value if key in _KEEP_DUPLICATES
-                                   or v not in out[key]]
+            out[key] = out[key] + [value[j] for j in _appended(key, out[key], value)]
         else:
             out[key] = copy.deepcopy(value)
     return out
 
 
-def _load_chain(path: Path, cwd: Path | None, seen: list[Path]) -> list[_Doc]:
-    """The recipe and its ``extends`` ancestors, root ancestor first."""
-    resolved = path.resolve()
-    if resolved in seen:
-        cycle = " -> ".join(str(p) for p in [*seen, resolved])
-        raise RecipeError(Problem(seen[-1], "extends", f"extends cycle: {cycle}",
-                                  "remove one of the extends keys"))
-    doc = read_toml(path)
-    parent_ref = doc.data.get("extends")
-    if parent_ref is None:
-        return [doc]
+def _appended(key: str, before: list[Any], items: list[Any]) -> list[int]:
+    """The indexes of ``items`` that appending them to ``before`` keeps: all of them for the
+    lists in _KEEP_DUPLICATES, else those not already there.
+
+    A set, not ``item in before``: that is quadratic, and ten thousand packages in each
+    recipe of a chain would take hours."""
+    if key in _KEEP_DUPLICATES:
+        return list(range(len(items)))
+    seen = {_hashable(v) for v in before}
+    kept = []
+    for j, item in enumerate(items):
+        h = _hashable(item)
+        if h not in seen:
+            seen.add(h)
+            kept.append(j)
+    return kept
+
+
+def _hashable(value: Any) -> Any:
+    """``value`` as a set member that is equal where the values are (tables and arrays too)."""
+    try:
+        hash(value)
+        return value
+    except TypeError:
+        return ("\0json", json.dumps(value, sort_keys=True, default=str))
+
+
+def _load_chain(path: Path, cwd: Path | None) -> list[_Doc]:
+    """The recipe and its ``extends`` ancestors, root ancestor first.
+
+    A loop, not recursion, and at most MAX_EXTENDS recipes: a chain of a thousand must be an
+    error naming it, not a RecursionError."""
+    docs: list[_Doc] = []
+    seen: list[Path] = []
+    while True:
+        resolved = path.resolve()
+        if resolved in seen:
+            cycle = " -> ".join(str(p) for p in [*seen, resolved])
+            raise RecipeError(Problem(seen[-1], "extends", f"extends cycle: {cycle}",
+                                      "remove one of the extends keys"))
+        if len(docs) == MAX_EXTENDS:
+            raise RecipeError(_chain_too_long(docs, path))
+        doc = read_toml(path)
+        _check_list_sizes(doc)
+        docs.append(doc)
+        seen.append(resolved)
+        parent_ref = doc.data.get("extends")
+        if parent_ref is None:
+            return docs[::-1]
+        path = _parent_path(doc, parent_ref, cwd)
+
+
+def _chain_too_long(docs: list[_Doc], next_path: Path) -> Problem:
+    """The problem of a chain longer than MAX_EXTENDS, named by its first and last links."""
+    names = [str(d.path) for d in docs] + [str(next_path)]
+    shown = names if len(names) <= 6 else [*names[:3], f"... ({len(names) - 5} more)", *names[-2:]]
+    leaf = docs[0]
+    return Problem(leaf.path, "extends", f"the extends chain is longer than {MAX_EXTENDS} "
+                   f"recipes: {' -> '.join(shown)} -> ...",
+                   f"a recipe may have at most {MAX_EXTENDS - 1} ancestors; flatten the chain "
+                   "by merging recipes", locate(leaf.text, ["extends"]))
+
+
+def _parent_path(doc: _Doc, parent_ref: Any, cwd: Path | None) -> Path:
+    """The file ``extends = parent_ref`` of ``doc`` names, or a RecipeError at that key."""
+    path = doc.path
     if not isinstance(parent_ref, str) or not parent_ref:
         raise RecipeError(Problem(path, "extends", "must be a recipe name or a relative path",
                                   line=locate(doc.text, ["extends"])))
@@ -315,14 +403,29 @@ def _load_chain(path: Path, cwd: Path | None, seen: list[Path]) -> list[_Doc]:
                 raise RecipeError(Problem(path, "extends", f"parent recipe '{parent_ref}' not "
                                           f"found (looked for {parent})",
                                           line=locate(doc.text, ["extends"])))
-        else:
-            parent = find_recipe(parent_ref, cwd)
+            return parent
+        return find_recipe(parent_ref, cwd)
     except RecipeError as e:
         if e.problems[0].file == path:
             raise
         raise RecipeError(Problem(path, "extends", f"parent recipe '{parent_ref}' not found",
                                   e.problems[0].hint, locate(doc.text, ["extends"]))) from None
-    return [*_load_chain(parent, cwd, [*seen, resolved]), doc]
+
+
+def _check_list_sizes(doc: _Doc) -> None:
+    """Refuse a list longer than LIST_LIMITS in one file, before anything looks at its items."""
+    for key, limit in LIST_LIMITS.items():
+        value = doc.data.get(key)
+        if isinstance(value, list) and len(value) > limit:
+            raise RecipeError(Problem(doc.path, key, f"has {len(value)} entries; a recipe may "
+                                      f"have at most {limit}", _list_hint(key),
+                                      locate(doc.text, [key])))
+
+
+def _list_hint(key: str) -> str:
+    if key == "packages":
+        return "install large package sets with a [[post]] step, or from a metapackage"
+    return f"merge {key} entries"
 
 
 # -- locating keys for messages ---------------------------------------------------------------
@@ -433,7 +536,30 @@ def _schema_problem(err: jsonschema.ValidationError) -> tuple[list[Any], str, st
             suggest(str(inst), [str(c) for c in schema.get("enum", [])]) or hint
     if err.validator == "anyOf" and schema.get("x-hint"):
         return path, f"invalid value {_short(inst)}", hint
-    return path, err.message, hint
+    if err.validator == "maxItems" and isinstance(inst, list):
+        return path, (f"has {len(inst)} entries (with those of the recipes it extends); a recipe "
+                      f"may have at most {schema.get('maxItems')}"), hint or _list_hint(_dotted(path))
+    if err.validator == "uniqueItems" and isinstance(inst, list):
+        twice = _first_duplicate(inst)
+        return path, "has non-unique elements" + (f": {_short(twice[0])} is there twice"
+                                                  if twice else ""), hint or "remove the second one"
+    return path, _short_text(err.message), hint
+
+
+def _first_duplicate(items: list[Any]) -> tuple[Any] | None:
+    """The first item that is there twice (in a tuple, as it may be any value), or None."""
+    seen: set[Any] = set()
+    for item in items:
+        h = _hashable(item)
+        if h in seen:
+            return (item,)
+        seen.add(h)
+    return None
+
+
+def _short_text(text: str, limit: int = 300) -> str:
+    """A message of jsonschema's, which can quote a whole (huge) value, cut to ``limit``."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _article(word: str | None) -> str:
@@ -474,7 +600,7 @@ def _short(value: Any) -> str:
 def load_recipe(ref: str | Path, cwd: Path | None = None) -> Recipe:
     """Find, read, merge and validate a recipe. Raises RecipeError with every problem found."""
     path = Path(ref) if isinstance(ref, Path) else find_recipe(ref, cwd)
-    docs = _load_chain(path, cwd, [])
+    docs = _load_chain(path, cwd)
     leaf = docs[-1]
 
     merged: dict[str, Any] = {}
@@ -491,20 +617,30 @@ def load_recipe(ref: str | Path, cwd: Path | None = None) -> Recipe:
                 if not isinstance(before, list):  # merge() replaces it: no dedup against it
                     origins[key] = []
                     before = []
-                for j, item in enumerate(value):
-                    if key in _KEEP_DUPLICATES or item not in before:
-                        origins[key].append((i, j))
+                origins[key] += [(i, j) for j in _appended(key, before, value)]
         merged = merge(merged, inherited)
 
     problems: list[Problem] = []
+    unlisted = 0
 
     def add(key_path: list[Any], message: str, hint: str | None = None) -> None:
+        nonlocal unlisted
+        if len(problems) >= MAX_PROBLEMS:
+            unlisted += 1
+            return
         doc, local = _owner_of(key_path, docs, origins)
         problems.append(Problem(doc.path, _dotted(local) or None, message, hint,
                                 locate(doc.text, local)))
 
+    def raise_if_any() -> None:
+        if problems:
+            more = [Problem(None, None, f"{unlisted} more problems in {leaf.path} are not "
+                            f"listed (at most {MAX_PROBLEMS} are)", "fix these and validate "
+                            "again")] if unlisted else []
+            raise RecipeError([*problems, *more])
+
     pm = get_plugin_manager()
-    features = {}
+    features: dict[str, dict[str, Any]] = {}
     for table in pm.hook.nspawnbuild_feature_schemas():
         features.update(table or {})
     distro_names = sorted({n for names in pm.hook.nspawnbuild_distro_names() for n in names})
@@ -525,8 +661,7 @@ def load_recipe(ref: str | Path, cwd: Path | None = None) -> Recipe:
     for err in sorted(validator.iter_errors(merged), key=lambda e: list(map(str, e.absolute_path))):
         key_path, message, hint = _schema_problem(err)
         add(key_path, message, hint)
-    if problems:
-        raise RecipeError(problems)
+    raise_if_any()
 
     # -- semantic checks the schema cannot express ----------------------------------------
     name = merged.get("name") or leaf.path.stem
@@ -549,8 +684,7 @@ def load_recipe(ref: str | Path, cwd: Path | None = None) -> Recipe:
 
     files = _load_files(merged, docs, origins, add)
     sources = _load_sources(merged, docs, origins, add)
-    if problems:
-        raise RecipeError(problems)
+    raise_if_any()
 
     merged["name"] = name
     merged.pop("extends", None)
@@ -573,34 +707,45 @@ def load_recipe(ref: str | Path, cwd: Path | None = None) -> Recipe:
 
 def _load_files(merged: dict[str, Any], docs: list[_Doc], origins: dict[str, list[tuple[int, int]]],
                 add: Any) -> list[FileEntry]:
+    """``[[files]]`` entries with their content, each src confined to its recipe's directory."""
     entries: list[FileEntry] = []
+    total = 0
     for i, item in enumerate(merged.get("files", [])):
         doc_i, local = origins["files"][i]
         declared = docs[doc_i].path
-        src = Path(item["src"])
-        src = src if src.is_absolute() else declared.parent / src
-        try:
-            if not src.exists():
-                add(["files", i, "src"], f"source file {src} does not exist",
-                    "src is relative to the recipe file that names it")
-                continue
-            if not src.is_file():
-                add(["files", i, "src"], f"source {src} is not a regular file")
-                continue
-            if src.stat().st_size > MAX_FILE_BYTES:
-                add(["files", i, "src"], f"source {src} is larger than {MAX_FILE_BYTES} bytes")
-                continue
-            content = src.read_bytes()
-        except OSError as e:
-            add(["files", i, "src"], f"cannot read {src}: {e.strerror}")
+        content = _read_src(declared.parent, item["src"], ["files", i, "src"], add,
+                            min(MAX_FILE_BYTES, MAX_FILES_TOTAL_BYTES - total))
+        if content is None:
             continue
+        data, src = content
+        total += len(data)
         mode = item.get("mode")
         entries.append(FileEntry(
             src=src, dest=item["dest"],
             mode=int(mode, 8) if isinstance(mode, str) else mode,
             owner=item.get("owner"), template=bool(item.get("template", False)),
-            declared_in=declared, index=local, content=content))
+            declared_in=declared, index=local, content=data))
     return entries
+
+
+def _read_src(root: Path, name: str, key: list[Any], add: Any, limit: int
+              ) -> tuple[bytes, Path] | None:
+    """The content and real path of a ``[[files]]`` src, or None after reporting why not.
+
+    ``limit`` is what is left of MAX_FILES_TOTAL_BYTES, or MAX_FILE_BYTES when that is less."""
+    shown = Path(name) if Path(name).is_absolute() else root / name
+    try:
+        return read_confined(root, name, limit, f"a file may have at most {MAX_FILE_BYTES} "
+                             f"bytes, and the [[files]] of a recipe {MAX_FILES_TOTAL_BYTES} "
+                             "together; install large files with [[sources]]")
+    except Refused as e:
+        add(key, f"source {e}", e.hint)
+    except FileNotFoundError:
+        add(key, f"source file {shown} does not exist",
+            "src is relative to the recipe file that names it")
+    except OSError as e:
+        add(key, f"cannot read {shown}: {e.strerror}")
+    return None
 
 
 def _load_sources(merged: dict[str, Any], docs: list[_Doc],
@@ -625,50 +770,294 @@ def _load_sources(merged: dict[str, Any], docs: list[_Doc],
                 "dest is the path of the file itself",
                 "give the full path, e.g. /usr/local/bin/tool, or set extract = true")
             ok = False
-        if not ok:
+        if is_local(item["url"]) and not _local_source_ok(docs[doc_i].path.parent, item["url"],
+                                                          ["sources", i, "url"], add):
+            ok = False
+        max_size = _source_max_size(item, ["sources", i, "max_size"], add)
+        if not ok or max_size is None:
             continue
         mode = item.get("mode", 0o644)
         entries.append(SourceEntry(
             url=item["url"], sha256=item["sha256"].lower(), dest=item["dest"], extract=extract,
             strip_components=int(item.get("strip_components", 0)),
             mode=int(mode, 8) if isinstance(mode, str) else mode,
-            declared_in=docs[doc_i].path, index=local))
+            declared_in=docs[doc_i].path, index=local, max_size=max_size,
+            timeout=int(item.get("timeout", SOURCE_TIMEOUT_DEFAULT))))
     return entries
+
+
+def _local_source_ok(root: Path, url: str, key: list[Any], add: Any) -> bool:
+    """Whether a ``file://`` source names a regular file inside ``root`` (reported if not).
+
+    Checked here so that ``validate`` refuses it; the build checks again when it reads it."""
+    try:
+        check_confined(root, local_path(url))
+        return True
+    except Refused as e:
+        add(key, f"{url}: {e}", e.hint)
+    except FileNotFoundError:
+        add(key, f"{url}: no such file", "a file:// URL names an absolute path: "
+            "file:///PATH, inside the directory of the recipe")
+    except OSError as e:
+        add(key, f"{url}: cannot read it: {e.strerror}")
+    return False
+
+
+def _source_max_size(item: dict[str, Any], key: list[Any], add: Any) -> int | None:
+    """The entry's ``max_size`` in bytes (the default without one), or None after reporting."""
+    value = item.get("max_size", SOURCE_MAX_SIZE_DEFAULT)
+    size = value if isinstance(value, int) else parse_size(value)
+    if size < 1:
+        add(key, f"{value!r} is less than one byte", "give the most bytes the file may have, "
+            "e.g. max_size = \"2G\"")
+        return None
+    return size
+
+
+# -- templates --------------------------------------------------------------------------------
+
+class _BoundedSandbox(jinja2.sandbox.SandboxedEnvironment):
+    """Jinja's sandbox, with ``*``, ``**`` and ``+`` checked before they run.
+
+    One expression such as ``'A' * 4000000000`` or ``10 ** 10 ** 9`` is a single call into C
+    that no time check can interrupt; it is refused from its operands instead. (Intercepted
+    operators are also never folded at compile time.)"""
+
+    intercepted_binops = frozenset({"*", "**", "+"})
+
+    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any,
+                   right: Any) -> Any:
+        _check_binop(operator, left, right)
+        return super().call_binop(context, operator, left, right)
+
+
+_SIZED = (str, bytes, list, tuple)
+
+
+def _check_binop(operator: str, left: Any, right: Any) -> None:
+    """Raise SecurityError when ``left OPERATOR right`` would be too large to compute."""
+    limit = TEMPLATE_OUTPUT_BYTES
+    length = None
+    if operator == "*":
+        seq, n = (left, right) if isinstance(left, _SIZED) else (right, left)
+        if isinstance(seq, _SIZED) and isinstance(n, int):
+            length = len(seq) * max(n, 0)
+    elif operator == "+" and isinstance(left, _SIZED) and isinstance(right, _SIZED):
+        length = len(left) + len(right)
+    elif operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 0 \
+            and abs(left) > 1 and right * abs(left).bit_length() > TEMPLATE_MAX_INT_BITS:
+        raise jinja2.exceptions.SecurityError(
+            f"'{left} ** {right}' would have more than {TEMPLATE_MAX_INT_BITS} bits")
+    if length is not None and length > limit:
+        raise jinja2.exceptions.SecurityError(
+            f"'{operator}' would make a {type(left if isinstance(left, _SIZED) else right).__name__} "
+            f"of {length} items; a template may make at most {limit}")
+
+
+class _RenderFailed(Exception):
+    """A template could not be rendered; ``str()`` is the message, ``hint`` how to fix it."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
+
+
+_CONTEXT_HINT = "the context has `recipe` (the resolved recipe) and `name`"
 
 
 def _render_templates(recipe: Recipe, files: list[FileEntry], docs: list[_Doc],
                       origins: dict[str, list[tuple[int, int]]]) -> list[FileEntry]:
-    """Render ``template = true`` files with the recipe as context (sandboxed Jinja2)."""
-    env = jinja2.sandbox.SandboxedEnvironment(undefined=jinja2.StrictUndefined,
-                                              keep_trailing_newline=True, autoescape=False)
+    """Render ``template = true`` files with the recipe as context (sandboxed Jinja2).
+
+    All templates of a recipe share TEMPLATE_SECONDS and TEMPLATE_OUTPUT_BYTES, so that a
+    recipe with many templates is bounded as one with a single template is."""
     out: list[FileEntry] = []
     problems: list[Problem] = []
     context = {"recipe": recipe.data, "name": recipe.name}
+    deadline = time.monotonic() + TEMPLATE_SECONDS
+    budget = TEMPLATE_OUTPUT_BYTES
     for i, entry in enumerate(files):
         if not entry.template:
             out.append(entry)
             continue
         doc = docs[origins["files"][i][0]]
+        key = f"files[{entry.index}].src"
+        line = locate(doc.text, ["files", entry.index, "src"])
         try:
-            text = env.from_string(entry.content.decode("utf-8")).render(context)
-        except UnicodeDecodeError:
-            problems.append(Problem(doc.path, f"files[{entry.index}].src",
-                                    f"template {entry.src} is not UTF-8 text"))
+            data = _render_one(entry, context, deadline, budget)
+        except _RenderFailed as e:
+            problems.append(Problem(doc.path, key, str(e), e.hint, line))
             continue
-        except jinja2.TemplateError as e:
-            problems.append(Problem(doc.path, f"files[{entry.index}].src",
-                                    f"template {entry.src} failed to render: {e}",
-                                    "the context has `recipe` (the resolved recipe) and `name`",
-                                    locate(doc.text, ["files", entry.index, "src"])))
-            continue
-        except Exception as e:  # the template is user code: {{ 1/0 }}, {{ name + 1 }}, ...
-            problems.append(Problem(doc.path, f"files[{entry.index}].src",
-                                    f"template {entry.src} failed to render: "
-                                    f"{type(e).__name__}: {e}", None,
-                                    locate(doc.text, ["files", entry.index, "src"])))
-            continue
+        budget -= len(data)
         out.append(FileEntry(entry.src, entry.dest, entry.mode, entry.owner, True,
-                             entry.declared_in, entry.index, text.encode("utf-8")))
+                             entry.declared_in, entry.index, data))
     if problems:
         raise RecipeError(problems)
     return out
+
+
+def _render_one(entry: FileEntry, context: dict[str, Any], deadline: float, budget: int) -> bytes:
+    """One template rendered to UTF-8 bytes, or _RenderFailed saying why not."""
+    if len(entry.content) > TEMPLATE_SOURCE_BYTES:
+        raise _RenderFailed(f"template {entry.src} is {len(entry.content)} bytes; a template may "
+                            f"have at most {TEMPLATE_SOURCE_BYTES}",
+                            "copy large files without template = true")
+    try:
+        source = entry.content.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _RenderFailed(f"template {entry.src} is not UTF-8 text") from None
+    seconds = deadline - time.monotonic()
+    if seconds <= 0:
+        raise _RenderFailed(f"template {entry.src} was not rendered: the templates of this "
+                            f"recipe took more than {TEMPLATE_SECONDS:g} s together",
+                            "templates are for small configuration files")
+    status, payload = _in_child(lambda: _render_capped(source, context, budget,
+                                                        time.monotonic() + seconds),
+                                seconds, budget)
+    if status == "ok":
+        return payload
+    message, hint = _failure(status, payload.decode("utf-8", "replace"), budget)
+    raise _RenderFailed(f"template {entry.src} {message}", hint)
+
+
+def _failure(status: str, detail: str, budget: int) -> tuple[str, str | None]:
+    """The message (after "template SRC") and hint for a rendering that failed with ``status``."""
+    if status == "template":
+        return f"failed to render: {detail}", _CONTEXT_HINT
+    if status == "error":
+        return f"failed to render: {detail}", None
+    if status == "size":
+        limit = (f"{budget} bytes, the most" if budget == TEMPLATE_OUTPUT_BYTES else
+                 f"the {budget} bytes left of the {TEMPLATE_OUTPUT_BYTES}")
+        return (f"renders to more than {limit} a recipe's templates may render together",
+                "templates are for configuration files; copy large files without template = true")
+    if status == "memory":
+        return (f"needs more than {TEMPLATE_MEMORY_BYTES >> 20} MiB of memory to render",
+                "templates are for small configuration files")
+    return (f"did not finish rendering within {TEMPLATE_SECONDS:g} s (the time a recipe's "
+            "templates may take together)", "look for loops that run too long")
+
+
+def _render_capped(source: str, context: dict[str, Any], budget: int, deadline: float
+                   ) -> tuple[str, bytes]:
+    """Render in chunks (jinja's generate), stopping past ``budget`` bytes or the deadline.
+
+    Runs in the child: returns (status, payload) as _in_child passes them on."""
+    try:
+        template = _BoundedSandbox(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                                   autoescape=False).from_string(source)
+        out = bytearray()  # not a list of chunks: a million small ones cost 40 bytes each
+        for chunk in template.generate(context):
+            out += chunk.encode("utf-8")
+            if len(out) > budget:
+                return "size", b""
+            if time.monotonic() > deadline:
+                return "time", b""
+        return "ok", bytes(out)
+    except MemoryError:
+        return "memory", b""
+    except jinja2.TemplateError as e:
+        return "template", str(e).encode("utf-8", "replace")
+    except Exception as e:  # the template is user code: {{ 1/0 }}, {{ name + 1 }}, ...
+        return "error", f"{type(e).__name__}: {e}".encode("utf-8", "replace")
+
+
+def _in_child(work: Callable[[], tuple[str, bytes]], seconds: float, max_payload: int
+              ) -> tuple[str, bytes]:
+    """Run ``work()`` -> (status, payload) in a forked child with bounded memory and time.
+
+    A template is user code: in-process checks cannot interrupt one call into C that
+    allocates gigabytes or runs for hours. The child has an address-space limit
+    (TEMPLATE_MEMORY_BYTES above the parent's size) and a CPU limit, and is killed when it is
+    not done ``seconds`` after it started; it writes nothing but its answer to a pipe."""
+    read_end, write_end = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError as e:
+        os.close(read_end)
+        os.close(write_end)
+        return "error", f"cannot start the rendering process: {e.strerror}".encode()
+    if pid == 0:  # the child: whatever happens, it ends here and runs none of the parent's code
+        try:
+            os.close(read_end)
+            _write_fully(write_end, _child_answer(work, seconds))
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        answer, killed = _read_answer(read_end, pid, time.monotonic() + seconds + 1,
+                                      max_payload + 64)
+    finally:
+        os.close(read_end)
+    status, _, payload = answer.partition(b"\n")
+    if status:
+        return status.decode(), payload
+    # no answer: killed for time (by us, or SIGXCPU), or it could not even write (memory)
+    return ("time" if killed in (signal.SIGKILL, signal.SIGXCPU) else "memory"), b""
+
+
+def _child_answer(work: Callable[[], tuple[str, bytes]], seconds: float) -> bytes:
+    """In the child: limit it, run ``work``, and frame its answer as ``STATUS\\nPAYLOAD``."""
+    try:
+        _limit_self(seconds)
+        status, payload = work()
+    except BaseException as e:  # anything at all is reported to the parent, as an answer
+        status, payload = "error", f"{type(e).__name__}: {e}".encode("utf-8", "replace")
+    return status.encode() + b"\n" + payload
+
+
+def _limit_self(seconds: float) -> None:
+    """In the child: cap the address space and the CPU time (it is killed past either)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            size = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        soft = size + TEMPLATE_MEMORY_BYTES
+        resource.setrlimit(resource.RLIMIT_AS, (soft if hard == resource.RLIM_INFINITY
+                                                else min(soft, hard), hard))
+    except (OSError, ValueError):
+        pass  # no /proc: the time limit still holds
+    cpu = int(seconds) + 2
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu if hard == resource.RLIM_INFINITY
+                                             else min(cpu, hard), hard))
+
+
+def _write_fully(fd: int, data: bytes) -> None:
+    """os.write until all of ``data`` is written (a pipe takes 64 KiB at a time)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_answer(fd: int, pid: int, deadline: float, limit: int) -> tuple[bytes, int | None]:
+    """The child's answer (empty when it has none by ``deadline``: it is killed then) and the
+    signal that ended it, if one did.
+
+    The child is always reaped, also when the parent is interrupted."""
+    chunks: list[bytes] = []
+    size = 0
+    done = False
+    answer = b""
+    poller = select.poll()  # not select(): a descriptor above 1023 is fine
+    poller.register(fd, select.POLLIN)
+    try:
+        while size <= limit:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not poller.poll(remaining * 1000):
+                break
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                done = True
+                answer = b"".join(chunks)
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        else:
+            answer = b"size\n"
+    finally:
+        if not done:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _, wait_status = os.waitpid(pid, 0)
+    return answer, (os.WTERMSIG(wait_status) if os.WIFSIGNALED(wait_status) else None)

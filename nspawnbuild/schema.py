@@ -25,6 +25,17 @@ SETTING_VALUE = {"anyOf": [SCALAR, {"type": "array", "items": SCALAR}],
 
 COMPRESSION_LEVELS = {"zstd": (1, 22), "xz": (0, 9), "gzip": (1, 9), "none": (0, 0)}
 
+#: the most entries a list may have (in one recipe file, and after ``extends`` is applied):
+#: a bound on what a hostile recipe can make validation and the build chew on, far above what
+#: real recipes need
+LIST_LIMITS = {"packages": 10_000, "post": 1_000, "files": 1_000, "sources": 1_000}
+#: a size: bytes, or a number with K, M, G or T (powers of 1024), as ``cache prune --max-size``
+SIZE_PATTERN = r"^[0-9]+(\.[0-9]+)?[KMGT]?$"
+#: ``[[sources]]`` limits unless the entry sets them; nspawnbuild.fetch uses the same numbers
+SOURCE_MAX_SIZE_DEFAULT = "4G"
+SOURCE_TIMEOUT_DEFAULT = 1800
+SOURCE_TIMEOUT_MAX = 86400
+
 
 def mode_schema(example: str) -> dict[str, Any]:
     """A file mode: an octal string ("0644") or its number."""
@@ -80,14 +91,14 @@ def core_schema() -> dict[str, Any]:
                 },
             },
             "packages": {
-                "type": "array", "uniqueItems": True,
+                "type": "array", "uniqueItems": True, "maxItems": LIST_LIMITS["packages"],
                 "items": {"type": "string", "pattern": PACKAGE_PATTERN,
                           "x-hint": "package names have letters, digits and + . _ ~ : = -"},
                 "description": "Extra packages installed in the bootstrap run (appends).",
             },
             "features": {"type": "object", "additionalProperties": False, "properties": {}},
             "post": {
-                "type": "array",
+                "type": "array", "maxItems": LIST_LIMITS["post"],
                 "description": "Shell scripts run inside the image with systemd-nspawn (appends).",
                 "items": {
                     "type": "object", "additionalProperties": False, "required": ["run"],
@@ -101,13 +112,15 @@ def core_schema() -> dict[str, Any]:
                 },
             },
             "files": {
-                "type": "array",
+                "type": "array", "maxItems": LIST_LIMITS["files"],
                 "description": "Files copied into the image (appends).",
                 "items": {
                     "type": "object", "additionalProperties": False,
                     "required": ["src", "dest"],
                     "properties": {
-                        "src": {"type": "string", "minLength": 1},
+                        "src": {"type": "string", "minLength": 1,
+                                "description": "A regular file inside the directory of the recipe "
+                                               "that names it (relative to it, or absolute)."},
                         "dest": {"type": "string", "pattern": ABSOLUTE_PATH_PATTERN,
                                  "x-hint": "an absolute path inside the image without '..', "
                                            "e.g. /etc/motd"},
@@ -119,7 +132,7 @@ def core_schema() -> dict[str, Any]:
                 },
             },
             "sources": {
-                "type": "array",
+                "type": "array", "maxItems": LIST_LIMITS["sources"],
                 "description": "Files downloaded by URL, checked against their sha256, cached by "
                                "digest, and copied or unpacked into the image (appends).",
                 "items": {
@@ -128,7 +141,9 @@ def core_schema() -> dict[str, Any]:
                     "properties": {
                         "url": {"type": "string", "pattern": SOURCE_URL_PATTERN,
                                 "x-hint": "an http://, https:// or file:// URL without spaces, "
-                                          "e.g. https://example.invalid/tool-1.2.tar.gz"},
+                                          "e.g. https://example.invalid/tool-1.2.tar.gz",
+                                "description": "http(s)://, or file:///PATH of a regular file "
+                                               "inside the directory of the recipe that names it."},
                         "sha256": {"type": "string", "pattern": SHA256_PATTERN,
                                    "x-hint": "the file's sha256: 64 hex digits, as "
                                              "`sha256sum FILE` prints them"},
@@ -141,6 +156,20 @@ def core_schema() -> dict[str, Any]:
                                              "x-hint": "a number of leading path components, "
                                                        "0 to 64"},
                         "mode": mode_schema("0755"),
+                        "max_size": {
+                            "anyOf": [{"type": "string", "pattern": SIZE_PATTERN},
+                                      {"type": "integer", "minimum": 1}],
+                            "x-hint": "bytes, or a number with K, M, G or T (powers of 1024), "
+                                      "e.g. \"2G\"",
+                            "description": "The most bytes the download may have (default "
+                                           f"{SOURCE_MAX_SIZE_DEFAULT}); more stops the build.",
+                        },
+                        "timeout": {
+                            "type": "integer", "minimum": 1, "maximum": SOURCE_TIMEOUT_MAX,
+                            "x-hint": f"seconds, 1 to {SOURCE_TIMEOUT_MAX}",
+                            "description": "Seconds the whole download may take (default "
+                                           f"{SOURCE_TIMEOUT_DEFAULT}); longer stops the build.",
+                        },
                     },
                 },
             },

@@ -5,6 +5,9 @@ image runs until the file's digest is checked. A plain file is copied into the i
 the symlink-safe resolver; an archive is unpacked *inside* the image, by the image's own tar
 running in systemd-nspawn, with the cached file bound read-only into the container: a hostile
 archive (``../`` names, absolute names, symlinks out of the tree) can only reach the image.
+
+Each download is bounded by its entry's ``max_size`` and ``timeout``; a ``file://`` source is
+read only inside the directory of the recipe that names it (``nspawnbuild.fetch``).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 
 from nspawnbuild import hookimpl
 from nspawnbuild.errors import BuildError
-from nspawnbuild.fetch import fetch
+from nspawnbuild.fetch import Limits, fetch
 from nspawnbuild.paths import Layout
 from nspawnbuild.recipe import Recipe, SourceEntry
 from nspawnbuild.rootfs import RootfsContext
@@ -46,7 +49,8 @@ def nspawnbuild_configure_rootfs(ctx: RootfsContext) -> None:
     for entry in ctx.recipe.sources:
         where = f"{entry.key} in {entry.declared_in}"
         try:
-            cached = fetch(entry.url, entry.sha256, cache, log=ctx.log)
+            cached = fetch(entry.url, entry.sha256, cache, root=entry.declared_in.parent,
+                           limits=Limits(entry.max_size, entry.timeout), log=ctx.log)
         except BuildError as e:
             raise BuildError(f"{where}: {e}") from None
         if entry.extract:

@@ -145,8 +145,19 @@ def test_upper_case_digest_is_the_same_entry(server: Server, tmp_path: Path) -> 
 def test_file_url(tmp_path: Path) -> None:
     src = tmp_path / "local.bin"
     src.write_bytes(b"local")
-    path = fetch(src.as_uri(), sha(b"local"), tmp_path / "cache")
+    path = fetch(src.as_uri(), sha(b"local"), tmp_path / "cache", root=tmp_path)
     assert path.read_bytes() == b"local"
+
+
+def test_file_url_needs_the_recipes_directory(tmp_path: Path) -> None:
+    """A file:// source is read only inside the directory of its recipe: none given, none read."""
+    src = tmp_path / "local.bin"
+    src.write_bytes(b"local")
+    with pytest.raises(BuildError, match="read only inside the directory of the recipe"):
+        fetch(src.as_uri(), sha(b"local"), tmp_path / "cache")
+    with pytest.raises(BuildError, match="outside the recipe's directory"):
+        fetch(src.as_uri(), sha(b"local"), tmp_path / "cache", root=tmp_path / "cache")
+    assert leftovers(tmp_path / "cache") == []
 
 
 def test_two_fetches_of_one_file_download_it_once(server: Server, tmp_path: Path) -> None:
