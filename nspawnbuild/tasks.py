@@ -395,10 +395,13 @@ def action_manifest(name: str) -> None:
         raise BuildError(f"{stage / packed['file']} changed since it was packed; rebuild it "
                          f"with: nspawnbuild build {name}")
     # the packer audited every entry as it wrote it; the digest check above ties that to this file
-    failing, allowed = audit.split([audit.Finding(*f) for f in packed["audit"]],
-                                   spec["audit_allow"])
+    findings = [audit.Finding(*f) for f in packed["audit"]]
+    findings += audit.settings_findings(nspawn.read_text(), dropin.read_text(),
+                                        nspawn_name(name), dropin_name(name))
+    failing, allowed = audit.split(findings, spec["audit_allow"])
     if failing:
-        raise BuildError(f"the audit of {packed['file']} found secrets or host state; nothing "
+        raise BuildError(f"the audit of {packed['file']} and its settings found secrets, host "
+                         "state or risky settings; nothing "
                          "was published:\n" + "\n".join(f"  {f}" for f in failing)
                          + "\n  fix the recipe, or accept a finding with [audit] allow = "
                          "[\"CHECK:PATH\"]")
