@@ -217,7 +217,7 @@ def test_failing_post_step_names_step_and_log_and_keeps_old_artifacts(env: Env) 
     log = env.work / "recipes" / "failing" / "logs" / "rootfs.log"
     assert f"full log: {log}" in r.stderr and "it went wrong" in log.read_text()
     assert artifact_digests(out) == before
-    assert not (env.work / "recipes" / "failing" / "rootfs.new").exists()
+    assert not (env.work / "recipes" / "failing" / "layer.new").exists()
     assert "it went wrong" in (out / "build.log").read_text()  # the failed build's log
     assert mounts_under(env.tmp) == []
 

@@ -90,7 +90,8 @@ def test_sigkill_during_bootstrap_leaves_nothing_behind(env: Env) -> None:
 def test_sigkill_during_a_post_step_leaves_nothing_behind(env: Env) -> None:
     recipe = write_recipe(env.tmp / "killstep.toml", SLOW_STEP)
     proc = start(env, recipe)
-    marker = env.work / "recipes" / "killstep" / "rootfs.new" / "etc" / "step-started"
+    # the tree is an overlay in the build's own mount namespace: look at its upper layer
+    marker = env.work / "recipes" / "killstep" / "layer.new" / "upper" / "etc" / "step-started"
     wait_for("the post-step to run", marker.exists, proc)
     proc.kill()
     proc.wait()
@@ -131,7 +132,7 @@ def test_interrupt_stops_children_promptly_and_keeps_artifacts(env: Env, signum:
 
     write_recipe(recipe, SLOW_STEP)
     proc = start(env, recipe)
-    marker = env.work / "recipes" / "interrupted" / "rootfs.new" / "etc" / "step-started"
+    marker = env.work / "recipes" / "interrupted" / "layer.new" / "upper" / "etc" / "step-started"
     wait_for("the post-step to run", marker.exists, proc)
     sent = time.monotonic()
     proc.send_signal(signum)
@@ -144,13 +145,13 @@ def test_interrupt_stops_children_promptly_and_keeps_artifacts(env: Env, signum:
         "the previous artifacts are unchanged")
     assert_host_clean(env)
     assert artifact_digests(out) == before and sums_ok(out)
-    assert not (env.work / "recipes" / "interrupted" / "rootfs.new").exists()
+    assert not (env.work / "recipes" / "interrupted" / "layer.new").exists()
 
 
 def test_a_second_build_of_the_same_recipe_is_refused(env: Env) -> None:
     recipe = write_recipe(env.tmp / "busy.toml", SLOW_STEP)
     first = start(env, recipe)
-    marker = env.work / "recipes" / "busy" / "rootfs.new" / "etc" / "step-started"
+    marker = env.work / "recipes" / "busy" / "layer.new" / "upper" / "etc" / "step-started"
     try:
         wait_for("the post-step to run", marker.exists, first)
         second = env.nspawnbuild("build", str(recipe))

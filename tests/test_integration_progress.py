@@ -93,14 +93,14 @@ def test_failed_step_log_and_keep_rootfs(env: Env) -> None:
     log = log_path.read_text()
     assert "== rootfs: failed" in log and "about to fail" in log and "No such file" in log
     assert sorted(p.name for p in (env.out / "failing").iterdir()) == ["build.log"]
-    assert not (work / "rootfs.failed").exists() and not (work / "rootfs.new").exists()
+    assert not (work / "rootfs.failed").exists() and not (work / "layer.new").exists()
 
     kept = env.nspawnbuild("build", "--keep-rootfs", str(recipe))
     assert kept.returncode == 1
     tree = work / "rootfs.failed"
     assert f"is kept (--keep-rootfs): {tree}" in kept.stderr
     assert (tree / "etc" / "left-by-step").read_text() == "marker-from-step\n"
-    assert not (work / "rootfs.new").exists()
+    assert not (work / "layer.new").exists()
     # the command the message suggests works, and does not change the kept tree
     suggested = next(line.split(": ", 1)[1] for line in kept.stderr.splitlines()
                      if "look inside without changing it" in line)
