@@ -468,4 +468,4 @@ strip_components = 1
     assert "Traceback" not in r.stderr
     assert artifact_digests(out) == before
     assert not cache_path(env.cache, wrong).exists()
-    assert not (env.work / "recipes" / name / "rootfs.new").exists()
+    assert not (env.work / "recipes" / name / "layer.new").exists()
