@@ -264,7 +264,8 @@ class Sandbox:
             argv = nspawn_argv(root, self.machine, command, network=network, env=env,
                                binds_ro=binds_ro, uid_base=self.uid_base)
             log.run([*DIE_WITH_BUILD, "sh", "-c", JOIN, "sh", *map(str, procs), "--", *argv],
-                    step=step, shown_command=shown_command or " ".join(command))
+                    step=step, shown_command=shown_command or " ".join(command),
+                    stop=signal.SIGKILL)  # unshare ignores SIGTERM; the tree is discarded anyway
 
 
 def _resolv_placeholder(root: Path) -> bool:

@@ -61,8 +61,13 @@ class StepLog:
         env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
         shown_command: str | None = None,
+        stop: signal.Signals = signal.SIGTERM,
     ) -> None:
-        """Run ``argv``; its stdout and stderr go to the log. Raise BuildError on failure."""
+        """Run ``argv``; its stdout and stderr go to the log. Raise BuildError on failure.
+
+        ``stop``: the signal that ends the child when the build is interrupted (SIGKILL for a
+        child that ignores SIGTERM, such as ``unshare --fork``, when nothing of it is kept).
+        """
         shown = shown_command or shlex.join(argv)
         self.note(f"{step}: {shlex.join(argv)}")
         tail: deque[str] = deque(maxlen=TAIL_LINES)
@@ -93,7 +98,7 @@ class StepLog:
             code = proc.wait()
         except BaseException:
             # Ctrl-C or SIGTERM: stop the child promptly, then let the interruption through.
-            proc.terminate()
+            proc.send_signal(stop)
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
