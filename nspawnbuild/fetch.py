@@ -325,8 +325,14 @@ class _DownloadFailed(Exception):
 
 
 def _new_part(tmp: Path) -> int:
-    """The descriptor of a new temporary file (never an existing one, never through a link)."""
-    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    """The descriptor of a new temporary file (never an existing one, never through a link).
+
+    Mode 0644 whatever the umask: the file is bound read-only into the build's container, whose
+    root is an unprivileged host uid (a user namespace) and reads it as "other".
+    """
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    os.fchmod(fd, 0o644)
+    return fd
 
 
 def _copy_local(url: str, root: Path | None, tmp: Path, limits: Limits) -> tuple[str, int]:

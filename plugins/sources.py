@@ -12,6 +12,8 @@ read only inside the directory of the recipe that names it (``nspawnbuild.fetch`
 
 from __future__ import annotations
 
+import os
+
 from typing import Any
 
 from nspawnbuild import hookimpl
@@ -55,6 +57,9 @@ def nspawnbuild_configure_rootfs(ctx: RootfsContext) -> None:
             raise BuildError(f"{where}: {e}") from None
         if entry.extract:
             ctx.log.note(f"source {entry.url}: unpacking into {entry.dest} inside the image")
+            # the container's root is an unprivileged host uid: it reads the bound file as other
+            # (a file copied into the cache by hand may be 0600)
+            os.chmod(cached, 0o644)
             ctx.run(extract_command(entry), step=f"unpacking {where} ({entry.url}) into "
                     f"{entry.dest}", network=False, binds_ro=[(cached, GUEST_PATH)])
         else:
