@@ -13,7 +13,6 @@ read only inside the directory of the recipe that names it (``nspawnbuild.fetch`
 from __future__ import annotations
 
 import os
-
 from typing import Any
 
 from nspawnbuild import hookimpl
