@@ -54,7 +54,8 @@ def exclusive(path: Path, *, wait: bool, what: str) -> Iterator[None]:
         os.close(fd)
 
 
-_shared: dict[str, int] = {}
+#: path -> [fd, holders]: builds of several recipes in one process (-j, threads) share it
+_shared: dict[str, list[int]] = {}
 
 
 def hold_shared(path: Path, *, what: str) -> None:
@@ -65,14 +66,19 @@ def hold_shared(path: Path, *, what: str) -> None:
     """
     key = str(path)
     if key in _shared:
+        _shared[key][1] += 1
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     fcntl.flock(fd, fcntl.LOCK_SH)
-    _shared[key] = fd
+    _shared[key] = [fd, 1]
 
 
 def release_shared(path: Path) -> None:
-    fd = _shared.pop(str(path), None)
-    if fd is not None:
-        os.close(fd)
+    held = _shared.get(str(path))
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] == 0:
+        del _shared[str(path)]
+        os.close(held[0])

@@ -122,5 +122,7 @@ class ImageTree:
             mount_as(userns.base, "overlay", self.merged, opts)
             yield self.merged
         finally:
-            self.umount()
-            self.mount()
+            try:
+                self.umount()
+            finally:
+                self.mount()

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from .sandbox import Sandbox
 
 MAX_SYMLINKS = 40
+#: the biggest image file nspawnbuild reads into memory (a package database, passwd): a step
+#: could leave a sparse 100 GiB /var/lib/dpkg/status
+MAX_READ = 256 << 20
 COPY_CHUNK = 1 << 20
 
 
@@ -65,7 +68,12 @@ def resolve_in_root(root: Path, path: str, *, follow_final: bool = True) -> Path
 def read_text_in_root(root: Path, path: str) -> str | None:
     """The text of a file inside the image (a package database), or None when it is absent."""
     host = resolve_in_root(root, path)
-    return host.read_text(encoding="utf-8", errors="replace") if host.is_file() else None
+    if not host.is_file():
+        return None
+    if host.stat().st_size > MAX_READ:
+        raise BuildError(f"{path} in the image is {host.stat().st_size} bytes, more than the "
+                         f"{MAX_READ >> 20} MiB nspawnbuild reads; a step made it so")
+    return host.read_text(encoding="utf-8", errors="replace")
 
 
 def make_dirs(root: Path, path: str, mode: int = 0o755) -> Path:

@@ -107,7 +107,8 @@ DROPPED_CAPABILITIES = ("CAP_SYS_ADMIN", "CAP_MKNOD", "CAP_NET_RAW")
 RANGE = 0x10000
 #: UID ranges nspawnbuild picks from: above the range ``--private-users=pick`` uses
 #: (0x00080000..0x6FFF0000), so a build never shares ids with a booted container
-FIRST_BASE, SLOTS = 0x70000000, 0x1000
+#: and below systemd's "foreign" range (0x7FFE0000..0x7FFEFFFF, systemd >= 257)
+FIRST_BASE, SLOTS = 0x70000000, 0xFFE
 LOCK_DIR = Path("/run/nspawnbuild/uid")
 #: device nodes a step may open (v1 devices controller syntax); everything else is denied
 ALLOWED_DEVICES = ("c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",
@@ -133,16 +134,21 @@ def pick_uid_base(machine: str) -> tuple[int, int]:
 
 
 def _hierarchies() -> list[tuple[Path, str]]:
-    """``(mount point, controllers)`` of every cgroup hierarchy this process is in."""
+    """``(directory, controllers)``: this process's own cgroup in every hierarchy it is in.
+
+    Step cgroups are made below the build's own, so limits put on the build (a CI runner's
+    slice, ``systemd-run -p TasksMax=``) hold for its steps too.
+    """
     out = []
     for line in Path("/proc/self/cgroup").read_text().splitlines():
-        _id, controllers, _path = line.split(":", 2)
+        _id, controllers, own = line.split(":", 2)
         if controllers == "":
             mnt = CGROUP_ROOT / "unified" if (CGROUP_ROOT / "unified").is_dir() else CGROUP_ROOT
         elif controllers.startswith("name="):
             mnt = CGROUP_ROOT / controllers.removeprefix("name=")
         else:
             mnt = CGROUP_ROOT / controllers
+        mnt = mnt / own.strip("/") if own.strip("/") else mnt
         if mnt.is_dir() and (controllers == "" or controllers == "name=systemd"
                              or controllers in ("devices", "pids")):
             out.append((mnt, controllers))
@@ -160,6 +166,8 @@ def step_cgroup(name: str) -> Iterator[list[Path]]:
             d = mnt / "nspawnbuild" / name
             d.mkdir(parents=True, exist_ok=True)
             made.append(d)
+            with contextlib.suppress(OSError):  # nspawn hands the container a subtree
+                (d / "cgroup.max.descendants").write_text("64\n")
             if controllers == "devices":
                 (d / "devices.deny").write_text("a\n")
                 for rule in ALLOWED_DEVICES:
@@ -207,8 +215,9 @@ def reap_stale_cgroups(machine: str) -> list[str]:
     removed = []
     for mnt, _controllers in _hierarchies():
         for d in sorted((mnt / "nspawnbuild").glob(f"{machine}-*-*")):
-            pid = d.name.removeprefix(f"{machine}-").split("-")[0]
-            if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            owner, pid, _n = d.name.rsplit("-", 2)  # machine names may contain "-DIGITS"
+            if owner == machine and pid.isdigit() and int(pid) != os.getpid() \
+                    and not Path(f"/proc/{pid}").exists():
                 _remove_cgroup(d)
                 removed.append(str(d))
     return removed

@@ -184,7 +184,8 @@ def _make_entry(recipe: Recipe, key: str, layout: Layout) -> None:
             remove_tree(stale)
         remove_tree(entry)  # a half-removed entry (no info.json)
         tmp = entry.with_name(f".{key}.tmp-{os.getpid()}")
-        tmp.mkdir(parents=True)
+        private_dir(entry.parent)  # bootstraps hold setuid files: no other user may reach them
+        tmp.mkdir()
         try:
             with StepLog(layout.log(recipe.name, "bootstrap")) as log:
                 distro = make_distro(recipe)
@@ -198,6 +199,13 @@ def _make_entry(recipe: Recipe, key: str, layout: Layout) -> None:
         except BaseException:
             remove_tree(tmp)
             raise
+
+
+def private_dir(path: Path) -> None:
+    """``path`` exists, belongs to root and only root may enter it."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chown(path, 0, 0)
+    os.chmod(path, 0o700)
 
 
 def _entry_lock(entry: Path) -> Path:
@@ -252,6 +260,7 @@ def action_rootfs(recipe_path: str) -> None:
     key = spec["bootstrap_key"]
     work = layout.work_dir(name)
     require_private_mount_namespace()
+    private_dir(work)  # the layer holds the image's setuid files: no other user may reach them
     with StepLog(layout.log(name, "rootfs")) as log:
         contents = use_entry(recipe, key, layout, log)
         tree = image_tree(layout, name, key, new=True)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -180,8 +182,19 @@ class Fedora(Distro):
         if not db.is_dir():
             return []
         rpm = require_tool("rpm", "rpm", f"to read the package list of {self.name} images")
-        r = subprocess.run([rpm, f"--root={root}", f"--dbpath={RPM_DBPATH}", "-qa",
-                            "--qf", QUERY_FORMAT], capture_output=True, text=True)
+        # the host's rpm runs as root: never on paths inside the image (a step may have made
+        # the database directory a symlink the host would follow), only on a private copy of
+        # the database's regular files
+        with tempfile.TemporaryDirectory(prefix="nspawnbuild-rpmdb-") as copy:
+            os.chmod(copy, 0o700)
+            for entry in sorted(db.iterdir()):
+                st = entry.lstat()
+                if stat.S_ISREG(st.st_mode) and st.st_size <= MAX_RPMDB:
+                    with open(entry, "rb", opener=_no_follow) as src, \
+                            open(Path(copy) / entry.name, "wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+            r = subprocess.run([rpm, f"--dbpath={copy}", "-qa", "--qf", QUERY_FORMAT],
+                               capture_output=True, text=True)
         if r.returncode != 0:
             raise BuildError(f"rpm could not read the package database of {root}: "
                              f"{r.stderr.strip()}")
@@ -243,3 +256,11 @@ nspawnbuild_distro_names, nspawnbuild_make_distro = distro_hooks(Fedora)
 
 
 __all__ = ["Fedora", "parse_rpm_query", "repo_file"]
+
+
+#: the biggest package database file copied for listing (Fedora's is tens of MiB)
+MAX_RPMDB = 1 << 30
+
+
+def _no_follow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW)
