@@ -661,3 +661,23 @@ def test_build_with_a_wrong_local_digest_does_not_print_it(
     log = env.out / "local-digest" / "build.log"
     assert not log.exists() or real not in log.read_text()
     assert leftovers(env.cache, WRONG) == [] and leftovers(env.cache, real) == []
+
+
+@pytest.mark.parametrize("target", ["absolute", "relative"])
+def test_fedora_package_list_never_follows_an_image_symlink_onto_the_host(
+        tmp_path: Path, host_sentinels: sentinels.Sentinels, target: str) -> None:
+    """A step replaced the rpm database directory with a symlink to a host directory: the
+    host's rpm (run as root to list packages) must not create its database there."""
+    from nspawnbuild_plugins.fedora import RPM_DBPATH, Fedora
+
+    root = tmp_path / "image"
+    db = root / RPM_DBPATH.lstrip("/")
+    db.parent.mkdir(parents=True)
+    victim = tmp_path / "host-dir"  # a host directory outside the image
+    victim.mkdir()
+    db.symlink_to(victim if target == "absolute" else os.path.relpath(victim, db.parent))
+    try:
+        Fedora({"distro": "fedora"}).list_packages(root)
+    except Exception as e:  # an error is fine (there is no database); writing on the host is not
+        assert "rpm could not read" in str(e), e
+    assert list(victim.iterdir()) == []
