@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import bz2
 import fnmatch
-import gzip
 import io
 import lzma
 import posixpath
@@ -56,10 +55,9 @@ import struct
 import tarfile
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import Protocol
 
 import zstandard
 
@@ -106,25 +104,6 @@ class Finding:
 
     def __str__(self) -> str:
         return f"{self.check}: {self.path} ({self.detail})"
-
-
-@contextmanager
-def open_tarball(path: Path) -> Iterator[IO[bytes]]:
-    """The uncompressed tar stream of ``path``, whatever its compression (by magic bytes)."""
-    with open(path, "rb") as raw:
-        magic = raw.read(6)
-        raw.seek(0)
-        if magic.startswith(b"\x28\xb5\x2f\xfd"):
-            with zstandard.ZstdDecompressor().stream_reader(raw) as stream:
-                yield stream  # type: ignore[misc]
-        elif magic.startswith(b"\xfd7zXZ"):
-            with lzma.open(raw) as stream:
-                yield stream  # type: ignore[misc]
-        elif magic.startswith(b"\x1f\x8b"):
-            with gzip.open(raw) as stream:
-                yield stream  # type: ignore[misc]
-        else:
-            yield raw
 
 
 # -- private keys -----------------------------------------------------------------------------
