@@ -22,6 +22,8 @@ Two ways to mount the same layers, never at once:
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -85,6 +87,11 @@ class ImageTree:
     def create(self) -> None:
         for d in (self.upper, self._work, self.merged):
             d.mkdir(parents=True, exist_ok=True)
+        # the upper layer's top directory is the image's "/": its mode and owner, never what the
+        # caller's umask made of it
+        st = self.lower.stat()
+        os.chown(self.upper, st.st_uid, st.st_gid)
+        os.chmod(self.upper, stat.S_IMODE(st.st_mode))
 
     def mount(self) -> None:
         """The plain read-write overlay at ``merged``."""

@@ -484,7 +484,8 @@ def _dotted(path: list[Any]) -> str:
 def _owner_of(key_path: list[Any], docs: list[_Doc], origins: dict[str, list[tuple[int, int]]]
               ) -> tuple[_Doc, list[Any]]:
     """Which file in the chain set ``key_path`` (child-most wins), and the path in that file."""
-    if key_path and key_path[0] in origins and len(key_path) > 1 and isinstance(key_path[1], int):
+    if key_path and key_path[0] in origins and len(key_path) > 1 and isinstance(key_path[1], int) \
+            and 0 <= key_path[1] < len(origins[key_path[0]]):  # an index past a de-duplicated list
         doc_i, local = origins[key_path[0]][key_path[1]]
         return docs[doc_i], [key_path[0], local, *key_path[2:]]
     for doc in reversed(docs):

@@ -33,7 +33,7 @@ from .distro import require_tool
 from .errors import BuildError
 from .namespaces import UserNamespace
 from .overlay import ImageTree
-from .rootfs import resolve_in_root, write_file
+from .rootfs import make_dirs, resolve_in_root, write_file
 from .steplog import StepLog
 
 #: environment every command in the sandbox gets
@@ -257,6 +257,7 @@ class Sandbox:
         """Run ``command`` inside the image; raise BuildError naming ``step`` on failure."""
         require_tool("unshare", "util-linux", "to tie steps to the build's life")
         self._steps += 1
+        _mount_points(self.tree.merged)
         placeholder = network and _resolv_placeholder(self.tree.merged)
         try:
             self._run(log, command, step=step, network=network, env=env,
@@ -275,6 +276,20 @@ class Sandbox:
             log.run([*DIE_WITH_BUILD, "sh", "-c", JOIN, "sh", *map(str, procs), "--", *argv],
                     step=step, shown_command=shown_command or " ".join(command),
                     stop=signal.SIGKILL)  # unshare ignores SIGTERM; the tree is discarded anyway
+
+
+#: directories systemd-nspawn mounts on in the container; it cannot create them itself (it runs
+#: as host root, which has no uid in the ID-mapped tree), so they are made first, as nspawn
+#: would have made them (an Alpine minirootfs has no /sys, say)
+MOUNT_POINTS = ("/proc", "/sys", "/dev", "/run", "/tmp")
+
+
+def _mount_points(root: Path) -> None:
+    for path in MOUNT_POINTS:
+        target = resolve_in_root(root, path)
+        if not target.exists() and not target.is_symlink():
+            make_dirs(root, path)
+            os.chmod(target, 0o1777 if path == "/tmp" else 0o755)
 
 
 def _resolv_placeholder(root: Path) -> bool:

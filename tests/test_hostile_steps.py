@@ -214,6 +214,13 @@ def test_concurrent_builds_on_one_base_equal_their_solo_builds(
         assert sha(tarball(env, name)) == solo[name], f"{name} differs from its solo build"
 
 
+def private_cache(env: Env, tmp_path: Path) -> Env:
+    """``env`` with a copy of the session's bootstrap cache (a bootstrap is half a minute)."""
+    assert env.nspawnbuild("build", str(recipe(env.tmp / "warm.toml", ""))).returncode == 0
+    subprocess.run(["cp", "-a", str(env.cache), str(tmp_path / "cache")], check=True)
+    return Env(env.tmp, env.out, env.work, tmp_path / "cache")
+
+
 def _cache_entry(env: Env) -> Path:
     entries = [p for p in (env.cache / "bootstrap").iterdir() if p.is_dir() and
                not p.name.startswith(".")]
@@ -223,7 +230,7 @@ def _cache_entry(env: Env) -> Path:
 
 def test_damaged_cache_entry_is_dropped_and_rebuilt(env: Env, tmp_path: Path,
                                                     host_sentinels: sentinels.Sentinels) -> None:
-    own = Env(env.tmp, env.out, env.work, tmp_path / "cache")  # a private cache: we break it
+    own = private_cache(env, tmp_path)  # we break it
     path = recipe(env.tmp / "victim.toml", "")
     assert own.nspawnbuild("build", str(path)).returncode == 0
     good = sha(tarball(own, "victim"))
@@ -241,7 +248,7 @@ def test_damaged_cache_entry_is_dropped_and_rebuilt(env: Env, tmp_path: Path,
 
 def test_prune_during_a_build_waits_for_it(env: Env, tmp_path: Path,
                                           host_sentinels: sentinels.Sentinels) -> None:
-    own = Env(env.tmp, env.out, env.work, tmp_path / "cache")
+    own = private_cache(env, tmp_path)
     path = recipe(env.tmp / "slow.toml", "")
     assert own.nspawnbuild("build", str(path)).returncode == 0
     recipe(path, step("sleep 6"))
