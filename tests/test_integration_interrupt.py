@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,15 +13,15 @@ from pathlib import Path
 import pytest
 from test_integration_build import write_recipe
 
-from conftest import BIN, Env, artifact_digests
+from conftest import BIN, ROOT, Env, artifact_digests
 
 pytestmark = pytest.mark.integration
 
 
-def start(env: Env, recipe: Path) -> subprocess.Popen[str]:
+def start(env: Env, recipe: Path, **extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen([str(BIN / "nspawnbuild"), "build", str(recipe)], cwd=env.tmp,
-                            env=env.environ(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            env=env.environ(**extra), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def wait_for(what: str, ready: Callable[[], bool], proc: subprocess.Popen[str],
@@ -162,3 +163,69 @@ def test_a_second_build_of_the_same_recipe_is_refused(env: Env) -> None:
         first.terminate()
         first.communicate(timeout=30)
     assert_host_clean(env)
+
+
+def running(pattern: str) -> list[str]:
+    """Processes whose command line contains ``pattern`` (something unique to the test)."""
+    return [line for line in processes_under(Path(pattern))]
+
+
+def assert_gone_within(seconds: float, pattern: str) -> None:
+    deadline = time.monotonic() + seconds
+    while running(pattern) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert running(pattern) == [], f"still running {seconds} s after the build died"
+
+
+@pytest.fixture(scope="module")
+def hello_plugin(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The third-party test plugin, whose [features.hello] run = "..." runs inside the image."""
+    target = tmp_path_factory.mktemp("site")
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                          "--no-build-isolation", "--target", str(target),
+                          str(ROOT / "tests" / "fixtures" / "nspawnbuild-hello")],
+                         capture_output=True, text=True)
+    assert pip.returncode == 0, pip.stderr
+    return {"PYTHONPATH": str(target)}
+
+
+def test_sigkill_during_a_feature_command_leaves_nothing_behind(env: Env,
+                                                                hello_plugin: dict[str, str]) -> None:
+    marker = f"sleep {400 + os.getpid() % 97}"
+    recipe = write_recipe(env.tmp / "killfeature.toml",
+                          f'[features.hello]\ngreeting = "hi"\nrun = "{marker}"\n')
+    proc = start(env, recipe, **hello_plugin)
+    wait_for("the feature command to run", lambda: bool(running(marker)), proc)
+    proc.kill()
+    proc.wait()
+    assert_gone_within(5, marker)
+    assert_host_clean(env)
+    write_recipe(recipe, '[features.hello]\ngreeting = "hi"\n')
+    r = env.nspawnbuild("build", str(recipe), **hello_plugin)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_sigkill_during_sources_extraction_leaves_nothing_behind(env: Env) -> None:
+    """The archive is unpacked by the image's tar inside the container: kill the build then."""
+    data = env.tmp / "src" / "blob"
+    data.parent.mkdir()
+    with open(data, "wb") as fh:  # incompressible, so that unpacking takes a while
+        for _ in range(384):
+            fh.write(os.urandom(1 << 20))
+    archive = env.tmp / "big.tar.gz"
+    subprocess.run(["tar", "-C", str(data.parent), "-cf", str(archive), "-I", "gzip -1", "blob"],
+                   check=True)
+    digest = subprocess.run(["sha256sum", str(archive)], capture_output=True, text=True,
+                            check=True).stdout.split()[0]
+    recipe = write_recipe(env.tmp / "killsource.toml",
+                          f'[[sources]]\nurl = "file://{archive}"\nsha256 = "{digest}"\n'
+                          'dest = "/opt/big"\nextract = true\n')
+    proc = start(env, recipe)
+    wait_for("the archive to be unpacked", lambda: bool(running("/run/nspawnbuild-source")), proc,
+             timeout=600)
+    proc.kill()
+    proc.wait()
+    assert_gone_within(5, "/run/nspawnbuild-source")
+    assert_host_clean(env)
+    r = env.nspawnbuild("build", str(recipe))
+    assert r.returncode == 0, r.stdout + r.stderr
