@@ -223,9 +223,10 @@ def cmd_cache(args: argparse.Namespace) -> int:
         gone = cache.prune(root, older_than_days=args.older_than, max_size=limit,
                            dry_run=args.dry_run)
         verb = "would remove" if args.dry_run else "removed"
-        for e in gone:
-            print(f"{verb} {e.kind} {e.key[:16]} ({_human(e.size)}, {e.description})")
-        print(f"{verb} {len(gone)} entries, {_human(sum(e.size for e in gone))}")
+        for entry in gone:
+            print(f"{verb} {entry.kind} {entry.key[:16]} ({_human(entry.size)}, "
+                  f"{entry.description})")
+        print(f"{verb} {len(gone)} entries, {_human(sum(x.size for x in gone))}")
         return 0
     rows = cache.entries(root)
     if args.json:
@@ -233,11 +234,11 @@ def cmd_cache(args: argparse.Namespace) -> int:
         return 0
     import time
 
-    for e in rows:
-        age = (time.time() - e.last_used) / 86400
-        print(f"{e.kind:9} {e.key[:16]}  {_human(e.size):>8}  used {age:5.1f} days ago  "
-              f"{e.description}")
-    print(f"{len(rows)} entries, {_human(sum(e.size for e in rows))} in {root}")
+    for entry in rows:
+        age = (time.time() - entry.last_used) / 86400
+        print(f"{entry.kind:9} {entry.key[:16]}  {_human(entry.size):>8}  used {age:5.1f} days "
+              f"ago  {entry.description}")
+    print(f"{len(rows)} entries, {_human(sum(x.size for x in rows))} in {root}")
     return 0
 
 

@@ -248,7 +248,7 @@ def pack(root: Path, dest: Path, epoch: int, compression: str = "zstd", level: i
                 workers = threads or min(MAX_ZSTD_WORKERS, len(os.sched_getaffinity(0)))
                 cctx = zstandard.ZstdCompressor(level=level, threads=max(1, workers),
                                                 write_checksum=True)
-                with cctx.stream_writer(out, closefd=False) as comp:
+                with cctx.stream_writer(out, closefd=False) as comp:  # type: ignore[arg-type]
                     result = write_tar(root, comp, epoch, inspect)  # type: ignore[arg-type]
             elif compression == "xz":
                 with lzma.LZMAFile(out, "wb", preset=level) as comp:  # type: ignore[arg-type]
@@ -256,7 +256,7 @@ def pack(root: Path, dest: Path, epoch: int, compression: str = "zstd", level: i
             elif compression == "gzip":
                 with gzip.GzipFile(filename="", mode="wb", fileobj=out,  # type: ignore[arg-type]
                                    compresslevel=level, mtime=0) as comp:
-                    result = write_tar(root, comp, epoch, inspect)
+                    result = write_tar(root, comp, epoch, inspect)  # type: ignore[arg-type]
             elif compression == "none":
                 result = write_tar(root, out, epoch, inspect)  # type: ignore[arg-type]
             else:

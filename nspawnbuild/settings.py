@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,9 +73,9 @@ def value_problem(value: str) -> str | None:
     return None
 
 
-def suggest(word: str, choices: object) -> str | None:
+def suggest(word: str, choices: Iterable[str]) -> str | None:
     """A 'did you mean' hint for a misspelt key, or None."""
-    match = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)  # type: ignore[arg-type]
+    match = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
     return f"did you mean '{match[0]}'?" if match else None
 
 
