@@ -274,8 +274,10 @@ def action_rootfs(recipe_path: str) -> None:
         try:
             with Sandbox(tree, name) as sandbox:
                 if sandbox.stale:
-                    log.note(f"removed {len(sandbox.stale)} cgroups a killed earlier build left: "
-                             + ", ".join(sandbox.stale))
+                    note = (f"note: removed {len(sandbox.stale)} cgroups a killed earlier build "
+                            f"of {name} left: " + ", ".join(sandbox.stale))
+                    log.note(note)
+                    print(note, file=sys.__stderr__)
                 drop_resolv_conf(new)
                 distro = make_distro(recipe)
                 ctx = RootfsContext(new, recipe, distro, log, layout.cache, sandbox=sandbox)

@@ -58,7 +58,7 @@ def processes_under(*paths: Path) -> list[str]:
 
 
 def assert_host_clean(env: Env) -> None:
-    deadline = time.monotonic() + 15  # PDEATHSIG and --kill-child act at once, reaping takes a moment
+    deadline = time.monotonic() + 5  # PDEATHSIG and --kill-child act at once
     while processes_under(env.tmp, env.cache) and time.monotonic() < deadline:
         time.sleep(0.3)
     assert processes_under(env.tmp, env.cache) == []
