@@ -55,14 +55,21 @@ def declaring_file(recipe: Recipe, key: str) -> Path:
     return recipe.path
 
 
-def recipe_file(recipe: Recipe, key: str, name: str) -> Path:
-    """A file named in a feature table, relative to the recipe file that names it."""
-    path = Path(name)
-    path = path if path.is_absolute() else declaring_file(recipe, key).parent / path
-    if not path.is_file():
-        fail(recipe, key, f"file {path} does not exist",
-             "paths are relative to the recipe file")
-    return path
+def read_recipe_file(recipe: Recipe, key: str, name: str, limit: int = 1 << 20) -> tuple[str, Path]:
+    """The text of a file named in a feature table, confined like ``[[files]] src``: inside the
+    directory of the recipe file that names it (symlinks followed; no /proc, /sys, /dev, no
+    FIFOs or devices), at most ``limit`` bytes."""
+    from .fetch import Refused, read_confined
+
+    root = declaring_file(recipe, key).parent
+    try:
+        data, real = read_confined(root, name, limit, f"a file here may have {limit} bytes")
+    except Refused as e:
+        fail(recipe, key, str(e), e.hint)
+    except OSError as e:
+        fail(recipe, key, f"cannot read {name}: {e.strerror}",
+             "paths are relative to the recipe file that names them")
+    return data.decode("utf-8", "replace"), real
 
 
 def authorized_keys(recipe: Recipe, key: str, inline: list[str], files: list[str]) -> list[str]:
@@ -74,8 +81,8 @@ def authorized_keys(recipe: Recipe, key: str, inline: list[str], files: list[str
                  f"key: {k[:40]!r}", "paste one line of an id_*.pub file, e.g. 'ssh-ed25519 AAAA... me@host'")
         keys.append(k.strip())
     for name in files:
-        path = recipe_file(recipe, f"{key}.authorized_keys_files", name)
-        for n, line in enumerate(path.read_text().splitlines(), start=1):
+        text, path = read_recipe_file(recipe, f"{key}.authorized_keys_files", name)
+        for n, line in enumerate(text.splitlines(), start=1):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue

@@ -681,3 +681,26 @@ def test_fedora_package_list_never_follows_an_image_symlink_onto_the_host(
     except Exception as e:  # an error is fine (there is no database); writing on the host is not
         assert "rpm could not read" in str(e), e
     assert list(victim.iterdir()) == []
+
+
+# -- key files named by features: confined like [[files]] src ---------------------------------
+
+@pytest.mark.parametrize("feature", ["ssh", "users"])
+@pytest.mark.parametrize("where", ["absolute", "dotdot", "proc"])
+def test_authorized_keys_files_are_confined(env: Env, host_sentinels: sentinels.Sentinels,
+                                            feature: str, where: str) -> None:
+    """A host file of public-key lines (a host's own authorized_keys) must not be shipped."""
+    outside = host_sentinels.top.parent / f"host-keys-{feature}-{where}"
+    outside.write_text(f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDecoyDecoyDecoy {host_sentinels.token}\n")
+    d = recipe_dir(env)
+    name = {"absolute": str(outside), "dotdot": os.path.relpath(outside, d),
+            "proc": "/proc/self/environ"}[where]
+    body = (f'[features.ssh]\nauthorized_keys_files = ["{name}"]\n' if feature == "ssh" else
+            f'[[features.users.accounts]]\nname = "alice"\nauthorized_keys_files = ["{name}"]\n')
+    recipe = write(d / "keys.toml", body)
+    r = run(env, "validate", str(recipe))
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and "authorized_keys_files" in r.stderr, r.stderr
+    assert str(recipe) in r.stderr and ("outside" in r.stderr or "/proc" in r.stderr), r.stderr
+    no_secret(host_sentinels, r)
+    nothing_written(env)
