@@ -8,6 +8,7 @@ that knows how to do that.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import re
 import shlex
@@ -80,7 +81,7 @@ class StepLog:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=full_env,
-            preexec_fn=die_with_parent,
+            preexec_fn=functools.partial(die_with_parent, os.getpid()),
         )
         try:
             if stdin is not None:
@@ -115,13 +116,16 @@ class StepLog:
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent: int) -> None:
     """In the child: get SIGKILL when nspawnbuild dies, even by SIGKILL.
 
-    A killed build must not leave a bootstrapper or a container running on the host.
+    A killed build must not leave a bootstrapper or a container running on the host. If the
+    build died between fork and prctl (the signal would never come), exit at once.
     """
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(137)
 
 
 def format_failure(step: str, command: str, code: int, tail: list[str], log: Path) -> str:
