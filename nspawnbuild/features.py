@@ -66,6 +66,8 @@ def read_recipe_file(recipe: Recipe, key: str, name: str, limit: int = 1 << 20) 
         data, real = read_confined(root, name, limit, f"a file here may have {limit} bytes")
     except Refused as e:
         fail(recipe, key, str(e), e.hint)
+    except FileNotFoundError:
+        fail(recipe, key, f"file {root / name} does not exist", "paths are relative to the recipe file")
     except OSError as e:
         fail(recipe, key, f"cannot read {name}: {e.strerror}",
              "paths are relative to the recipe file that names them")

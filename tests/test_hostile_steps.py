@@ -293,7 +293,7 @@ def test_sigkill_during_a_step_leaves_no_process_and_no_mount(
     recipe(path, step("true"))
     r = env.nspawnbuild("build", str(path))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "cgroups a killed earlier build left" in (env.out / "killed" / "build.log").read_text()
+    assert "cgroups a killed earlier build of killed left" in (env.out / "killed" / "build.log").read_text()
     assert not list(Path("/sys/fs/cgroup").glob("*/nspawnbuild/killed-*"))
 
 
