@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from nspawnbuild.plan import make_plan  # noqa: E402
 from nspawnbuild.recipe import load_recipe  # noqa: E402
+from nspawnbuild.reproduce import unpack  # noqa: E402
 
 PACK_PROBE = """
 import json, resource, sys, time
@@ -123,11 +124,8 @@ def main() -> None:
                      f"≤ 25 %, {'no download' if not downloads else 'DOWNLOADED'}"))
 
         # 5, 7. packing alone vs tar | zstd on the same tree; peak RSS of the packer
-        tree = tmp / "tree"  # the build's own tree is an overlay that ends with it: unpack
-        tree.mkdir()
-        subprocess.run(["tar", "-x", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-C",
-                        str(tree), "-f", str(next((b0 / "out" / recipe.name).glob("*.tar.*")))],
-                       check=True)
+        # the build's own tree is an overlay that ends with it: pack its unpacked tarball
+        tree = unpack(next((b0 / "out" / recipe.name).glob("*.tar.*")), tmp / "tree")
         ours_pack, raw_pack, rss = [], [], []
         for i in range(args.runs):
             _, r = timed([sys.executable, "-c", PACK_PROBE, str(tree), str(tmp / f"p{i}.tar.zst"),

@@ -111,7 +111,7 @@ def check(ref: str, name: str, epoch: int, parent: Path, keep: bool = False) -> 
             print(f"reproducible: {a['tarball']['sha256']}  {a['tarball']['file']}")
             return 0
         print(f"NOT reproducible: {a['tarball']['sha256']} vs {b['tarball']['sha256']}")
-        trees = [_unpack(top / str(i) / "out" / name / m["artifacts"]["tarball"]["file"],
+        trees = [unpack(top / str(i) / "out" / name / m["artifacts"]["tarball"]["file"],
                          top / str(i) / "tree") for i, m in enumerate(manifests)]
         diffs = compare_trees(trees[0], trees[1], epoch)
         for d in diffs[:200]:
@@ -128,8 +128,9 @@ def check(ref: str, name: str, epoch: int, parent: Path, keep: bool = False) -> 
             remove_tree(top)
 
 
-def _unpack(tarball: Path, dest: Path) -> Path:
-    """The tree of a built tarball (a build's own tree is an overlay that ends with it)."""
+def unpack(tarball: Path, dest: Path) -> Path:
+    """The tree of a built tarball, with owners, modes and xattrs (a build's own tree is an
+    overlay that exists only while the build runs, in its own mount namespace)."""
     dest.mkdir(parents=True, exist_ok=True)
     subprocess.run(["tar", "-x", "--numeric-owner", "--xattrs", "--xattrs-include=*",
                     "-C", str(dest), "-f", str(tarball)], check=True)

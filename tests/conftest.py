@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import sentinels
+from nspawnbuild import reproduce
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -108,10 +109,4 @@ def assert_token_absent(s: sentinels.Sentinels, *paths: Path) -> None:
             assert s.token.encode() not in data, f"{f} carries the decoy token"
 
 
-def unpack(tarball: Path, dest: Path) -> Path:
-    """The image tree of a built tarball, unpacked with owners, modes and xattrs (the build's
-    own tree is an overlay that exists only while the build runs)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    subprocess.run(f"zstd -dc '{tarball}' | tar -x --numeric-owner --xattrs "
-                   f"--xattrs-include='*' -C '{dest}' -f -", shell=True, check=True)
-    return dest
+unpack = reproduce.unpack  # the image tree of a built tarball
