@@ -49,7 +49,6 @@ import io
 import lzma
 import posixpath
 import re
-import socket
 import stat
 import struct
 import tarfile
@@ -60,6 +59,8 @@ from pathlib import Path
 from typing import Protocol
 
 import zstandard
+
+from .host import host_machine_id, host_state
 
 TARBALL_CHECKS = ("ssh-host-key", "machine-id", "resolv-conf", "hostname", "private-key",
                   "world-writable")
@@ -315,24 +316,6 @@ def private_keys(content: bytes, size: int) -> list[str]:
 
 
 # -- host state -------------------------------------------------------------------------------
-
-def host_state() -> tuple[str | None, bytes | None]:
-    """The build host's hostname and resolv.conf, to recognise them in an image."""
-    try:
-        resolv = Path("/etc/resolv.conf").read_bytes().strip() or None
-    except OSError:
-        resolv = None
-    return socket.gethostname() or None, resolv
-
-
-def host_machine_id() -> bytes | None:
-    """The build host's machine-id, to recognise it at any path of an image."""
-    try:
-        value = Path("/etc/machine-id").read_bytes().strip()
-    except OSError:
-        return None
-    return value if value and value != b"uninitialized" else None
-
 
 def resolv_is_host_specific(content: bytes) -> bool:
     """Whether a resolv.conf names this host's network (a nameserver other than loopback, or a

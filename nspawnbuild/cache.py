@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .lock import exclusive
-from .rootfs import remove_tree
+from .tree import remove_tree
 
 SIZE = re.compile(r"^(\d+(?:\.\d+)?)([KMGT]?)i?B?$", re.IGNORECASE)
 
@@ -35,13 +35,6 @@ class Entry:
     def as_dict(self) -> dict[str, object]:
         return {"kind": self.kind, "key": self.key, "path": str(self.path), "size": self.size,
                 "last_used": int(self.last_used), "description": self.description}
-
-
-def parse_size(text: str) -> int:
-    m = SIZE.match(text.strip())
-    if not m:
-        raise ValueError(f"not a size: {text!r} (use e.g. 500M or 20G)")
-    return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " "))
 
 
 def tree_size(path: Path) -> int:

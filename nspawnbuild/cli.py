@@ -207,6 +207,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_cache(args: argparse.Namespace) -> int:
     from . import cache
     from .paths import Layout
+    from .sizes import parse_size
 
     _set_layout_env(args)
     root = Layout.from_env().cache
@@ -216,7 +217,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return EXIT_BAD_INPUT
         try:
-            limit = cache.parse_size(args.max_size) if args.max_size else None
+            limit = parse_size(args.max_size) if args.max_size else None
         except ValueError as e:
             print(f"error: --max-size: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
@@ -243,7 +244,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def _human(n: float) -> str:
-    from .inspect import human_size
+    from .sizes import human_size
 
     return human_size(n)
 
@@ -292,7 +293,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_clean(args: argparse.Namespace) -> int:
     from .paths import Layout
     from .recipe import load_recipe
-    from .rootfs import remove_tree
+    from .tree import remove_tree
 
     _set_layout_env(args)
     layout = Layout.from_env()

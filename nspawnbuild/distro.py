@@ -6,14 +6,12 @@ Modelled on mkosi's ``distribution/<distro>.py``: one class per distro; the fiel
 
 from __future__ import annotations
 
-import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .errors import HostToolMissing
 from .steplog import StepLog
 
 if TYPE_CHECKING:
@@ -232,11 +230,3 @@ def distro_hooks(*classes: type[Distro]) -> tuple[Callable[[], list[str]],
         return cls(base) if cls else None
 
     return nspawnbuild_distro_names, nspawnbuild_make_distro
-
-
-def require_tool(tool: str, package: str, why: str) -> str:
-    """Return the path of ``tool`` or raise a :class:`HostToolMissing` naming its package."""
-    path = shutil.which(tool)
-    if path is None:
-        raise HostToolMissing(tool, package, why)
-    return path

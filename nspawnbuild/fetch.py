@@ -41,9 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
+from .digests import sha256_file
 from .errors import BuildError
 from .lock import exclusive
-from .pack import sha256_file
 from .schema import SOURCE_TIMEOUT_DEFAULT
 from .steplog import StepLog
 
@@ -64,7 +64,6 @@ def cache_path(cache: Path, sha256: str) -> Path:
     return cache / SOURCES_DIR / sha256.lower()
 
 
-file_sha256 = sha256_file  # the one streaming file digest of the project
 
 
 # -- local inputs: confined to the recipe's directory -----------------------------------------
@@ -273,7 +272,7 @@ def _fetch(url: str, expected: str, cache: Path, root: Path | None, limits: Limi
             if not stat.S_ISREG(st.st_mode):
                 raise BuildError(f"{dest} is not a regular file; remove it (it is where the "
                                  f"download of {url} is kept) and build again")
-            actual = file_sha256(dest)
+            actual = sha256_file(dest)
             if actual == expected:
                 note(f"source {url}: using {dest} (sha256 checked)")
                 return dest

@@ -23,6 +23,7 @@ import jsonschema
 from . import tarread
 from .errors import Problem, RecipeError
 from .schema import MACHINE_NAME_HINT, MACHINE_NAME_PATTERN
+from .sizes import human_size
 
 BAR = 30
 MAX_MANIFEST_BYTES = 16 << 20  # a manifest with 10 000 packages is about 1.5 MiB
@@ -172,15 +173,6 @@ class Artifact:
 
 def _bar(value: float, top: float) -> str:
     return "█" * max(1, round(BAR * value / top)) if top else ""
-
-
-def human_size(n: float) -> str:
-    """Bytes as B/KiB/MiB/GiB for tables."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 def inspect_report(art: Artifact, top: int = 15) -> str:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from . import tarread
+from .digests import sha256_file
 from .errors import BuildError, Problem, RecipeError
 from .inspect import (
     MAX_MANIFEST_BYTES,
@@ -32,9 +33,8 @@ from .inspect import (
     confined,
     read_bounded,
 )
-from .pack import sha256_file
 from .render import DROPIN_NAME
-from .rootfs import remove_tree
+from .tree import remove_tree
 
 IMPORT = "/lib/systemd/systemd-import"
 MAX_SUMS_BYTES = 1 << 20

@@ -270,11 +270,3 @@ def pack(root: Path, dest: Path, epoch: int, compression: str = "zstd", level: i
         tmp.unlink(missing_ok=True)
         raise
     return result
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(COPY_BUFSIZE):
-            h.update(chunk)
-    return h.hexdigest()

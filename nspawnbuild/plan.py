@@ -8,22 +8,18 @@ spec but not the bootstrap spec (whose digest is the shared cache key).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 from . import __version__
+from .digests import digest
 from .distro import Distro
 from .errors import BuildError
 from .plugins import get_plugin_manager, plugin_versions
-from .recipe import Recipe, canonical_json
+from .recipe import Recipe
 from .settings import Setting, check_setting, table_to_settings
 
 PLAN_FORMAT = 1
-
-
-def digest(doc: Any) -> str:
-    return hashlib.sha256(canonical_json(doc)).hexdigest()
 
 
 def make_distro(recipe: Recipe) -> Distro:

@@ -16,7 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .rootfs import remove_tree
+from .tree import remove_tree
 
 AT_FDCWD = -100
 RENAME_EXCHANGE = 2

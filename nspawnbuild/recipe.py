@@ -34,7 +34,7 @@ import jinja2
 import jinja2.sandbox
 import jsonschema
 
-from .cache import parse_size
+from .digests import canonical_json
 from .errors import Problem, RecipeError
 from .fetch import Refused, check_confined, is_local, local_path, read_confined
 from .plugins import get_plugin_manager
@@ -48,6 +48,7 @@ from .schema import (
     full_schema,
 )
 from .settings import suggest, table_to_settings
+from .sizes import parse_size
 
 DEFAULT_EPOCH = 1704067200  # 2024-01-01T00:00:00Z; see README "Reproducibility"
 DEFAULT_TARGET_SYSTEMD = 252
@@ -176,11 +177,6 @@ class Recipe:
         """
         doc = {"recipe": self.data, "files": [f.sha256 for f in self.files]}
         return hashlib.sha256(canonical_json(doc)).hexdigest()
-
-
-def canonical_json(obj: Any) -> bytes:
-    """Deterministic JSON bytes for digests."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 # -- finding recipes --------------------------------------------------------------------------

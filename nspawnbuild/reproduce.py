@@ -17,8 +17,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .pack import sha256_file, walk_sorted
-from .rootfs import remove_tree
+from .digests import sha256_file
+from .pack import walk_sorted
+from .tree import remove_tree
 
 #: how the two builds' environments differ
 VARIANTS = (

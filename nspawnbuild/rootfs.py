@@ -8,17 +8,17 @@ image points into the image, and ``..`` stops at its root. A hostile or merely u
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import stat
-import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO
 
 from .errors import BuildError
+from .host import host_state
 from .steplog import StepLog
+from .tree import remove_tree
 
 if TYPE_CHECKING:
     from .distro import Distro
@@ -175,38 +175,6 @@ def remove_in_root(root: Path, path: str) -> None:
         target.unlink()
 
 
-def mounts_below(path: Path) -> list[str]:
-    """Mount points at or below ``path`` (from /proc/self/mountinfo)."""
-    prefix = os.fsencode(path.resolve())
-    found = []
-    with open("/proc/self/mountinfo", "rb") as fh:  # bytes: mount points need not be UTF-8
-        for line in fh:
-            # the kernel escapes space, tab, newline and backslash as \ooo, nothing else
-            mnt = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), line.split()[4])
-            if mnt == prefix or mnt.startswith(prefix.rstrip(b"/") + b"/"):
-                found.append(os.fsdecode(mnt))
-    return found
-
-
-def remove_tree(path: Path) -> None:
-    """Delete a work or cache directory, never crossing into a mount or another filesystem."""
-    if not path.exists() and not path.is_symlink():
-        return
-    if path.is_symlink() or not path.is_dir():
-        path.unlink()
-        return
-    mounted = mounts_below(path)
-    if mounted:
-        raise BuildError(f"refusing to remove {path}: something is mounted below it "
-                         f"({', '.join(mounted)}); unmount it first")
-    subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], check=True)
-
-
-def copy_tree(src: Path, dest: Path) -> None:
-    """Copy a tree keeping owners, modes, hardlinks, xattrs (file capabilities) and timestamps."""
-    subprocess.run(["cp", "-a", "--reflink=auto", "--", str(src), str(dest)], check=True)
-
-
 # -- scrubbing --------------------------------------------------------------------------------
 
 #: files that carry host state, secrets or run-to-run noise; removed from every image
@@ -250,8 +218,6 @@ def drop_resolv_conf(root: Path) -> None:
 def _is_host_resolv_conf(path: Path) -> bool:
     """An empty resolv.conf (nspawn's mount point) or the build host's: host state, not the
     recipe's. A resolv.conf with other content was written by the recipe and stays."""
-    from .audit import host_state
-
     content = path.read_bytes().strip()
     return not content or content == host_state()[1]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from .errors import BuildError
 from .inspect import Artifact
 from .install import import_tarball, verify
-from .rootfs import remove_tree
+from .tree import remove_tree
 
 TRUSTED = Path("/run/systemd/nspawn")
 

@@ -29,8 +29,8 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from .distro import require_tool
 from .errors import BuildError
+from .host import require_tool
 from .namespaces import UserNamespace
 from .overlay import ImageTree
 from .rootfs import make_dirs, resolve_in_root, write_file

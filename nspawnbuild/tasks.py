@@ -24,31 +24,24 @@ from doit.tools import config_changed
 
 from . import audit, cache
 from .cache import touch
+from .digests import digest, sha256_file
 from .errors import BuildError, NspawnbuildError, RecipeError, error_lines
 from .lock import exclusive, hold, hold_shared, release_shared
 from .namespaces import enter_private_mount_namespace, require_private_mount_namespace
 from .overlay import ImageTree, umount
-from .pack import SUFFIXES, pack, sha256_file
+from .pack import SUFFIXES, pack
 from .paths import Layout, dropin_name, nspawn_name, tarball_name
-from .plan import Plan, digest, make_distro, make_plan
+from .plan import Plan, make_distro, make_plan
 from .plugins import get_plugin_manager
 from .publish import publish
 from .recipe import Recipe, list_recipes, load_recipe
 from .render import render_dropin, render_nspawn
 from .reporter import Reporter
-from .rootfs import (
-    RootfsContext,
-    copy_tree,
-    drop_resolv_conf,
-    mounts_below,
-    parse_owner,
-    remove_tree,
-    scrub,
-    write_file,
-)
+from .rootfs import RootfsContext, drop_resolv_conf, parse_owner, scrub, write_file
 from .sandbox import Sandbox
 from .settings import Setting
 from .steplog import StepLog
+from .tree import copy_tree, mounts_below, remove_tree
 
 STAGES = ("resolve", "bootstrap", "rootfs", "pack", "configure", "manifest")
 

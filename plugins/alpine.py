@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from nspawnbuild import hookimpl
+from nspawnbuild.digests import sha256_file
 from nspawnbuild.distro import Distro, Package, distro_hooks
 from nspawnbuild.errors import BuildError
 from nspawnbuild.features import fail
-from nspawnbuild.fetch import fetch, file_sha256
+from nspawnbuild.fetch import fetch
 from nspawnbuild.paths import Layout
 from nspawnbuild.recipe import Recipe
 from nspawnbuild.rootfs import (
@@ -152,7 +153,7 @@ class Alpine(Distro):
         """The mirror, the apk URL and the keys, wherever they come from (recipe or environment)."""
         inputs: dict[str, Any] = {}
         for name, get in (("mirror", self.mirror), ("apk_static", self.apk_static),
-                          ("keys", lambda: {k.name: file_sha256(k) for k in self.keys()})):
+                          ("keys", lambda: {k.name: sha256_file(k) for k in self.keys()})):
             try:
                 inputs[name] = get()
             except BuildError:  # said when bootstrapping; planning works without it

@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from nspawnbuild import hookimpl
-from nspawnbuild.distro import Distro, Package, distro_hooks, require_tool
+from nspawnbuild.distro import Distro, Package, distro_hooks
 from nspawnbuild.errors import BuildError, HostToolMissing
 from nspawnbuild.features import fail
+from nspawnbuild.host import require_tool
 from nspawnbuild.recipe import Recipe
-from nspawnbuild.rootfs import RootfsContext, read_text_in_root, remove_tree, resolve_in_root
+from nspawnbuild.rootfs import RootfsContext, read_text_in_root, resolve_in_root
 from nspawnbuild.sandbox import isolated
 from nspawnbuild.steplog import StepLog
+from nspawnbuild.tree import remove_tree
 
 DEBOOTSTRAP_VARIANTS = {"minbase", "buildd", "fakechroot"}
 

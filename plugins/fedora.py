@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from nspawnbuild import hookimpl
-from nspawnbuild.distro import Distro, Package, distro_hooks, require_tool
+from nspawnbuild.digests import sha256_file
+from nspawnbuild.distro import Distro, Package, distro_hooks
 from nspawnbuild.errors import BuildError
 from nspawnbuild.features import fail
-from nspawnbuild.fetch import file_sha256
+from nspawnbuild.host import require_tool
 from nspawnbuild.recipe import Recipe
 from nspawnbuild.rootfs import RootfsContext, empty_dir, resolve_in_root
 from nspawnbuild.sandbox import isolated
@@ -141,7 +142,7 @@ class Fedora(Distro):
     def bootstrap_inputs(self) -> dict[str, Any]:
         if self.base.get("repos"):
             return {}
-        return {"host_repos": {str(p): file_sha256(p) for d in self.host_repo_dirs()
+        return {"host_repos": {str(p): sha256_file(p) for d in self.host_repo_dirs()
                                for p in sorted(Path(d).glob("*.repo"))}}
 
     def bootstrap(self, dest: Path, packages: list[str], epoch: int, log: StepLog) -> None:

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, ROOT
-from nspawnbuild.cache import entries, parse_size, prune
+from nspawnbuild.cache import entries, prune
 from nspawnbuild.plan import make_plan
 from nspawnbuild.recipe import load_recipe
+from nspawnbuild.sizes import parse_size
 
 DAY = 86400
 

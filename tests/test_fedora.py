@@ -40,7 +40,7 @@ def test_dnf_command_line_and_configuration(monkeypatch: pytest.MonkeyPatch,
 
     monkeypatch.setattr(fedora.subprocess, "run", lambda *a, **k: type("R", (), {
         "stdout": "4.14.0\n", "returncode": 0})())
-    monkeypatch.setattr("nspawnbuild.distro.shutil.which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr("nspawnbuild.host.shutil.which", lambda name: f"/usr/bin/{name}")
     d = Fedora({"distro": "fedora", "release": "41", "arch": "x86_64", "repos": [REPO]})
     log = Log()
     d.bootstrap(tmp_path / "root", ["fedora-release", "systemd", "vim"], 1700000000, log)  # type: ignore[arg-type]
@@ -75,7 +75,7 @@ def test_no_repositories_anywhere_is_a_clear_error(monkeypatch: pytest.MonkeyPat
 
 
 def test_missing_dnf_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("nspawnbuild.distro.shutil.which", only(set()))
+    monkeypatch.setattr("nspawnbuild.host.shutil.which", only(set()))
     with pytest.raises(HostToolMissing, match=r"'dnf' is not installed .* apt-get install dnf"):
         Fedora({"distro": "fedora"}).bootstrapper()
 

@@ -37,6 +37,7 @@ from nspawnbuild.errors import BuildError
 from nspawnbuild.fetch import DEFAULT_DEADLINE, DEFAULT_MAX_SIZE, Limits, cache_path, fetch
 from nspawnbuild.recipe import load_recipe
 from nspawnbuild.schema import SOURCE_MAX_SIZE_DEFAULT, SOURCE_TIMEOUT_DEFAULT
+from nspawnbuild.sizes import parse_size
 
 BASE_RECIPE = ROOT / "recipes" / "debian-base.toml"
 NO_PROXY = {"no_proxy": "127.0.0.1", "NO_PROXY": "127.0.0.1"}
@@ -493,7 +494,7 @@ def test_source_limits_in_the_recipe(env: Env, host_sentinels: sentinels.Sentine
     loaded = load_recipe(recipe)
     assert [(s.max_size, s.timeout) for s in loaded.sources] == [
         (DEFAULT_MAX_SIZE, DEFAULT_DEADLINE), (3 << 29, 90), (4096, SOURCE_TIMEOUT_DEFAULT)]
-    assert cache_mod.parse_size(SOURCE_MAX_SIZE_DEFAULT) == DEFAULT_MAX_SIZE == 4 << 30
+    assert parse_size(SOURCE_MAX_SIZE_DEFAULT) == DEFAULT_MAX_SIZE == 4 << 30
     for extra, key in (('max_size = "0"\n', "max_size"), ('max_size = "2X"\n', "max_size"),
                        ("max_size = -1\n", "max_size"), ("timeout = 0\n", "timeout"),
                        ('timeout = "1h"\n', "timeout"), ("timeout = 1.5\n", "timeout")):

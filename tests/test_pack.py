@@ -25,7 +25,8 @@ import pytest
 import zstandard
 
 import nspawnbuild.pack as pack_mod
-from nspawnbuild.pack import SUFFIXES, pack, sha256_file, walk_sorted
+from nspawnbuild.digests import sha256_file
+from nspawnbuild.pack import SUFFIXES, pack, walk_sorted
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: owners, mknod, setcap")
 
