@@ -1,4 +1,8 @@
-"""nspawnbuild: reproducible, incremental, pluggable systemd-nspawn images from TOML recipes."""
+"""nspawnbuild: reproducible, incremental, pluggable systemd-nspawn images from TOML recipes.
+
+Nothing but the version lives here, so that importing any module of the package imports no
+other: plugins take their marker from :mod:`nspawnbuild.hookspecs`.
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 
@@ -7,6 +11,4 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+source"
 
-from .plugins import hookimpl  # noqa: E402  (plugins import `nspawnbuild.hookimpl`)
-
-__all__ = ["__version__", "hookimpl"]
+__all__ = ["__version__"]

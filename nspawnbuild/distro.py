@@ -7,15 +7,14 @@ Modelled on mkosi's ``distribution/<distro>.py``: one class per distro; the fiel
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
+from .errors import Problem
+from .recipe.sourcemap import SourceMap
 from .steplog import StepLog
-
-if TYPE_CHECKING:
-    from .rootfs import RootfsContext
 
 
 @dataclass(frozen=True, order=True)
@@ -35,7 +34,9 @@ class Package:
 class Distro(ABC):
     """One distro family's way of making and maintaining a root filesystem.
 
-    An instance is made from a recipe's ``[base]`` table (see ``nspawnbuild_make_distro``).
+    An instance is made once per recipe, from its ``[base]`` table, when the recipe is loaded
+    (a plugin returns its classes from ``nspawnbuild_distros``). It knows bootstrapping and
+    package-manager work only; what a feature needs to know of a distro is in ``traits``.
     Methods that change a tree get the tree's path; methods that must run inside the image
     return an argv that the caller runs in the sandbox, so that the distro object never
     executes anything from the image on the host.
@@ -43,7 +44,7 @@ class Distro(ABC):
 
     #: the ``[base] distro`` value
     name: ClassVar[str]
-    #: JSON Schema properties this distro accepts in ``[base]`` besides the common ones
+    #: JSON Schema properties this distro accepts in ``[base]`` besides distro, release, arch
     base_schema: ClassVar[dict[str, Any]] = {}
     #: the init system the guest runs; anything but "systemd" gets ``KillSignal=SIGTERM``
     init: ClassVar[str] = "systemd"
@@ -112,121 +113,12 @@ class Distro(ABC):
     def clean(self, root: Path) -> None:
         """Remove package manager caches and lists from the tree."""
 
-    # -- what feature plugins ask, so that they never branch on the distro ----------------
-    #: the ssh server's service name
-    ssh_service: ClassVar[str] = "sshd"
-    #: True when the distro's ssh service makes missing host keys itself on first start
-    ssh_generates_host_keys: ClassVar[bool] = True
-    #: how the guest configures ``host0``: "networkd" or "ifupdown"
-    network_backend: ClassVar[str] = "networkd"
-    #: packages for the ifupdown backend, and its service
-    ifupdown_packages: ClassVar[list[str]] = ["ifupdown"]
-    ifupdown_service: ClassVar[str] = "networking"
-    #: the network backends the distro can run: "networkd", "ifupdown"
-    network_backends: ClassVar[tuple[str, ...]] = ("networkd", "ifupdown")
-    #: packages systemd-networkd needs besides systemd (Fedora ships it separately)
-    networkd_packages: ClassVar[list[str]] = []
-    #: packages that provide useradd/groupadd (Debian has them in an essential package)
-    user_packages: ClassVar[list[str]] = []
-    #: the archive component that must be enabled for NVIDIA's user-space, if any
-    nonfree_component: ClassVar[str | None] = None
+    # -- checks and facts for features -----------------------------------------------------
+    #: facts feature plugins need, as plain data: ``{feature name: {trait: value}}``; each
+    #: feature declares its traits (with defaults) in its own module, see nspawnbuild.feature
+    traits: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
 
-    def add_group_command(self, name: str, gid: int | None, system: bool) -> list[str]:
-        """argv that creates a group unless it exists (run in the sandbox)."""
-        argv = ["groupadd", "-f"]
-        if gid is not None:
-            argv += ["-g", str(gid)]
-        if system:
-            argv.append("-r")
-        return [*argv, name]
-
-    def add_user_command(self, name: str, *, uid: int | None, group: str | None,
-                         groups: list[str], shell: str, home: str, system: bool) -> list[str]:
-        """argv that creates a user with a home directory (run in the sandbox)."""
-        argv = ["useradd", "-m", "-d", home, "-s", shell]
-        if uid is not None:
-            argv += ["-u", str(uid)]
-        if group:
-            argv += ["-g", group]
-        if groups:
-            argv += ["-G", ",".join(groups)]
-        if system:
-            argv.append("-r")
-        return [*argv, name]
-
-    def locale_packages(self, locales: list[str]) -> list[str]:
-        """Packages that provide ``locales`` (``en_US.UTF-8``, ...)."""
+    def validate(self, sources: SourceMap) -> list[Problem]:
+        """Problems with ``[base]`` that the distro's schema cannot express (keys that exclude
+        each other), made with ``sources.problem("base.KEY", message, hint)``."""
         return []
-
-    def configure_locales(self, ctx: RootfsContext, locales: list[str], lang: str) -> None:
-        """Generate ``locales`` inside the image and make ``lang`` the default."""
-        raise NotImplementedError(f"{self.name} does not support [features.locales] yet")
-
-    def timezone_packages(self) -> list[str]:
-        return ["tzdata"]
-
-    def nvidia_packages(self, driver_version: str) -> list[str]:
-        """NVIDIA user-space packages pinned to ``driver_version`` (the kernel module's)."""
-        raise NotImplementedError(f"{self.name} has no NVIDIA user-space packages configured")
-
-    def spec_name(self, spec: str) -> str:
-        """The package name in an install spec with a pinned version (``name=1.2-*``)."""
-        return spec.split("=")[0]
-
-    def version_matches(self, installed: str, wanted: str) -> bool:
-        """Whether an installed version (as ``list_packages`` gives it) is upstream ``wanted``."""
-        return installed.split(":", 1)[-1].startswith(f"{wanted}-")
-
-    def install_firstboot(self, ctx: RootfsContext, script: str) -> None:
-        """Make ``script`` (a path in the image) run once, on the container's first boot.
-
-        The default is a systemd oneshot unit guarded by a stamp file; it is ordered after the
-        network is up, and a failed run is retried on the next boot.
-        """
-        ctx.write_file(f"/etc/systemd/system/{FIRSTBOOT_UNIT}", FIRSTBOOT_SERVICE.format(
-            script=script, stamp=FIRSTBOOT_STAMP))
-        ctx.enable_service(FIRSTBOOT_UNIT)
-
-
-FIRSTBOOT_UNIT = "nspawnbuild-firstboot.service"
-FIRSTBOOT_STAMP = "/var/lib/nspawnbuild/firstboot.done"
-FIRSTBOOT_SERVICE = """\
-# Generated by nspawnbuild: runs the image's first-boot commands once per container.
-[Unit]
-Description=nspawnbuild first-boot commands
-Wants=network-online.target
-After=network-online.target
-ConditionPathExists=!{stamp}
-
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-ExecStart={script}
-ExecStartPost=/bin/mkdir -p /var/lib/nspawnbuild
-ExecStartPost=/bin/touch {stamp}
-
-[Install]
-WantedBy=multi-user.target
-"""
-
-
-def distro_hooks(*classes: type[Distro]) -> tuple[Callable[[], list[str]],
-                                                  Callable[[dict[str, Any]], Distro | None]]:
-    """The two hooks of a distro plugin, for its classes::
-
-        nspawnbuild_distro_names, nspawnbuild_make_distro = distro_hooks(Fedora)
-    """
-    from . import hookimpl
-
-    known = {cls.name: cls for cls in classes}
-
-    @hookimpl
-    def nspawnbuild_distro_names() -> list[str]:
-        return sorted(known)
-
-    @hookimpl
-    def nspawnbuild_make_distro(base: dict[str, Any]) -> Distro | None:
-        cls = known.get(base.get("distro", ""))
-        return cls(base) if cls else None
-
-    return nspawnbuild_distro_names, nspawnbuild_make_distro

@@ -1,27 +1,79 @@
-"""The plugin manager: built-in and third-party plugins load through one entry-point group."""
+"""The plugin registry: built-in and third-party plugins load through one entry-point group.
+
+Loading asks every plugin once for its distro and feature classes; the :class:`Registry` then
+answers by name. Built-in plugins are registered exactly like third-party ones (see
+``pyproject.toml``).
+"""
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
 import pluggy
 
 from . import hookspecs
+from .distro import Distro
+from .feature import AnyFeature
 
 ENTRY_POINT_GROUP = "nspawnbuild"
-hookimpl = pluggy.HookimplMarker("nspawnbuild")
+
+
+@dataclass(frozen=True)
+class Registry:
+    """Every distro and feature class the loaded plugins provide, by name."""
+
+    distros: dict[str, type[Distro]]
+    features: dict[str, type[AnyFeature]]
+    #: which plugin provided each distro and feature (for ``nspawnbuild plugins``, errors)
+    provider: dict[str, str]
+    manager: pluggy.PluginManager
+
+    def feature_order(self) -> list[type[AnyFeature]]:
+        """Feature classes in the order they run: by ``order``, then as registered."""
+        ranked = list(self.features.values())
+        return sorted(ranked, key=lambda cls: (cls.order, ranked.index(cls)))
+
+    def plugin_versions(self) -> dict[str, str]:
+        """``{plugin name: distribution version}`` so code changes invalidate cached steps."""
+        pm = self.manager
+        versions: dict[str, str] = {}
+        for plugin, dist in pm.list_plugin_distinfo():
+            versions[pm.get_name(plugin) or repr(plugin)] = f"{dist.project_name} {dist.version}"
+        return dict(sorted(versions.items()))
 
 
 @functools.cache
-def get_plugin_manager() -> pluggy.PluginManager:
-    """Return the process-wide manager with every plugin of the entry-point group loaded."""
-    pm = pluggy.PluginManager("nspawnbuild")
+def get_registry() -> Registry:
+    """The process-wide registry, with every plugin of the entry-point group loaded."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     pm.check_pending()
-    return pm
+    distros: dict[str, type[Distro]] = {}
+    features: dict[str, type[AnyFeature]] = {}
+    provider: dict[str, str] = {}
+    # pluggy calls the last registered plugin first; the registry keeps load order
+    for plugin in [p for _, p in pm.list_name_plugin()]:
+        name = pm.get_name(plugin) or repr(plugin)
+        hook = getattr(plugin, "nspawnbuild_distros", None)
+        for cls in (hook() if hook else []) or []:
+            _add(distros, provider, cls, name, "distro")
+        hook = getattr(plugin, "nspawnbuild_features", None)
+        for fcls in (hook() if hook else []) or []:
+            _add(features, provider, fcls, name, "feature")
+    return Registry(distros, features, provider, pm)
+
+
+def _add(table: dict[str, Any], provider: dict[str, str], cls: Any, plugin: str, kind: str) -> None:
+    key = f"{kind}:{cls.name}"
+    if cls.name in table:
+        raise RuntimeError(f"plugins '{provider[key]}' and '{plugin}' both provide the {kind} "
+                           f"'{cls.name}'; uninstall one of them")
+    table[cls.name] = cls
+    provider[key] = plugin
 
 
 def registered_entry_points() -> dict[str, str]:
@@ -29,33 +81,21 @@ def registered_entry_points() -> dict[str, str]:
     return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
-def plugin_versions() -> dict[str, str]:
-    """Return ``{plugin name: distribution version}`` so code changes invalidate cached steps."""
-    pm = get_plugin_manager()
-    versions: dict[str, str] = {}
-    for plugin, dist in pm.list_plugin_distinfo():
-        versions[pm.get_name(plugin) or repr(plugin)] = f"{dist.project_name} {dist.version}"
-    return dict(sorted(versions.items()))
-
-
 def describe_plugins() -> list[dict[str, Any]]:
     """Describe each loaded plugin: its name, distribution, hooks, distros and features."""
-    pm = get_plugin_manager()
+    reg = get_registry()
+    pm = reg.manager
     dists = {id(p): d for p, d in pm.list_plugin_distinfo()}
     rows = []
     for name, plugin in sorted(pm.list_name_plugin(), key=lambda item: item[0]):
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
         dist = dists.get(id(plugin))
-        distros = plugin.nspawnbuild_distro_names() if hasattr(
-            plugin, "nspawnbuild_distro_names") else []
-        features = sorted(plugin.nspawnbuild_feature_schemas()) if hasattr(
-            plugin, "nspawnbuild_feature_schemas") else []
         rows.append({
             "name": name,
             "module": getattr(plugin, "__name__", repr(plugin)),
             "distribution": f"{dist.project_name} {dist.version}" if dist else None,
             "hooks": hooks,
-            "distros": distros,
-            "features": features,
+            "distros": sorted(d for d in reg.distros if reg.provider[f"distro:{d}"] == name),
+            "features": sorted(f for f in reg.features if reg.provider[f"feature:{f}"] == name),
         })
     return rows

@@ -31,9 +31,9 @@ from pathlib import Path
 
 from .errors import BuildError
 from .host import require_tool
+from .imagefs import make_dirs, resolve_in_root, write_file
 from .namespaces import UserNamespace
 from .overlay import ImageTree
-from .rootfs import make_dirs, resolve_in_root, write_file
 from .steplog import StepLog
 
 #: environment every command in the sandbox gets

@@ -26,6 +26,7 @@ from . import audit, cache
 from .cache import touch
 from .digests import digest, sha256_file
 from .errors import BuildError, NspawnbuildError, RecipeError, error_lines
+from .imagefs import parse_owner, write_file
 from .lock import exclusive, hold, hold_shared, release_shared
 from .namespaces import enter_private_mount_namespace, require_private_mount_namespace
 from .overlay import ImageTree, umount
@@ -37,7 +38,7 @@ from .publish import publish
 from .recipe import Recipe, list_recipes, load_recipe
 from .render import render_dropin, render_nspawn
 from .reporter import Reporter
-from .rootfs import RootfsContext, drop_resolv_conf, parse_owner, scrub, write_file
+from .rootfs import RootfsContext, drop_resolv_conf, scrub
 from .sandbox import Sandbox
 from .settings import Setting
 from .steplog import StepLog

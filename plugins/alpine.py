@@ -26,16 +26,10 @@ from nspawnbuild.distro import Distro, Package, distro_hooks
 from nspawnbuild.errors import BuildError
 from nspawnbuild.features import fail
 from nspawnbuild.fetch import fetch
+from nspawnbuild.imagefs import empty_dir, make_dirs, read_text_in_root, resolve_in_root, write_file
 from nspawnbuild.paths import Layout
 from nspawnbuild.recipe import Recipe
-from nspawnbuild.rootfs import (
-    RootfsContext,
-    empty_dir,
-    make_dirs,
-    read_text_in_root,
-    resolve_in_root,
-    write_file,
-)
+from nspawnbuild.rootfs import RootfsContext
 from nspawnbuild.sandbox import isolated
 from nspawnbuild.steplog import StepLog
 

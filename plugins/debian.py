@@ -18,8 +18,9 @@ from nspawnbuild.distro import Distro, Package, distro_hooks
 from nspawnbuild.errors import BuildError, HostToolMissing
 from nspawnbuild.features import fail
 from nspawnbuild.host import require_tool
+from nspawnbuild.imagefs import read_text_in_root, resolve_in_root
 from nspawnbuild.recipe import Recipe
-from nspawnbuild.rootfs import RootfsContext, read_text_in_root, resolve_in_root
+from nspawnbuild.rootfs import RootfsContext
 from nspawnbuild.sandbox import isolated
 from nspawnbuild.steplog import StepLog
 from nspawnbuild.tree import remove_tree

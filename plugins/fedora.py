@@ -26,8 +26,9 @@ from nspawnbuild.distro import Distro, Package, distro_hooks
 from nspawnbuild.errors import BuildError
 from nspawnbuild.features import fail
 from nspawnbuild.host import require_tool
+from nspawnbuild.imagefs import empty_dir, resolve_in_root
 from nspawnbuild.recipe import Recipe
-from nspawnbuild.rootfs import RootfsContext, empty_dir, resolve_in_root
+from nspawnbuild.rootfs import RootfsContext
 from nspawnbuild.sandbox import isolated
 from nspawnbuild.steplog import StepLog
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from nspawnbuild.errors import BuildError
-from nspawnbuild.rootfs import make_dirs, remove_in_root, resolve_in_root, write_file
+from nspawnbuild.imagefs import make_dirs, remove_in_root, resolve_in_root, write_file
 from nspawnbuild.tree import mounts_below, remove_tree
 
 UP = "../" * 24  # far more than enough to reach / from anywhere under tmp_path

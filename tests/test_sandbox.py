@@ -11,8 +11,8 @@ import pytest
 
 from nspawnbuild import sandbox
 from nspawnbuild.errors import BuildError
+from nspawnbuild.imagefs import MAX_READ, read_text_in_root
 from nspawnbuild.lock import hold_shared, release_shared
-from nspawnbuild.rootfs import MAX_READ, read_text_in_root
 
 
 def test_uid_ranges_are_distinct_and_outside_nspawn_and_systemd_ranges() -> None:

@@ -30,9 +30,9 @@ import zstandard
 from conftest import ROOT, Env, artifact_digests
 from nspawnbuild.errors import BuildError, RecipeError
 from nspawnbuild.fetch import cache_path, fetch
+from nspawnbuild.imagefs import copy_file
 from nspawnbuild.plan import make_plan
 from nspawnbuild.recipe import load_recipe
-from nspawnbuild.rootfs import copy_file
 from nspawnbuild.sandbox import nspawn_argv
 from nspawnbuild_plugins.sources import GUEST_PATH, extract_command
 

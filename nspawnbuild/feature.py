@@ -1,0 +1,191 @@
+"""The feature API: one class per ``[features.<name>]`` table, and helpers for feature authors.
+
+A feature plugin is one module under ``plugins/`` (or a third-party distribution) that defines a
+:class:`Feature` subclass and registers it through the one hook ``nspawnbuild_features``::
+
+    @dataclass(frozen=True)
+    class MotdConfig:
+        text: str = "welcome"
+
+    class Motd(Feature[MotdConfig, NoTraits]):
+        name = "motd"
+        config_class = MotdConfig
+        properties = {"text": {"type": "string", "description": "the message"}}
+
+        def configure(self, ctx: RootfsContext) -> None:
+            ctx.write_file("/etc/motd", self.config.text + "\\n")
+
+    @hookimpl
+    def nspawnbuild_features() -> list[type[Feature[Any, Any]]]:
+        return [Motd]
+
+The core makes one object per enabled feature when the recipe is loaded (its table parsed once
+into ``config``; the JSON Schema, with the config's defaults as ``default``, has checked it
+first), and calls only the features a recipe turns on, each method once per build, in ``order``.
+Every method has a no-op default, so a feature implements only what it does.
+
+Facts a feature needs from a distro (the ssh service's name, the packages that provide
+``useradd``) are the feature's **traits**: a frozen dataclass with defaults that the feature
+declares, and that a distro plugin fills in with plain data (``Distro.traits[feature name]``),
+so that neither module imports the other and a new distro or feature is one new module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, TypeVar
+
+from .distro import Distro
+from .errors import Problem, RecipeError
+from .recipe.model import Recipe
+from .rootfs import RootfsContext
+from .settings import Setting
+
+C = TypeVar("C")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class NoConfig:
+    """The config of a feature whose table has no keys (``[features.gpu-dri]``)."""
+
+
+@dataclass(frozen=True)
+class NoTraits:
+    """The traits of a feature that needs no facts from the distro."""
+
+
+class Feature(Generic[C, T]):
+    """One ``[features.<name>]`` table: how it is checked, and what it adds to an image.
+
+    Subclasses set ``name``, ``config_class`` and ``properties`` (JSON Schema of the table's
+    keys; ``default`` comes from the config class), optionally ``traits_class``, ``required``,
+    ``order`` and ``always``, and override the methods they need.
+    """
+
+    #: the table's name: ``[features.<name>]``
+    name: ClassVar[str]
+    #: a frozen dataclass whose fields are the table's keys (``parse`` makes it from the table)
+    config_class: ClassVar[type[Any]] = NoConfig
+    #: a frozen dataclass with defaults: the facts the feature needs from a distro
+    traits_class: ClassVar[type[Any]] = NoTraits
+    #: JSON Schema of each key of the table
+    properties: ClassVar[dict[str, Any]] = {}
+    #: keys the table must have
+    required: ClassVar[tuple[str, ...]] = ()
+    #: one line for ``nspawnbuild plugins`` and the schema
+    description: ClassVar[str] = ""
+    #: features run in ascending order (ties: registration order); built-ins use 10..90
+    order: ClassVar[int] = 100
+    #: on for every recipe, with its defaults, even without a table (``basics``)
+    always: ClassVar[bool] = False
+
+    def __init__(self, config: C, traits: T):
+        self.config = config
+        self.traits = traits
+
+    # -- made by the core -------------------------------------------------------------------
+    @classmethod
+    def schema(cls) -> dict[str, Any]:
+        """The table's JSON Schema: ``properties`` with each config default as ``default``."""
+        props = {k: dict(v) for k, v in cls.properties.items()}
+        if dataclasses.is_dataclass(cls.config_class):
+            for f in dataclasses.fields(cls.config_class):
+                default = f.default
+                if f.name in props and default is not dataclasses.MISSING \
+                        and isinstance(default, str | int | bool | float) and "default" not in props[f.name]:
+                    props[f.name]["default"] = default
+        schema: dict[str, Any] = {"type": "object", "additionalProperties": False,
+                                  "properties": props}
+        if cls.required:
+            schema["required"] = list(cls.required)
+        if cls.description:
+            schema["description"] = cls.description
+        return schema
+
+    @classmethod
+    def parse(cls, table: Mapping[str, Any]) -> C:
+        """The config from a table the schema accepted (override for nested tables)."""
+        return cls.config_class(**table)  # type: ignore[no-any-return]
+
+    @classmethod
+    def traits_for(cls, distro: Distro) -> T:
+        """This feature's traits as ``distro`` fills them in (defaults for what it leaves out)."""
+        given = dict(distro.traits.get(cls.name, {}))
+        known = {f.name for f in dataclasses.fields(cls.traits_class)}
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise TypeError(f"distro plugin '{distro.name}' gives feature '{cls.name}' traits it "
+                            f"does not declare: {', '.join(unknown)}")
+        return cls.traits_class(**given)  # type: ignore[no-any-return]
+
+    @classmethod
+    def make(cls, table: Mapping[str, Any], distro: Distro) -> Feature[C, T]:
+        return cls(cls.parse(table), cls.traits_for(distro))
+
+    # -- what a feature may do (all no-ops by default) ----------------------------------------
+    def validate(self, recipe: Recipe[Feature[Any, Any]]) -> list[Problem]:
+        """Problems the schema cannot see, made with ``recipe.sources.problem(key, msg, hint)``.
+
+        Called once, when the recipe is loaded, before any other method; every problem of every
+        feature is reported together. Files the table names are read here, with
+        ``recipe.sources.read_file``; keep what you read on ``self`` for the later methods."""
+        return []
+
+    def packages(self, recipe: Recipe[Feature[Any, Any]]) -> list[str]:
+        """Distro package names to install (``recipe.distro.map_package`` translates generic
+        names). They are part of the bootstrap's cache key: keep the list deterministic."""
+        return []
+
+    def digest(self, recipe: Recipe[Feature[Any, Any]]) -> Any:
+        """JSON data that shapes ``configure`` besides the table itself (the content of a file
+        the table names, a template shipped with the plugin), so that a change rebuilds."""
+        return None
+
+    def configure(self, ctx: RootfsContext) -> None:
+        """Change the bootstrapped tree, before the recipe's ``[[files]]`` and ``[[post]]``.
+
+        Write through ``ctx.write_file()`` / ``ctx.path()`` (symlink-safe inside the image) and
+        run commands inside the image with ``ctx.run()`` (the sandbox). Never touch the host."""
+
+    def finalize(self, ctx: RootfsContext) -> None:
+        """Check or change the tree after the post-steps, before host state is scrubbed."""
+
+    def nspawn_settings(self, recipe: Recipe[Feature[Any, Any]]) -> list[Setting]:
+        """Settings for the ``.nspawn`` file (``Bind=`` may repeat). The recipe's own
+        ``[nspawn]`` table comes after every feature's, so it can override a single-valued key."""
+        return []
+
+    def unit_settings(self, recipe: Recipe[Feature[Any, Any]]) -> list[Setting]:
+        """Settings for the ``systemd-nspawn@NAME.service`` drop-in (``DeviceAllow=`` ...)."""
+        return []
+
+    def firstboot(self, recipe: Recipe[Feature[Any, Any]]) -> list[str]:
+        """Shell commands to run once, on each container's first boot, on the target host
+        (work that needs the host's network, a key made per container)."""
+        return []
+
+
+AnyFeature = Feature[Any, Any]
+
+
+def problems_of(errors: Iterable[RecipeError]) -> list[Problem]:
+    """The problems of several RecipeErrors, in order."""
+    return [p for e in errors for p in e.problems]
+
+
+# -- helpers for feature authors ----------------------------------------------------------------
+
+SSH_KEY = re.compile(
+    r"^(?:(?:[a-z-]+(?:=\"[^\"]*\")?,?)+ )?"  # optional options, e.g. no-pty,from="..."
+    r"(ssh-ed25519|ssh-rsa|ssh-dss|ecdsa-sha2-nistp(?:256|384|521)|"
+    r"sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com)"
+    r" [A-Za-z0-9+/]+={0,3}(?: [^\n\r]*)?$")
+CRYPT_HASH = re.compile(r"^\$(1|5|6|y|gy|7|2[abxy]?)\$[./A-Za-z0-9$=,]{8,}$")
+# absolute, no "." or ".." component (the first one included), no ':' (nspawn's separator),
+# no backslash (nspawn reads it as an escape), no control characters
+ABS_PATH = r"^/(?!(.*/)?\.\.?(/|$))[^\x00-\x1f\x7f:\\]*$"
+KEYS_SCHEMA: dict[str, Any] = {"type": "array", "items": {"type": "string", "minLength": 1}}
