@@ -46,6 +46,9 @@ class Distro(ABC):
     name: ClassVar[str]
     #: JSON Schema properties this distro accepts in ``[base]`` besides distro, release, arch
     base_schema: ClassVar[dict[str, Any]] = {}
+    #: ``[base]`` keys other distros take that this one refuses, with a hint each: the loader
+    #: reports "NAME does not use KEY (HINT)" instead of a bare unknown key
+    unused_keys: ClassVar[Mapping[str, str]] = {}
     #: the init system the guest runs; anything but "systemd" gets ``KillSignal=SIGTERM``
     init: ClassVar[str] = "systemd"
     #: bump when the way ``bootstrap()`` calls its tool changes: it is part of the cache key
