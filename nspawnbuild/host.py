@@ -1,8 +1,12 @@
-"""Facts about the build host: its programs, their versions, its name and its resolver.
+"""The build host: its programs (found, asked for a version, or run for a quick job), its name
+and its resolver.
 
 Kept apart from everything that builds, so that any module can ask (a distro for its
 bootstrapper, the sandbox for nspawn, the scrubber and the auditor for host state to remove
-or find) without importing the modules that do the work.
+or find) without importing the modules that do the work. Build steps whose output the user
+reads (bootstrappers, steps in the image) run through ``StepLog.run``; the short host jobs
+around them (mount, umount, rm, cp) run through :func:`run`, which turns a failure into one
+:class:`BuildError` line.
 """
 
 from __future__ import annotations
@@ -11,9 +15,10 @@ import re
 import shutil
 import socket
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import HostToolMissing
+from .errors import BuildError, HostToolMissing
 
 
 def require_tool(tool: str, package: str, why: str) -> str:
@@ -22,6 +27,28 @@ def require_tool(tool: str, package: str, why: str) -> str:
     if path is None:
         raise HostToolMissing(tool, package, why)
     return path
+
+
+def run(argv: Sequence[str], what: str) -> str:
+    """Run a short host job (``umount``, ``rm -rf``); its stdout, or a BuildError that says
+    ``could not WHAT`` with the program's own message."""
+    try:
+        done = subprocess.run(list(argv), capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise BuildError(f"could not {what}: {argv[0]} is not installed") from None
+    if done.returncode != 0:
+        said = done.stderr.strip() or done.stdout.strip() or f"{argv[0]} exited with {done.returncode}"
+        raise BuildError(f"could not {what}: {said}")
+    return done.stdout
+
+
+def succeeds(argv: Sequence[str]) -> bool:
+    """Whether a host check (``mountpoint -q PATH``) exits 0; its output is not wanted."""
+    try:
+        return subprocess.run(list(argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              check=False).returncode == 0
+    except FileNotFoundError:
+        return False
 
 
 def tool_version(argv: list[str]) -> str:

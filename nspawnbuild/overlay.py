@@ -24,12 +24,12 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BuildError
+from .host import run, succeeds
 from .namespaces import UserNamespace, idmapped_bind, mount_as, require_private_mount_namespace
 
 #: no metacopy (data stays in the lower layer), no index, no redirects: the upper layer is a
@@ -38,21 +38,17 @@ OVERLAY_OPTIONS = "index=off,metacopy=off,redirect_dir=off,xino=off"
 
 
 def _mount(argv: list[str], what: str) -> None:
-    r = subprocess.run(argv, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise BuildError(f"could not mount {what}: {r.stderr.strip() or r.stdout.strip()}")
+    run(argv, f"mount {what}")
 
 
 def umount(path: Path) -> None:
     """Unmount ``path`` if something is mounted there (never lazily: a busy mount is an error)."""
     if _is_mountpoint(path):
-        r = subprocess.run(["umount", "--", str(path)], capture_output=True, text=True)
-        if r.returncode != 0:
-            raise BuildError(f"could not unmount {path}: {r.stderr.strip()}")
+        run(["umount", "--", str(path)], f"unmount {path}")
 
 
 def _is_mountpoint(path: Path) -> bool:
-    return subprocess.run(["mountpoint", "-q", "--", str(path)]).returncode == 0
+    return succeeds(["mountpoint", "-q", "--", str(path)])
 
 
 def _safe(path: Path) -> str:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from pathlib import Path
 
 from .errors import BuildError
+from .host import run
 
 
 def mounts_below(path: Path) -> list[str]:
@@ -38,9 +38,9 @@ def remove_tree(path: Path) -> None:
     if mounted:
         raise BuildError(f"refusing to remove {path}: something is mounted below it "
                          f"({', '.join(mounted)}); unmount it first")
-    subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], check=True)
+    run(["rm", "-rf", "--one-file-system", "--", str(path)], f"remove {path}")
 
 
 def copy_tree(src: Path, dest: Path) -> None:
     """Copy a tree keeping owners, modes, hardlinks, xattrs (file capabilities) and timestamps."""
-    subprocess.run(["cp", "-a", "--reflink=auto", "--", str(src), str(dest)], check=True)
+    run(["cp", "-a", "--reflink=auto", "--", str(src), str(dest)], f"copy {src} to {dest}")
