@@ -54,8 +54,10 @@ class Distro(ABC):
     #: bump when the way ``bootstrap()`` calls its tool changes: it is part of the cache key
     bootstrap_revision: ClassVar[int] = 1
 
-    def __init__(self, base: dict[str, Any]):
-        self.base = dict(base)
+    def __init__(self, base: Mapping[str, Any]):
+        # the recipe's [base] wins over the distro's defaults; the loader fills the same
+        # defaults into the recipe's data, so both see one table
+        self.base: dict[str, Any] = {**self.defaults(), **base}
 
     # -- identity -------------------------------------------------------------------------
     @property
@@ -68,7 +70,11 @@ class Distro(ABC):
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
-        """Values filled into ``[base]`` when the recipe leaves them out."""
+        """Values filled into ``[base]`` when the recipe leaves them out.
+
+        They become part of the recipe's data (and so of its digest and the bootstrap's cache
+        key): keep them deterministic for a given build host.
+        """
         return {}
 
     # -- bootstrap ------------------------------------------------------------------------
@@ -89,8 +95,15 @@ class Distro(ABC):
         return {}
 
     @abstractmethod
-    def bootstrap(self, dest: Path, packages: list[str], epoch: int, log: StepLog) -> None:
-        """Create a root filesystem at ``dest`` (absent) with ``packages`` installed."""
+    def bootstrap(self, dest: Path, packages: list[str], epoch: int, log: StepLog,
+                  cache: Path) -> None:
+        """Create a root filesystem at ``dest`` (absent) with ``packages`` installed.
+
+        Every process is run through ``log`` (the build log, the sandbox's limits); ``epoch``
+        is the recipe's SOURCE_DATE_EPOCH. ``cache`` is the build's download cache, for a
+        bootstrapper that must be fetched first (Alpine's static apk): it is passed in, so
+        that no distro reads the cache location from the environment.
+        """
 
     def base_packages(self) -> list[str]:
         """Packages every image of this distro needs to boot in systemd-nspawn."""

@@ -17,19 +17,17 @@ import platform
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from nspawnbuild import hookimpl
 from nspawnbuild.digests import sha256_file
-from nspawnbuild.distro import Distro, Package, distro_hooks
-from nspawnbuild.errors import BuildError
-from nspawnbuild.features import fail
+from nspawnbuild.distro import Distro, Package
+from nspawnbuild.errors import BuildError, Problem
 from nspawnbuild.fetch import fetch
+from nspawnbuild.hookspecs import hookimpl
 from nspawnbuild.imagefs import empty_dir, make_dirs, read_text_in_root, resolve_in_root, write_file
-from nspawnbuild.paths import Layout
-from nspawnbuild.recipe import Recipe
-from nspawnbuild.rootfs import RootfsContext
+from nspawnbuild.recipe.sourcemap import SourceMap
 from nspawnbuild.sandbox import isolated
 from nspawnbuild.steplog import StepLog
 
@@ -50,12 +48,6 @@ RESOLV_CONF = """\
 # the recipe lists them in [features.network] dns (or a [[files]] entry for this file).
 """
 DEFAULT_INTERFACES = "auto lo\niface lo inet loopback\n"
-FIRSTBOOT = """\
-#!/bin/sh
-# Written by nspawnbuild: the image's first-boot commands, once per container (OpenRC local).
-[ -e {stamp} ] && exit 0
-{script} && mkdir -p /var/lib/nspawnbuild && touch {stamp}
-"""
 
 
 def apk_arch() -> str:
@@ -78,9 +70,15 @@ def parse_apk_installed(text: str) -> list[Package]:
 
 
 class Alpine(Distro):
+    """Alpine: the static apk with a pinned checksum; OpenRC, made ready for systemd-nspawn."""
+
     name = "alpine"
     init = "openrc"  # the .nspawn gets KillSignal=SIGTERM (OpenRC ignores SIGRTMIN+3)
     base_schema: ClassVar[dict[str, Any]] = {
+        # the same entry as Debian's (the core schema held it for both before distros had
+        # schemas of their own): the editor schema merges them into one
+        "mirror": {"type": "string", "pattern": r"^(https?|file)://[^\s,]+$",
+                   "x-hint": "a URL such as http://HOST/debian, without spaces"},
         "apk_static_url": {**URL, "description": "where to download apk-tools' static apk "
                                                  "(or set NSPAWNBUILD_APK_STATIC_URL)"},
         "apk_static_sha256": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$",
@@ -91,21 +89,32 @@ class Alpine(Distro):
                      "description": "Alpine's signing keys (*.rsa.pub) on the build host; "
                                     "default /etc/apk/keys or NSPAWNBUILD_ALPINE_KEYS"},
     }
+    #: Debian's archive keys: Alpine's repositories are fixed by its release
+    unused_keys: ClassVar[Mapping[str, str]] = {
+        "components": "the main and community repositories of the release are used",
+        "variant": "the main and community repositories of the release are used",
+    }
     default_release: ClassVar[str] = "3.22"
-    ssh_service = "sshd"
-    ssh_generates_host_keys = True  # the sshd init script runs ssh-keygen -A
-    network_backend = "ifupdown"
-    network_backends = ("ifupdown",)
-    ifupdown_packages: ClassVar[list[str]] = ["ifupdown-ng"]
-    ifupdown_service = "networking"
-    user_packages: ClassVar[list[str]] = ["shadow"]  # useradd/groupadd (busybox has adduser)
+    traits: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        # the sshd init script runs ssh-keygen -A on its first start
+        "ssh": {"service": "sshd", "generates_host_keys": True},
+        # no systemd: ifupdown-ng (in every Alpine image, see base_packages) and its service
+        "network": {"backend": "ifupdown", "backends": ["ifupdown"],
+                    "ifupdown_packages": ["ifupdown-ng"], "ifupdown_service": "networking"},
+        # useradd/groupadd (busybox has only adduser)
+        "users": {"packages": ["shadow"]},
+        # musl has no locale-gen: musl-locales, and the default from /etc/profile.d
+        "locales": {"style": "musl"},
+        "gpu-nvidia": {"unsupported": "NVIDIA's user-space libraries are built for glibc and "
+                                      "Alpine uses musl; use a debian, ubuntu or fedora base for "
+                                      "GPU images"},
+        # OpenRC's local service runs /etc/local.d scripts at boot
+        "firstboot": {"style": "openrc-local"},
+    }
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
         return {"release": cls.default_release, "arch": apk_arch()}
-
-    def __init__(self, base: dict[str, Any]):
-        super().__init__({**self.defaults(), **base})
 
     @property
     def branch(self) -> str:
@@ -171,11 +180,12 @@ class Alpine(Distro):
         return [str(apk), "--root", str(dest), "--initdb", "--arch", self.arch, "--no-progress",
                 "--no-cache", "add", *packages]
 
-    def bootstrap(self, dest: Path, packages: list[str], epoch: int, log: StepLog) -> None:
+    def bootstrap(self, dest: Path, packages: list[str], epoch: int, log: StepLog,
+                  cache: Path) -> None:
         url, sha = self.apk_static()
         keys, repositories = self.keys(), self.repositories()
         log.note(f"fetching apk.static from {url} (sha256 {sha})")
-        cached = fetch(url, sha, Layout.from_env().cache, log=log)
+        cached = fetch(url, sha, cache, log=log)
         dest.mkdir(parents=True)
         for key in keys:
             write_file(dest, f"/etc/apk/keys/{key.name}", key.read_bytes())
@@ -234,40 +244,21 @@ class Alpine(Distro):
             if not resolv.exists() and not resolv.is_symlink():  # the recipe's own stays
                 write_file(root, "/etc/resolv.conf", RESOLV_CONF.encode())
 
-    def locale_packages(self, locales: list[str]) -> list[str]:
-        return ["musl-locales"]
-
-    def configure_locales(self, ctx: RootfsContext, locales: list[str], lang: str) -> None:
-        # musl has no locale-gen: musl-locales provides them; the default comes from profile.d
-        ctx.write_file("/etc/profile.d/20-nspawnbuild-locale.sh",
-                       f"export LANG={lang}\nexport LC_COLLATE=C\n")
-
-    def nvidia_packages(self, driver_version: str) -> list[str]:
-        raise NotImplementedError("NVIDIA's user-space libraries are built for glibc and Alpine "
-                                  "uses musl; use a debian, ubuntu or fedora base for GPU images")
-
-    def install_firstboot(self, ctx: RootfsContext, script: str) -> None:
-        ctx.write_file("/etc/local.d/50-nspawnbuild-firstboot.start", FIRSTBOOT.format(
-            script=script, stamp="/var/lib/nspawnbuild/firstboot.done"), mode=0o755)
-        ctx.enable_service("local")
+    def validate(self, sources: SourceMap) -> list[Problem]:
+        """The static apk must be checked against a checksum: pinned here for some
+        architectures, given in ``[base]`` for the others."""
+        arch = self.arch
+        if "apk_static_sha256" not in self.base and arch not in APK_STATIC_SHA256:
+            return [sources.problem("base.apk_static_sha256",
+                                    f"no checksum of apk.static is pinned for {arch}",
+                                    "set apk_static_sha256 to the sha256 of the apk.static you "
+                                    "trust")]
+        return []
 
 
 @hookimpl
-def nspawnbuild_validate(recipe: Recipe) -> None:
-    base = recipe.base
-    if base.get("distro") != Alpine.name:
-        return
-    for key in ("components", "variant"):
-        if key in base:
-            fail(recipe, f"base.{key}", f"alpine does not use {key}",
-                 "the main and community repositories of the release are used")
-    arch = base.get("arch", apk_arch())
-    if "apk_static_sha256" not in base and arch not in APK_STATIC_SHA256:
-        fail(recipe, "base.apk_static_sha256", f"no checksum of apk.static is pinned for {arch}",
-             "set apk_static_sha256 to the sha256 of the apk.static you trust")
-
-
-nspawnbuild_distro_names, nspawnbuild_make_distro = distro_hooks(Alpine)
+def nspawnbuild_distros() -> list[type[Distro]]:
+    return [Alpine]
 
 
 __all__ = ["Alpine", "parse_apk_installed"]

@@ -6,42 +6,59 @@ default for the suite.
 
 from __future__ import annotations
 
+import functools
 import os
-import re
+import platform
 import shutil
-import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from nspawnbuild import hookimpl
-from nspawnbuild.distro import Distro, Package, distro_hooks
-from nspawnbuild.errors import BuildError, HostToolMissing
-from nspawnbuild.features import fail
-from nspawnbuild.host import require_tool
+from nspawnbuild import host
+from nspawnbuild.distro import Distro, Package
+from nspawnbuild.errors import BuildError, HostToolMissing, Problem
+from nspawnbuild.hookspecs import hookimpl
 from nspawnbuild.imagefs import read_text_in_root, resolve_in_root
-from nspawnbuild.recipe import Recipe
-from nspawnbuild.rootfs import RootfsContext
+from nspawnbuild.recipe.sourcemap import SourceMap
 from nspawnbuild.sandbox import isolated
 from nspawnbuild.steplog import StepLog
 from nspawnbuild.tree import remove_tree
 
 DEBOOTSTRAP_VARIANTS = {"minbase", "buildd", "fakechroot"}
 
+#: the ``[base]`` keys of Debian's archive layout, shared by Debian and Ubuntu (the core
+#: schema held them before distros had schemas of their own; the entries are unchanged)
+ARCHIVE_SCHEMA: dict[str, Any] = {
+    "mirror": {"type": "string", "pattern": r"^(https?|file)://[^\s,]+$",
+               "x-hint": "a URL such as http://HOST/debian, without spaces"},
+    "components": {"type": "array", "minItems": 1, "uniqueItems": True,
+                   "items": {"type": "string", "pattern": r"^[a-z0-9-]+$"}},
+    "variant": {"type": "string", "pattern": r"^[a-z-]+$"},
+}
+#: Debian's snapshot archive (snapshot.debian.org's layout); Ubuntu has no such archive
+SNAPSHOT_SCHEMA: dict[str, Any] = {
+    "snapshot": {"type": "string", "pattern": r"^\d{8}T\d{6}Z$",
+                 "x-hint": "a time such as 20240101T000000Z (UTC)",
+                 "description": "pin the archive to this point in time (Debian's snapshot "
+                                "archive)"},
+    "snapshot_url": {"type": "string", "pattern": r"^(https?|file)://[^\s,]+$",
+                     "x-hint": "the snapshot archive's base URL, http://HOST",
+                     "description": "base URL of the snapshot archive (or set "
+                                    "NSPAWNBUILD_SNAPSHOT_URL)"},
+}
 
+
+@functools.cache
 def host_arch() -> str:
+    """The build host's Debian architecture, the default of ``[base] arch``.
+
+    Asked of dpkg once per process: it is part of every Debian recipe's defaults, and the
+    answer cannot change while nspawnbuild runs.
+    """
     try:
-        return subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        import platform
-
+        return host.run(["dpkg", "--print-architecture"], "ask dpkg for the architecture").strip()
+    except (BuildError, OSError):  # no dpkg (a Fedora host): the kernel's name, in Debian's words
         return {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
-
-
-def _tool_version(argv: list[str]) -> str:
-    out = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
-    m = re.search(r"(\d+(?:\.\d+)+\S*)", out)
-    return m.group(1) if m else out.strip() or "unknown"
 
 
 def parse_dpkg_status(text: str) -> list[Package]:
@@ -61,17 +78,10 @@ def parse_dpkg_status(text: str) -> list[Package]:
 
 
 class Debian(Distro):
+    """Debian: mmdebstrap (or debootstrap) from the archive or a snapshot of it, dpkg, apt."""
+
     name = "debian"
-    base_schema: ClassVar[dict[str, Any]] = {
-        "snapshot": {"type": "string", "pattern": r"^\d{8}T\d{6}Z$",
-                     "x-hint": "a time such as 20240101T000000Z (UTC)",
-                     "description": "pin the archive to this point in time (Debian's snapshot "
-                                    "archive)"},
-        "snapshot_url": {"type": "string", "pattern": r"^(https?|file)://[^\s,]+$",
-                         "x-hint": "the snapshot archive's base URL, http://HOST",
-                         "description": "base URL of the snapshot archive (or set "
-                                        "NSPAWNBUILD_SNAPSHOT_URL)"},
-    }
+    base_schema: ClassVar[dict[str, Any]] = {**ARCHIVE_SCHEMA, **SNAPSHOT_SCHEMA}
     default_release: ClassVar[str] = "bookworm"
     default_components: ClassVar[list[str]] = ["main"]
     keyring_package: ClassVar[str] = "debian-archive-keyring"
@@ -79,25 +89,29 @@ class Debian(Distro):
     #: (mmdebstrap and debootstrap find Debian's own)
     keyring: ClassVar[str | None] = None
     bootstrap_revision = 2  # 2: apt lists kept in the bootstrap for post-steps
-    ssh_service = "ssh"
-    ssh_generates_host_keys = False  # openssh-server makes keys in postinst, not at boot
-    nonfree_component: ClassVar[str | None] = "non-free"
-    #: NVIDIA user-space pinned to the kernel module's version (``apt`` version globs)
-    nvidia_userspace: ClassVar[list[str]] = ["nvidia-smi", "libcuda1", "libnvidia-ml1"]
+    traits: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        # openssh-server makes host keys in its postinst, not at boot: the image would ship
+        # the build's keys, so the ssh feature makes them on each container's first start
+        "ssh": {"service": "ssh", "generates_host_keys": False},
+        # /etc/locale.gen and locale-gen, from the "locales" package
+        "locales": {"style": "locale-gen"},
+        # NVIDIA's user-space pinned to the kernel module's version (apt version globs); it is
+        # in the archive's non-free component
+        "gpu-nvidia": {"packages": ["nvidia-smi={version}-*", "libcuda1={version}-*",
+                                    "libnvidia-ml1={version}-*"],
+                       "nonfree_component": "non-free"},
+    }
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
         return {"release": cls.default_release, "arch": host_arch(),
                 "components": list(cls.default_components), "variant": "minbase"}
 
-    def __init__(self, base: dict[str, Any]):
-        super().__init__({**self.defaults(), **base})
-
     def bootstrapper(self) -> tuple[str, str]:
         if shutil.which("mmdebstrap"):
-            return "mmdebstrap", _tool_version(["mmdebstrap", "--version"])
+            return "mmdebstrap", host.tool_version(["mmdebstrap", "--version"])
         if shutil.which("debootstrap"):
-            return "debootstrap", _tool_version(["debootstrap", "--version"])
+            return "debootstrap", host.tool_version(["debootstrap", "--version"])
         raise HostToolMissing("mmdebstrap", "mmdebstrap",
                               f"to bootstrap {self.name} (debootstrap would do as well)")
 
@@ -107,6 +121,8 @@ class Debian(Distro):
         return ["systemd-sysv", "dbus"]
 
     def snapshot_url(self) -> str | None:
+        """The snapshot archive's base URL: the recipe's, else the environment's (a site's
+        archive host is the user's to name, never written here)."""
         return self.base.get("snapshot_url") or os.environ.get("NSPAWNBUILD_SNAPSHOT_URL")
 
     def snapshot_sources(self) -> list[str]:
@@ -123,7 +139,25 @@ class Debian(Distro):
                 f"deb {opts} {url}/archive/debian/{stamp} {rel}-updates {comps}",
                 f"deb {opts} {url}/archive/debian-security/{stamp} {rel}-security {comps}"]
 
-    def bootstrap(self, dest: Path, packages: list[str], epoch: int, log: StepLog) -> None:
+    def validate(self, sources: SourceMap) -> list[Problem]:
+        """A snapshot replaces the mirror and needs the snapshot archive's URL: both are
+        ``[base]`` keys that the schema checks one at a time."""
+        if not self.base.get("snapshot"):
+            return []
+        problems = []
+        if self.base.get("mirror"):
+            problems.append(sources.problem(
+                "base.mirror", "mirror and snapshot exclude each other",
+                "the snapshot archive is the mirror; remove one of them"))
+        if not self.snapshot_url():
+            problems.append(sources.problem(
+                "base.snapshot", "snapshot needs the snapshot archive's base URL",
+                "set [base] snapshot_url = \"http://HOST\" or the environment variable "
+                "NSPAWNBUILD_SNAPSHOT_URL (nspawnbuild writes no archive host name of its own)"))
+        return problems
+
+    def bootstrap(self, dest: Path, packages: list[str], epoch: int, log: StepLog,
+                  cache: Path) -> None:
         tool, _ = self.bootstrapper()
         base = self.base
         env = {"SOURCE_DATE_EPOCH": str(epoch), "LC_ALL": "C.UTF-8"}
@@ -164,22 +198,6 @@ class Debian(Distro):
             argv += [base["release"], str(dest), *mirror]
         log.run(isolated(argv), step=f"bootstrap ({tool})", env=env, shown_command=" ".join(argv))
 
-    def locale_packages(self, locales: list[str]) -> list[str]:
-        return ["locales"]
-
-    def configure_locales(self, ctx: RootfsContext, locales: list[str], lang: str) -> None:
-        # /etc/locale.gen lists "NAME CHARSET"; locale-gen compiles exactly those
-        wanted = [loc for loc in locales if not loc.startswith("C.")]
-        ctx.write_file("/etc/locale.gen",
-                       "".join(f"{loc} {loc.partition('.')[2]}\n" for loc in wanted))
-        if wanted:
-            ctx.run(["locale-gen"], step="locale-gen", network=False)
-        ctx.write_file("/etc/default/locale", f"LANG={lang}\n")
-        ctx.write_file("/etc/locale.conf", f"LANG={lang}\n")
-
-    def nvidia_packages(self, driver_version: str) -> list[str]:
-        return [f"{pkg}={driver_version}-*" for pkg in self.nvidia_userspace]
-
     def install_command(self, packages: list[str]) -> list[str]:
         return ["sh", "-ec", "apt-get update && apt-get install -y --no-install-recommends "
                 + " ".join(packages)]
@@ -204,45 +222,37 @@ class Debian(Distro):
 
 
 class Ubuntu(Debian):
+    """Ubuntu: Debian's tools with Ubuntu's archive, keyring and NVIDIA packaging."""
+
     name = "ubuntu"
-    base_schema: ClassVar[dict[str, Any]] = {}
+    # the archive keys without the snapshot ones: Ubuntu has no snapshot archive of that shape
+    base_schema: ClassVar[dict[str, Any]] = dict(ARCHIVE_SCHEMA)
     default_release = "noble"
     default_components = ["main", "universe"]
     keyring_package = "ubuntu-keyring"
-    nonfree_component = "restricted"
-
-    def nvidia_packages(self, driver_version: str) -> list[str]:
-        branch = driver_version.split(".")[0]
-        return [f"nvidia-utils-{branch}={driver_version}-*",
-                f"libnvidia-compute-{branch}={driver_version}-*"]
-
     keyring: ClassVar[str | None] = "/usr/share/keyrings/ubuntu-archive-keyring.gpg"
+    traits: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        **Debian.traits,
+        # Ubuntu packages the driver per branch (550, 560 ...), in its restricted component
+        "gpu-nvidia": {"packages": ["nvidia-utils-{branch}={version}-*",
+                                    "libnvidia-compute-{branch}={version}-*"],
+                       "nonfree_component": "restricted"},
+    }
 
-    def bootstrap(self, dest: Path, packages: list[str], epoch: int, log: StepLog) -> None:
+    def bootstrap(self, dest: Path, packages: list[str], epoch: int, log: StepLog,
+                  cache: Path) -> None:
         if self.keyring and not Path(self.keyring).exists():
             raise BuildError(
                 f"{self.keyring} is missing on this host but is needed to verify Ubuntu's "
                 "archive; on Ubuntu install it with: apt-get install ubuntu-keyring (Debian has "
                 "no package for it: copy the file from an Ubuntu system or its ubuntu-keyring "
                 ".deb)")
-        super().bootstrap(dest, packages, epoch, log)
+        super().bootstrap(dest, packages, epoch, log, cache)
 
 
 @hookimpl
-def nspawnbuild_validate(recipe: Recipe) -> None:
-    base = recipe.base
-    if base.get("distro") != "debian" or not base.get("snapshot"):
-        return
-    if base.get("mirror"):
-        fail(recipe, "base.mirror", "mirror and snapshot exclude each other",
-             "the snapshot archive is the mirror; remove one of them")
-    if not (base.get("snapshot_url") or os.environ.get("NSPAWNBUILD_SNAPSHOT_URL")):
-        fail(recipe, "base.snapshot", "snapshot needs the snapshot archive's base URL",
-             "set [base] snapshot_url = \"http://HOST\" or the environment variable "
-             "NSPAWNBUILD_SNAPSHOT_URL (nspawnbuild writes no archive host name of its own)")
+def nspawnbuild_distros() -> list[type[Distro]]:
+    return [Debian, Ubuntu]
 
 
-nspawnbuild_distro_names, nspawnbuild_make_distro = distro_hooks(Debian, Ubuntu)
-
-
-__all__ = ["Debian", "Ubuntu", "require_tool"]
+__all__ = ["Debian", "Ubuntu", "host_arch", "parse_dpkg_status"]

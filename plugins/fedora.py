@@ -12,28 +12,29 @@ from __future__ import annotations
 
 import os
 import platform
-import re
 import shutil
 import stat
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from nspawnbuild import hookimpl
 from nspawnbuild.digests import sha256_file
-from nspawnbuild.distro import Distro, Package, distro_hooks
-from nspawnbuild.errors import BuildError
-from nspawnbuild.features import fail
+from nspawnbuild.distro import Distro, Package
+from nspawnbuild.errors import BuildError, Problem
+from nspawnbuild.hookspecs import hookimpl
 from nspawnbuild.host import require_tool
 from nspawnbuild.imagefs import empty_dir, resolve_in_root
-from nspawnbuild.recipe import Recipe
-from nspawnbuild.rootfs import RootfsContext
+from nspawnbuild.recipe.sourcemap import SourceMap
 from nspawnbuild.sandbox import isolated
 from nspawnbuild.steplog import StepLog
 
 #: where Fedora's rpm keeps its database; Debian's rpm defaults to ~/.rpmdb
 RPM_DBPATH = "/usr/lib/sysimage/rpm"
+#: RPM Fusion's packaging of NVIDIA's user-space (its "nonfree" repository), pinned with the
+#: epoch RPM Fusion gives these packages
+NVIDIA_USERSPACE = ["xorg-x11-drv-nvidia-cuda", "xorg-x11-drv-nvidia-cuda-libs"]
 #: the host's repository directories dnf reads when a recipe names no repository
 HOST_REPO_DIRS = ("/etc/yum.repos.d", "/etc/yum/repos.d", "/etc/distro.repos.d")
 URL = {"type": "string", "pattern": r"^(https?|file)://[^\s,]+$",
@@ -101,6 +102,8 @@ def parse_rpm_query(text: str) -> list[Package]:
 
 
 class Fedora(Distro):
+    """Fedora: ``dnf --installroot`` with a configuration of our own, rpm for the manifest."""
+
     name = "fedora"
     base_schema: ClassVar[dict[str, Any]] = {
         "repos": {"type": "array", "items": REPO_SCHEMA,
@@ -108,27 +111,37 @@ class Fedora(Distro):
         "gpgcheck": {"type": "boolean",
                      "description": "check package signatures (default true)"},
     }
+    #: Debian's archive keys: said to be Debian's, with what to use instead
+    unused_keys: ClassVar[Mapping[str, str]] = {
+        "mirror": "name the repositories in [[base.repos]] (baseurl, metalink or mirrorlist)",
+        "components": "Debian's archive areas; use [[base.repos]]",
+        "variant": "a Debian bootstrap variant; list packages instead",
+    }
     default_release: ClassVar[str] = "42"
     release_package: ClassVar[str] = "fedora-release"
-    ssh_service = "sshd"
-    ssh_generates_host_keys = True  # sshd-keygen@.service makes them on first start
-    network_backends = ("networkd",)
-    networkd_packages: ClassVar[list[str]] = ["systemd-networkd"]
-    user_packages: ClassVar[list[str]] = ["shadow-utils"]
-    #: RPM Fusion's packaging of NVIDIA's user-space (its "nonfree" repository)
-    nvidia_userspace: ClassVar[list[str]] = ["xorg-x11-drv-nvidia-cuda",
-                                             "xorg-x11-drv-nvidia-cuda-libs"]
+    traits: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        # sshd-keygen@.service makes the host keys on first start
+        "ssh": {"service": "sshd", "generates_host_keys": True},
+        # no ifupdown in Fedora; systemd-networkd is a package of its own
+        "network": {"backends": ["networkd"], "networkd_packages": ["systemd-networkd"]},
+        # useradd/groupadd
+        "users": {"packages": ["shadow-utils"]},
+        # precompiled glibc langpacks: nothing to generate, only /etc/locale.conf to write
+        "locales": {"style": "langpack"},
+        # RPM Fusion's packages, pinned as NAME-EPOCH:VERSION (the name is before the last "-")
+        "gpu-nvidia": {"packages": [f"{pkg}-3:{{version}}" for pkg in NVIDIA_USERSPACE],
+                       "spec_style": "rpm"},
+    }
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
         return {"release": cls.default_release, "arch": rpm_arch(), "gpgcheck": True}
 
-    def __init__(self, base: dict[str, Any]):
-        super().__init__({**self.defaults(), **base})
-
     def bootstrapper(self) -> tuple[str, str]:
         dnf = require_tool("dnf", "dnf", f"to bootstrap {self.name}")
         require_tool("rpm", "rpm", f"to read the package list of {self.name} images")
+        # not host.tool_version: dnf's whole first line is the version of the cache key (dnf5
+        # says "dnf5 version 5.x"), and dnf needs a HOME of its own
         with tempfile.TemporaryDirectory() as home:  # dnf would make ~/.rpmdb on Debian
             out = subprocess.run([dnf, "--version"], capture_output=True, text=True,
                                  env={**os.environ, "HOME": home}).stdout
@@ -146,7 +159,8 @@ class Fedora(Distro):
         return {"host_repos": {str(p): sha256_file(p) for d in self.host_repo_dirs()
                                for p in sorted(Path(d).glob("*.repo"))}}
 
-    def bootstrap(self, dest: Path, packages: list[str], epoch: int, log: StepLog) -> None:
+    def bootstrap(self, dest: Path, packages: list[str], epoch: int, log: StepLog,
+                  cache: Path) -> None:
         self.bootstrapper()
         repos = self.base.get("repos", [])
         if not repos and not self.host_repo_dirs():
@@ -195,6 +209,7 @@ class Fedora(Distro):
                     with open(entry, "rb", opener=_no_follow) as src, \
                             open(Path(copy) / entry.name, "wb") as dst:
                         shutil.copyfileobj(src, dst, 1 << 20)
+            # a read of the tree for the manifest (no build log is open then), not a build step
             r = subprocess.run([rpm, f"--dbpath={copy}", "-qa", "--qf", QUERY_FORMAT],
                                capture_output=True, text=True)
         if r.returncode != 0:
@@ -212,49 +227,33 @@ class Fedora(Distro):
                 if f.is_file() or f.is_symlink():
                     f.unlink()
 
-    def locale_packages(self, locales: list[str]) -> list[str]:
-        langs = sorted({re.split(r"[_.@]", loc)[0] for loc in locales if not loc.startswith("C.")})
-        return [f"glibc-langpack-{lang}" for lang in langs] or ["glibc-minimal-langpack"]
-
-    def configure_locales(self, ctx: RootfsContext, locales: list[str], lang: str) -> None:
-        # Fedora's langpacks are precompiled: nothing to generate, only the default to set
-        ctx.write_file("/etc/locale.conf", f"LANG={lang}\n")
-
-    def nvidia_packages(self, driver_version: str) -> list[str]:
-        return [f"{pkg}-3:{driver_version}" for pkg in self.nvidia_userspace]
-
-    def spec_name(self, spec: str) -> str:
-        return spec.rsplit("-", 1)[0]
+    def validate(self, sources: SourceMap) -> list[Problem]:
+        """Each ``[[base.repos]]`` entry names one source and a key to check it with, and no
+        two share a name: rules across keys and entries that the schema cannot state."""
+        problems = []
+        names = set()
+        for i, repo in enumerate(self.base.get("repos", [])):
+            key = f"base.repos.{i}"
+            kinds = [k for k in ("baseurl", "metalink", "mirrorlist") if k in repo]
+            if len(kinds) != 1:
+                problems.append(sources.problem(
+                    key, f"repository '{repo['name']}' needs exactly one of baseurl, metalink, "
+                    f"mirrorlist (it has {', '.join(kinds) or 'none'})"))
+            if repo["name"] in names:
+                problems.append(sources.problem(
+                    f"{key}.name", f"repository '{repo['name']}' is named twice"))
+            names.add(repo["name"])
+            if repo.get("gpgcheck", self.base.get("gpgcheck", True)) and not repo.get("gpgkey"):
+                problems.append(sources.problem(
+                    f"{key}.gpgkey", f"repository '{repo['name']}' is GPG-checked but has no "
+                    "gpgkey", 'add gpgkey = ["file:///path/to/RPM-GPG-KEY"] (or, only for a '
+                    "repository you trust otherwise, gpgcheck = false)"))
+        return problems
 
 
 @hookimpl
-def nspawnbuild_validate(recipe: Recipe) -> None:
-    base = recipe.base
-    if base.get("distro") != Fedora.name:
-        return
-    for key, why in (("mirror", "name the repositories in [[base.repos]] (baseurl, metalink "
-                               "or mirrorlist)"),
-                     ("components", "Debian's archive areas; use [[base.repos]]"),
-                     ("variant", "a Debian bootstrap variant; list packages instead")):
-        if key in base:
-            fail(recipe, f"base.{key}", f"{base['distro']} does not use {key}", why)
-    names = set()
-    for i, repo in enumerate(base.get("repos", [])):
-        key = f"base.repos.{i}"
-        sources = [k for k in ("baseurl", "metalink", "mirrorlist") if k in repo]
-        if len(sources) != 1:
-            fail(recipe, key, f"repository '{repo['name']}' needs exactly one of baseurl, "
-                 f"metalink, mirrorlist (it has {', '.join(sources) or 'none'})")
-        if repo["name"] in names:
-            fail(recipe, f"{key}.name", f"repository '{repo['name']}' is named twice")
-        names.add(repo["name"])
-        if repo.get("gpgcheck", base.get("gpgcheck", True)) and not repo.get("gpgkey"):
-            fail(recipe, f"{key}.gpgkey", f"repository '{repo['name']}' is GPG-checked but has "
-                 "no gpgkey", 'add gpgkey = ["file:///path/to/RPM-GPG-KEY"] (or, only for a '
-                 "repository you trust otherwise, gpgcheck = false)")
-
-
-nspawnbuild_distro_names, nspawnbuild_make_distro = distro_hooks(Fedora)
+def nspawnbuild_distros() -> list[type[Distro]]:
+    return [Fedora]
 
 
 __all__ = ["Fedora", "parse_rpm_query", "repo_file"]
