@@ -12,8 +12,9 @@ import pytest
 from test_features import refused, write
 
 from conftest import Env
-from nspawnbuild.plan import collect_packages, make_distro, nspawn_settings
-from nspawnbuild.recipe import load_recipe
+from nspawnbuild.errors import BuildError
+from nspawnbuild.plan import collect_packages, nspawn_settings
+from nspawnbuild.recipe.load import load_recipe
 from nspawnbuild_plugins.alpine import Alpine, parse_apk_installed
 
 INSTALLED = """\
@@ -55,12 +56,12 @@ locales = ["en_US.UTF-8"]
 [[features.users.accounts]]
 name = "app"
 """))
-    distro = make_distro(recipe)
-    packages = collect_packages(recipe, distro)
+    distro = recipe.distro
+    packages = collect_packages(recipe)
     for pkg in ("alpine-base", "openrc", "ifupdown-ng", "openssh-server", "musl-locales", "shadow"):
         assert pkg in packages, pkg
     assert "systemd-networkd" not in packages and "locales" not in packages
-    settings = {(s.section, s.key): s.value for s in nspawn_settings(recipe, distro)}
+    settings = {(s.section, s.key): s.value for s in nspawn_settings(recipe)}
     assert settings[("Exec", "KillSignal")] == "SIGTERM"  # OpenRC, not systemd
     assert distro.enable_service_command("sshd") == ["rc-update", "add", "sshd", "default"]
     assert distro.enable_service_command("networking.service") == [
@@ -87,6 +88,41 @@ def test_argv_never_allows_untrusted_packages(tmp_path: Path) -> None:
                         "--arch", "x86_64"]
     assert argv[-3:] == ["add", "alpine-base", "openrc"]
     assert "--allow-untrusted" not in argv
+
+
+def test_the_static_apk_comes_from_the_cache_it_is_given(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from nspawnbuild_plugins import alpine
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "alpine.rsa.pub").write_text("key")
+    asked: list[Path] = []
+
+    def fetch(url: str, sha: str, cache: Path, **_: object) -> Path:
+        asked.append(cache)
+        raise BuildError("stop here")
+
+    monkeypatch.setattr(alpine, "fetch", fetch)
+    d = Alpine({"distro": "alpine", "mirror": "http://127.0.0.1:9/alpine",
+                "apk_static_url": "http://127.0.0.1:9/apk.static", "keys_dir": str(keys)})
+
+    class Log:
+        def note(self, text: str) -> None:
+            pass
+
+    with pytest.raises(BuildError, match="stop here"):
+        d.bootstrap(tmp_path / "root", ["alpine-base"], 0, Log(), tmp_path / "cache")  # type: ignore[arg-type]
+    assert asked == [tmp_path / "cache"]  # not the environment's cache directory
+    assert not (tmp_path / "root").exists()
+
+
+def test_alpine_traits_for_features() -> None:
+    assert Alpine.traits["network"]["backends"] == ["ifupdown"]
+    assert Alpine.traits["firstboot"] == {"style": "openrc-local"}
+    assert "glibc" in Alpine.traits["gpu-nvidia"]["unsupported"]
+    assert set(Alpine.unused_keys) == {"components", "variant"}
+    assert "mirror" in Alpine.base_schema  # the mirror is named by the recipe or the environment
 
 
 @pytest.mark.integration

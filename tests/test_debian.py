@@ -37,7 +37,7 @@ def test_mmdebstrap_command_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     d = Debian({"distro": "debian", "release": "bookworm", "arch": "amd64",
                 "components": ["main", "contrib"], "variant": "minbase"})
     log = FakeLog()
-    d.bootstrap(tmp_path / "root", ["dbus", "systemd-sysv"], 1700000000, log)  # type: ignore[arg-type]
+    d.bootstrap(tmp_path / "root", ["dbus", "systemd-sysv"], 1700000000, log, tmp_path / "cache")  # type: ignore[arg-type]
     assert log.argv[0] == "mmdebstrap"
     assert log.isolated  # private mount and PID namespaces: no mount can leak to the host
     assert "--variant=minbase" in log.argv and "--architectures=amd64" in log.argv
@@ -49,7 +49,7 @@ def test_mmdebstrap_command_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 def test_mirror_is_passed_when_given(tmp_path: Path) -> None:
     d = Debian({"distro": "debian", "mirror": "http://127.0.0.1:9/debian"})
     log = FakeLog()
-    d.bootstrap(tmp_path / "root", [], 1700000000, log)  # type: ignore[arg-type]
+    d.bootstrap(tmp_path / "root", [], 1700000000, log, tmp_path / "cache")  # type: ignore[arg-type]
     assert log.argv[-1] == "http://127.0.0.1:9/debian"
     assert not [a for a in log.argv if a.startswith("--include")]
 
@@ -59,13 +59,13 @@ def test_falls_back_to_debootstrap(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     d = Debian({"distro": "debian"})
     assert d.bootstrapper()[0] == "debootstrap"
     log = FakeLog()
-    d.bootstrap(tmp_path / "root", ["dbus"], 1700000000, log)  # type: ignore[arg-type]
+    d.bootstrap(tmp_path / "root", ["dbus"], 1700000000, log, tmp_path / "cache")  # type: ignore[arg-type]
     assert log.argv[0] == "debootstrap" and "--include=dbus" in log.argv
     assert "--variant=minbase" in log.argv and log.argv[-2] == "bookworm"
 
     d = Debian({"distro": "debian", "variant": "apt"})
     with pytest.raises(BuildError, match="debootstrap has no variant 'apt'"):
-        d.bootstrap(tmp_path / "root2", [], 1700000000, log)  # type: ignore[arg-type]
+        d.bootstrap(tmp_path / "root2", [], 1700000000, log, tmp_path / "cache")  # type: ignore[arg-type]
 
 
 def test_no_bootstrapper_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -117,7 +117,7 @@ def test_snapshot_pins_every_archive_to_the_point_in_time(tmp_path: Path) -> Non
     d = Debian({"distro": "debian", "release": "bookworm", "components": ["main", "contrib"],
                 "snapshot": "20240101T000000Z", "snapshot_url": "http://127.0.0.1:9/"})
     log = FakeLog()
-    d.bootstrap(tmp_path / "root", ["dbus"], 1704067200, log)  # type: ignore[arg-type]
+    d.bootstrap(tmp_path / "root", ["dbus"], 1704067200, log, tmp_path / "cache")  # type: ignore[arg-type]
     assert log.argv[-3:] == [
         "deb [check-valid-until=no] http://127.0.0.1:9/archive/debian/20240101T000000Z bookworm main contrib",
         "deb [check-valid-until=no] http://127.0.0.1:9/archive/debian/20240101T000000Z "
@@ -131,7 +131,7 @@ def test_snapshot_pins_every_archive_to_the_point_in_time(tmp_path: Path) -> Non
 def test_snapshot_is_validated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from nspawnbuild.errors import RecipeError
     from nspawnbuild.plan import make_plan
-    from nspawnbuild.recipe import load_recipe
+    from nspawnbuild.recipe.load import load_recipe
 
     monkeypatch.delenv("NSPAWNBUILD_SNAPSHOT_URL", raising=False)
     path = tmp_path / "snap.toml"
@@ -160,7 +160,7 @@ def test_ubuntu_uses_its_keyring_components_and_the_bootstrappers_default_mirror
     u = debian.Ubuntu({"distro": "ubuntu", "arch": "amd64"})
     assert u.release == "noble" and u.base["components"] == ["main", "universe"]
     log = FakeLog()
-    u.bootstrap(tmp_path / "root", ["dbus"], 0, log)  # type: ignore[arg-type]
+    u.bootstrap(tmp_path / "root", ["dbus"], 0, log, tmp_path / "cache")  # type: ignore[arg-type]
     assert f"--keyring={keyring}" in log.argv
     assert "--components=main,universe" in log.argv
     assert log.argv[-2:] == ["noble", str(tmp_path / "root")]  # no mirror: mmdebstrap's default
@@ -171,5 +171,65 @@ def test_ubuntu_without_its_keyring_says_where_to_get_it(monkeypatch: pytest.Mon
     monkeypatch.setattr(debian.Ubuntu, "keyring", str(tmp_path / "missing.gpg"))
     log = FakeLog()
     with pytest.raises(BuildError, match=r"missing.gpg is missing on this host.*ubuntu-keyring"):
-        debian.Ubuntu({"distro": "ubuntu"}).bootstrap(tmp_path / "root", [], 0, log)  # type: ignore[arg-type]
+        debian.Ubuntu({"distro": "ubuntu"}).bootstrap(tmp_path / "root", [], 0, log, tmp_path / "cache")  # type: ignore[arg-type]
     assert log.argv == []  # nothing was run
+
+
+def test_snapshot_problems_are_reported_together(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from nspawnbuild.errors import RecipeError
+    from nspawnbuild.recipe.load import load_recipe
+
+    monkeypatch.delenv("NSPAWNBUILD_SNAPSHOT_URL", raising=False)
+    path = tmp_path / "snap.toml"
+    path.write_text('[base]\ndistro = "debian"\nsnapshot = "20240101T000000Z"\n'
+                    'mirror = "http://127.0.0.1:9/debian"\n')
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    # both at once, each at its line (the old hook stopped at the first)
+    assert sorted((p.key, p.line) for p in info.value.problems) == [("base.mirror", 4),
+                                                                   ("base.snapshot", 3)]
+
+
+def test_the_host_architecture_is_asked_of_dpkg_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[list[str]] = []
+
+    def run(argv: list[str], what: str) -> str:
+        asked.append(argv)
+        return "arm64\n"
+
+    monkeypatch.setattr(debian.host, "run", run)
+    debian.host_arch.cache_clear()
+    try:
+        bases = [Debian({"distro": "debian"}).base, debian.Ubuntu({"distro": "ubuntu"}).base,
+                 Debian.defaults()]
+    finally:
+        debian.host_arch.cache_clear()  # the next test asks the real dpkg
+    assert [b["arch"] for b in bases] == ["arm64"] * 3
+    assert asked == [["dpkg", "--print-architecture"]]
+
+
+def test_without_dpkg_the_kernels_architecture_is_named_as_debian_does(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def run(argv: list[str], what: str) -> str:
+        raise BuildError(f"could not {what}: dpkg is not installed")
+
+    monkeypatch.setattr(debian.host, "run", run)
+    monkeypatch.setattr(debian.platform, "machine", lambda: "aarch64")
+    debian.host_arch.cache_clear()
+    try:
+        assert debian.host_arch() == "arm64"
+    finally:
+        debian.host_arch.cache_clear()
+
+
+def test_debian_and_ubuntu_traits_for_features() -> None:
+    # what the ssh, locales and gpu-nvidia features are told (the features' own tests show
+    # what they do with it)
+    assert Debian.traits["ssh"] == {"service": "ssh", "generates_host_keys": False}
+    assert Debian.traits["locales"] == {"style": "locale-gen"}
+    assert Debian.traits["gpu-nvidia"]["nonfree_component"] == "non-free"
+    assert debian.Ubuntu.traits["ssh"] == Debian.traits["ssh"]
+    assert debian.Ubuntu.traits["gpu-nvidia"]["nonfree_component"] == "restricted"
+    assert "snapshot" in Debian.base_schema and "snapshot" not in debian.Ubuntu.base_schema
+    assert {"mirror", "components", "variant"} <= set(debian.Ubuntu.base_schema)

@@ -10,8 +10,8 @@ from test_debian import FakeLog, only
 from test_features import refused, write
 
 from nspawnbuild.errors import BuildError, HostToolMissing
-from nspawnbuild.plan import collect_packages, make_distro, nspawn_settings
-from nspawnbuild.recipe import load_recipe
+from nspawnbuild.plan import collect_packages, nspawn_settings
+from nspawnbuild.recipe.load import load_recipe
 from nspawnbuild_plugins import fedora
 from nspawnbuild_plugins.fedora import Fedora, parse_rpm_query, repo_file
 
@@ -43,7 +43,8 @@ def test_dnf_command_line_and_configuration(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr("nspawnbuild.host.shutil.which", lambda name: f"/usr/bin/{name}")
     d = Fedora({"distro": "fedora", "release": "41", "arch": "x86_64", "repos": [REPO]})
     log = Log()
-    d.bootstrap(tmp_path / "root", ["fedora-release", "systemd", "vim"], 1700000000, log)  # type: ignore[arg-type]
+    d.bootstrap(tmp_path / "root", ["fedora-release", "systemd", "vim"], 1700000000, log,  # type: ignore[arg-type]
+                tmp_path / "cache")
     assert log.isolated
     assert log.argv[:2] == ["dnf", "-y"]
     assert f"--installroot={tmp_path / 'root'}" in log.argv
@@ -71,7 +72,7 @@ def test_no_repositories_anywhere_is_a_clear_error(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(Fedora, "bootstrapper", lambda self: ("dnf", "4"))
     d = Fedora({"distro": "fedora"})
     with pytest.raises(BuildError, match=r"names no \[\[base.repos\]\] and this host has no dnf"):
-        d.bootstrap(tmp_path / "root", ["systemd"], 0, FakeLog())  # type: ignore[arg-type]
+        d.bootstrap(tmp_path / "root", ["systemd"], 0, FakeLog(), tmp_path / "cache")  # type: ignore[arg-type]
 
 
 def test_missing_dnf_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -119,25 +120,28 @@ timezone = "Europe/Berlin"
 name = "app"
 sudo = "nopasswd"
 """))
-    distro = make_distro(recipe)
-    packages = collect_packages(recipe, distro)
+    packages = collect_packages(recipe)
     for pkg in ("fedora-release", "systemd", "openssh-server", "systemd-networkd",
                 "glibc-langpack-de", "glibc-langpack-en", "tzdata", "shadow-utils", "sudo"):
         assert pkg in packages, pkg
     assert "locales" not in packages and "ifupdown" not in packages
-    assert distro.ssh_service == "sshd" and distro.ssh_generates_host_keys
-    settings = {(s.section, s.key): s.value for s in nspawn_settings(recipe, distro)}
+    ssh = recipe.feature("ssh")
+    assert ssh is not None and ssh.traits.service == "sshd" and ssh.traits.generates_host_keys
+    settings = {(s.section, s.key): s.value for s in nspawn_settings(recipe)}
     assert ("Exec", "KillSignal") not in settings  # systemd is the init
 
 
-def test_nvidia_on_fedora_pins_rpm_fusion_packages() -> None:
-    d = Fedora({"distro": "fedora"})
-    specs = d.nvidia_packages("550.54.14")
+def test_nvidia_on_fedora_pins_rpm_fusion_packages(tmp_path: Path) -> None:
+    recipe = load_recipe(fedora_recipe(tmp_path, '[features.gpu-nvidia]\n'
+                                                 'driver_version = "550.54.14"\n'))
+    gpu = recipe.feature("gpu-nvidia")
+    assert gpu is not None
+    specs = gpu.packages(recipe)
     assert specs == ["xorg-x11-drv-nvidia-cuda-3:550.54.14", "xorg-x11-drv-nvidia-cuda-libs-3:550.54.14"]
-    assert [d.spec_name(s) for s in specs] == ["xorg-x11-drv-nvidia-cuda",
-                                               "xorg-x11-drv-nvidia-cuda-libs"]
-    assert d.version_matches("3:550.54.14-1.fc41", "550.54.14")
-    assert not d.version_matches("3:550.54.15-1.fc41", "550.54.14")
+    assert set(specs) <= set(collect_packages(recipe))
+    # NAME-EPOCH:VERSION: the name is what comes before the last "-" (the gpu feature reads the
+    # installed versions of those names, see test_features)
+    assert gpu.traits.spec_style == "rpm" and gpu.traits.nonfree_component is None
 
 
 def test_clean_removes_dnf_caches_and_logs_only(tmp_path: Path) -> None:
