@@ -14,6 +14,7 @@ from nspawnbuild.plan import collect_packages, nspawn_settings
 from nspawnbuild.recipe.load import load_recipe
 from nspawnbuild_plugins import fedora
 from nspawnbuild_plugins.fedora import Fedora, parse_rpm_query, repo_file
+from nspawnbuild_plugins.gpu import spec_name, version_matches
 
 REPO = {"name": "local", "baseurl": "file:///srv/repo", "gpgkey": ["file:///srv/key.asc"]}
 
@@ -139,9 +140,12 @@ def test_nvidia_on_fedora_pins_rpm_fusion_packages(tmp_path: Path) -> None:
     specs = gpu.packages(recipe)
     assert specs == ["xorg-x11-drv-nvidia-cuda-3:550.54.14", "xorg-x11-drv-nvidia-cuda-libs-3:550.54.14"]
     assert set(specs) <= set(collect_packages(recipe))
-    # NAME-EPOCH:VERSION: the name is what comes before the last "-" (the gpu feature reads the
-    # installed versions of those names, see test_features)
     assert gpu.traits.spec_style == "rpm" and gpu.traits.nonfree_component is None
+    # NAME-EPOCH:VERSION: the gpu feature checks the installed versions of these names
+    assert [spec_name(s, gpu.traits.spec_style) for s in specs] == [
+        "xorg-x11-drv-nvidia-cuda", "xorg-x11-drv-nvidia-cuda-libs"]
+    assert version_matches("3:550.54.14-1.fc41", "550.54.14")
+    assert not version_matches("3:550.54.15-1.fc41", "550.54.14")
 
 
 def test_clean_removes_dnf_caches_and_logs_only(tmp_path: Path) -> None:
