@@ -33,6 +33,7 @@ so that neither module imports the other and a new distro or feature is one new 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from .distro import Distro
 from .errors import Problem, RecipeError
 from .recipe.model import Recipe
+from .recipe.sourcemap import SourceMap
 from .rootfs import RootfsContext
 from .settings import Setting
 
@@ -178,6 +180,10 @@ def problems_of(errors: Iterable[RecipeError]) -> list[Problem]:
 
 
 # -- helpers for feature authors ----------------------------------------------------------------
+#
+# Shared by several feature plugins, which never import each other: what they have in common
+# lives here. Checks return problems (every problem of a recipe is reported at once); nothing
+# here raises for bad input.
 
 SSH_KEY = re.compile(
     r"^(?:(?:[a-z-]+(?:=\"[^\"]*\")?,?)+ )?"  # optional options, e.g. no-pty,from="..."
@@ -189,3 +195,97 @@ CRYPT_HASH = re.compile(r"^\$(1|5|6|y|gy|7|2[abxy]?)\$[./A-Za-z0-9$=,]{8,}$")
 # no backslash (nspawn reads it as an escape), no control characters
 ABS_PATH = r"^/(?!(.*/)?\.\.?(/|$))[^\x00-\x1f\x7f:\\]*$"
 KEYS_SCHEMA: dict[str, Any] = {"type": "array", "items": {"type": "string", "minLength": 1}}
+
+
+class Tuples:
+    """A base for frozen config and traits dataclasses: list values become tuples.
+
+    A TOML array and a distro's trait come as lists; as tuples the dataclass stays immutable
+    (and hashable), so a feature can declare ``tuple[str, ...]`` fields and take either.
+    """
+
+    def __post_init__(self) -> None:
+        if not dataclasses.is_dataclass(self):
+            return
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))
+
+
+def authorized_keys(sources: SourceMap, key: str, inline: Iterable[str],
+                    files: Iterable[str]) -> tuple[list[str], list[Problem]]:
+    """The public keys of a table at ``key`` (``features.ssh``, ``features.users.accounts.0``):
+    its ``authorized_keys`` and the lines of its ``authorized_keys_files`` (read here, once,
+    confined to the directory of the recipe that names them), and the problems found.
+
+    Each inline key and each file is checked to hold public keys only: a private key pasted by
+    mistake must never reach an image. A file is reported once, at its first bad line.
+    """
+    keys: list[str] = []
+    problems: list[Problem] = []
+    for i, k in enumerate(inline):
+        if not SSH_KEY.match(k.strip()):
+            problems.append(sources.problem(
+                f"{key}.authorized_keys", f"entry {i} does not look like an ssh public key: "
+                f"{k[:40]!r}", "paste one line of an id_*.pub file, e.g. 'ssh-ed25519 AAAA... "
+                "me@host'"))
+        keys.append(k.strip())
+    for name in files:
+        files_key = f"{key}.authorized_keys_files"
+        try:
+            text, path = sources.read_file(files_key, name)
+        except RecipeError as e:
+            problems += e.problems
+            continue
+        for n, line in enumerate(text.splitlines(), start=1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if not SSH_KEY.match(line):
+                problems.append(sources.problem(files_key, f"{path}:{n} is not an ssh public key",
+                                                "use a .pub file, never a private key"))
+                break
+            keys.append(line)
+    return keys, problems
+
+
+def keys_digest(keys: Iterable[str]) -> str:
+    """sha256 of a list of public keys: what a rootfs digest records instead of the keys."""
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()
+
+
+def check_password_hash(sources: SourceMap, key: str, value: str) -> list[Problem]:
+    """A problem unless ``value`` (at ``key``) is a crypt(3) hash: a plaintext password would be
+    readable in the recipe, the image and its manifest."""
+    if CRYPT_HASH.match(value):
+        return []
+    return [sources.problem(key, "must be a crypt(3) password hash, not a password",
+                            "make one with `openssl passwd -6` or `mkpasswd -m yescrypt`; a "
+                            "plaintext password would be readable in the recipe, the image and "
+                            "its manifest")]
+
+
+def install_authorized_keys(ctx: RootfsContext, user: str, home: str, keys: Iterable[str]) -> None:
+    """~/.ssh/authorized_keys owned by the user, with the modes sshd insists on."""
+    ctx.make_dir(f"{home}/.ssh", mode=0o700, owner=user)
+    ctx.write_file(f"{home}/.ssh/authorized_keys", "\n".join(keys) + "\n", mode=0o600,
+                   owner=user)
+
+
+def set_password_hash(ctx: RootfsContext, user: str, hashed: str) -> None:
+    """Put ``hashed`` into the image's /etc/shadow for ``user`` (the same format on every
+    distro), keeping the file's mode and owner."""
+    shadow = ctx.path("/etc/shadow")
+    lines = shadow.read_text().splitlines()
+    for i, line in enumerate(lines):
+        fields = line.split(":")
+        if fields[0] == user and len(fields) > 2:
+            fields[1] = hashed
+            lines[i] = ":".join(fields)
+            break
+    else:
+        raise ValueError(f"no user {user} in the image's /etc/shadow")
+    st = shadow.stat()
+    ctx.write_file("/etc/shadow", "\n".join(lines) + "\n", mode=st.st_mode & 0o7777,
+                   owner=f"{st.st_uid}:{st.st_gid}")
