@@ -2,20 +2,22 @@
 
 systemd only *warns* about a value it cannot parse and then ignores the setting, so a limit the
 schema lets through but systemd refuses (``MemoryMax=0``, ``CPUQuota=1.555%``, ``TasksMax=150%``,
-``AllowedCPUs=3-1``) would silently leave the container unlimited. ``nspawnbuild_validate``
+``AllowedCPUs=3-1``) would silently leave the container unlimited. ``Limits.validate``
 checks each value the way systemd 252 parses it.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from nspawnbuild import hookimpl
-from nspawnbuild.distro import Distro
-from nspawnbuild.features import fail
-from nspawnbuild.recipe import Recipe
+from nspawnbuild.errors import Problem
+from nspawnbuild.feature import AnyFeature, Feature, NoTraits, Tuples
+from nspawnbuild.hookspecs import hookimpl
+from nspawnbuild.recipe.model import Recipe
 from nspawnbuild.settings import Setting
 
 CPUS = r"^\d+(-\d+)?([ ,]\d+(-\d+)?)*$"
@@ -43,23 +45,6 @@ IO_KEYS = {"io_read_bandwidth_max": "IOReadBandwidthMax",
 IO_HINT = ('entries of the form "PATH RATE", e.g. "/dev/sda 100M": a block device or a path on '
            "it, then bytes per second")
 _MULT = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}  # powers of the base
-
-
-@hookimpl
-def nspawnbuild_feature_schemas() -> dict[str, Any]:
-    props: dict[str, Any] = {key: schema for key, (_, schema) in UNIT_KEYS.items()}
-    props["cpu_affinity"] = {"type": "string", "pattern": CPUS,
-                             "x-hint": "CPU indices and ranges, e.g. \"0-1,8-9\""}
-    for key in IO_KEYS:
-        # one "PATH RATE" string or a list of them; a bare "100M" is refused in validate
-        props[key] = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
-                      "x-hint": IO_HINT}
-    return {"limits": {"type": "object", "additionalProperties": False, "properties": props}}
-
-
-def _io_entries(table: dict[str, Any], key: str) -> list[str]:
-    value = table.get(key, [])
-    return [value] if isinstance(value, str) else list(value)
 
 
 def _percent_problem(text: str, limit: int | None) -> str | None:
@@ -129,40 +114,81 @@ def _io_problem(entry: str) -> tuple[str, str] | None:
     return None
 
 
-@hookimpl
-def nspawnbuild_validate(recipe: Recipe) -> None:
-    table = recipe.feature("limits") or {}
-    for key in [*UNIT_KEYS, "cpu_affinity"]:
-        if key in table:
-            why = _unit_problem(key, table[key])
+@dataclass(frozen=True)
+class LimitsConfig(Tuples):
+    """``[features.limits]``: each key None when not written (no setting at all)."""
+
+    cpu_quota: str | None = None
+    allowed_cpus: str | None = None
+    memory_max: str | None = None
+    memory_swap_max: str | None = None
+    tasks_max: int | str | None = None
+    cpu_affinity: str | None = None
+    #: "PATH RATE" entries (one string in the recipe is one entry)
+    io_read_bandwidth_max: tuple[str, ...] = ()
+    io_write_bandwidth_max: tuple[str, ...] = ()
+
+
+class Limits(Feature[LimitsConfig, NoTraits]):
+    """CPU, memory, task and IO limits, each checked the way systemd 252 parses it."""
+
+    name = "limits"
+    config_class = LimitsConfig
+    order = 70
+    properties = {
+        **{key: schema for key, (_, schema) in UNIT_KEYS.items()},
+        "cpu_affinity": {"type": "string", "pattern": CPUS,
+                         "x-hint": "CPU indices and ranges, e.g. \"0-1,8-9\""},
+        # one "PATH RATE" string or a list of them; a bare "100M" is refused in validate
+        **{key: {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+                 "x-hint": IO_HINT} for key in IO_KEYS},
+    }
+
+    @classmethod
+    def parse(cls, table: Mapping[str, Any]) -> LimitsConfig:
+        values = dict(table)
+        for key in IO_KEYS:
+            if isinstance(values.get(key), str):
+                values[key] = [values[key]]
+        return LimitsConfig(**values)
+
+    def validate(self, recipe: Recipe[AnyFeature]) -> list[Problem]:
+        problems: list[Problem] = []
+        for key in [*UNIT_KEYS, "cpu_affinity"]:
+            value = getattr(self.config, key)
+            if value is None:
+                continue
+            why = _unit_problem(key, value)
             if why:
                 hint = UNIT_KEYS[key][1].get("x-hint") if key in UNIT_KEYS else None
-                fail(recipe, f"features.limits.{key}",
-                     f"invalid value {table[key]!r}: {why}; systemd would ignore the setting",
-                     hint)
-    for key in IO_KEYS:
-        for i, entry in enumerate(_io_entries(table, key)):
-            problem = _io_problem(entry)
-            if problem:
-                fail(recipe, f"features.limits.{key}", f"entry {i} ({entry!r}) {problem[0]}",
-                     problem[1])
+                problems.append(recipe.sources.problem(
+                    f"features.limits.{key}",
+                    f"invalid value {value!r}: {why}; systemd would ignore the setting", hint))
+        for key in IO_KEYS:
+            for i, entry in enumerate(getattr(self.config, key)):
+                problem = _io_problem(entry)
+                if problem:
+                    problems.append(recipe.sources.problem(
+                        f"features.limits.{key}", f"entry {i} ({entry!r}) {problem[0]}",
+                        problem[1]))
+        return problems
+
+    def nspawn_settings(self, recipe: Recipe[AnyFeature]) -> list[Setting]:
+        if self.config.cpu_affinity is not None:
+            return [Setting("Exec", "CPUAffinity", self.config.cpu_affinity, "limits")]
+        return []
+
+    def unit_settings(self, recipe: Recipe[AnyFeature]) -> list[Setting]:
+        c = self.config
+        out = [Setting("Service", unit_key, str(getattr(c, key)), "limits")
+               for key, (unit_key, _) in UNIT_KEYS.items() if getattr(c, key) is not None]
+        for key, unit_key in IO_KEYS.items():
+            # validated as exactly two words; written with one space, whatever separated them
+            out += [Setting("Service", unit_key, " ".join(entry.split()), "limits")
+                    for entry in getattr(c, key)]
+        return out
 
 
 @hookimpl
-def nspawnbuild_nspawn_settings(recipe: Recipe, distro: Distro) -> list[Setting]:
-    table = recipe.feature("limits") or {}
-    if "cpu_affinity" in table:
-        return [Setting("Exec", "CPUAffinity", table["cpu_affinity"], "limits")]
-    return []
-
-
-@hookimpl
-def nspawnbuild_unit_settings(recipe: Recipe, distro: Distro) -> list[Setting]:
-    table = recipe.feature("limits") or {}
-    out = [Setting("Service", unit_key, str(table[key]), "limits")
-           for key, (unit_key, _) in UNIT_KEYS.items() if key in table]
-    for key, unit_key in IO_KEYS.items():
-        # validated as exactly two words; written with one space, whatever separated them
-        out += [Setting("Service", unit_key, " ".join(entry.split()), "limits")
-                for entry in _io_entries(table, key)]
-    return out
+def nspawnbuild_features() -> list[type[Feature[Any, Any]]]:
+    return [Limits]

@@ -11,12 +11,13 @@ checked here the way nspawn checks it.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
-from nspawnbuild import hookimpl
-from nspawnbuild.distro import Distro
-from nspawnbuild.features import fail
-from nspawnbuild.recipe import Recipe
+from nspawnbuild.errors import Problem
+from nspawnbuild.feature import AnyFeature, Feature, NoTraits, Tuples
+from nspawnbuild.hookspecs import hookimpl
+from nspawnbuild.recipe.model import Recipe
 from nspawnbuild.settings import Setting
 
 KEYWORDS = ("pick", "yes", "no", "identity")
@@ -27,57 +28,70 @@ HINT = ("pick, yes, no, identity, a base UID such as 65536, or BASE:RANGE such a
         "(decimal, no leading zeros)")
 
 
-@hookimpl
-def nspawnbuild_feature_schemas() -> dict[str, Any]:
-    return {"private-users": {
-        "type": "object", "additionalProperties": False,
-        "properties": {
-            "mode": {"anyOf": [{"enum": list(KEYWORDS)},
-                               {"type": "string", "pattern": _NUMERIC.pattern},
-                               {"type": "integer", "minimum": 0}],
-                     "x-hint": HINT},
-            "ownership": {"enum": ["off", "chown", "map", "auto"]},
-        },
-    }}
+@dataclass(frozen=True)
+class PrivateUsersConfig(Tuples):
+    #: a keyword, a base UID, or "BASE:RANGE"
+    mode: str | int = "pick"
+    #: None: no PrivateUsersOwnership= line (nspawn's default)
+    ownership: str | None = None
+
+    @property
+    def value(self) -> str:
+        """The PrivateUsers= value: a keyword, or always BASE:RANGE for a numeric mode."""
+        mode = str(self.mode)
+        if mode in KEYWORDS:
+            return mode
+        base, _, size = mode.partition(":")
+        return f"{int(base)}:{int(size) if size else DEFAULT_RANGE}"
 
 
-def _mode(table: dict[str, Any]) -> str:
-    """The PrivateUsers= value: a keyword, or always BASE:RANGE for a numeric mode."""
-    mode = str(table.get("mode", "pick"))
-    if mode in KEYWORDS:
-        return mode
-    base, _, size = mode.partition(":")
-    return f"{int(base)}:{int(size) if size else DEFAULT_RANGE}"
-
-
-@hookimpl
-def nspawnbuild_validate(recipe: Recipe) -> None:
-    table = recipe.feature("private-users")
-    if table is None or str(table.get("mode", "pick")) in KEYWORDS:
-        return
-    base, _, size = _mode(table).partition(":")
-    if int(base) in (0xFFFF, UID_MAX):
-        fail(recipe, "features.private-users.mode",
-             f"base UID {base} is not a valid UID (65535 and 4294967295 are reserved)", HINT)
-    if int(base) + int(size) > UID_MAX:
-        fail(recipe, "features.private-users.mode",
-             f"base UID {base} with a range of {size} runs past the last UID {UID_MAX}", HINT)
-
-
-def _recipe_sets(recipe: Recipe, section: str, key: str) -> bool:
+def _recipe_sets(recipe: Recipe[AnyFeature], section: str, key: str) -> bool:
+    """Whether the recipe's own [nspawn.SECTION] table has ``key``."""
     return key in (recipe.data.get("nspawn", {}).get(section) or {})
 
 
+class PrivateUsers(Feature[PrivateUsersConfig, NoTraits]):
+    """PrivateUsers= and PrivateUsersOwnership=, checked the way nspawn parses them."""
+
+    name = "private-users"
+    config_class = PrivateUsersConfig
+    order = 90
+    properties = {
+        "mode": {"anyOf": [{"enum": list(KEYWORDS)},
+                           {"type": "string", "pattern": _NUMERIC.pattern},
+                           {"type": "integer", "minimum": 0}],
+                 "x-hint": HINT},
+        "ownership": {"enum": ["off", "chown", "map", "auto"]},
+    }
+
+    def validate(self, recipe: Recipe[AnyFeature]) -> list[Problem]:
+        if str(self.config.mode) in KEYWORDS:
+            return []
+        base, _, size = self.config.value.partition(":")
+        problems: list[Problem] = []
+        if int(base) in (0xFFFF, UID_MAX):
+            problems.append(recipe.sources.problem(
+                "features.private-users.mode",
+                f"base UID {base} is not a valid UID (65535 and 4294967295 are reserved)", HINT))
+        elif int(base) + int(size) > UID_MAX:  # one problem with one value is enough
+            problems.append(recipe.sources.problem(
+                "features.private-users.mode",
+                f"base UID {base} with a range of {size} runs past the last UID {UID_MAX}", HINT))
+        return problems
+
+    def nspawn_settings(self, recipe: Recipe[AnyFeature]) -> list[Setting]:
+        # the recipe's own [nspawn.Exec]/[nspawn.Files] keys win; writing ours too would only
+        # leave two lines of the same key in the file
+        out = []
+        if not _recipe_sets(recipe, "Exec", "PrivateUsers"):
+            out.append(Setting("Exec", "PrivateUsers", self.config.value, "private-users"))
+        if self.config.ownership is not None \
+                and not _recipe_sets(recipe, "Files", "PrivateUsersOwnership"):
+            out.append(Setting("Files", "PrivateUsersOwnership", self.config.ownership,
+                               "private-users"))
+        return out
+
+
 @hookimpl
-def nspawnbuild_nspawn_settings(recipe: Recipe, distro: Distro) -> list[Setting]:
-    table = recipe.feature("private-users")
-    if table is None:
-        return []
-    # the recipe's own [nspawn.Exec]/[nspawn.Files] keys win; writing ours too would only
-    # leave two lines of the same key in the file
-    out = []
-    if not _recipe_sets(recipe, "Exec", "PrivateUsers"):
-        out.append(Setting("Exec", "PrivateUsers", _mode(table), "private-users"))
-    if "ownership" in table and not _recipe_sets(recipe, "Files", "PrivateUsersOwnership"):
-        out.append(Setting("Files", "PrivateUsersOwnership", table["ownership"], "private-users"))
-    return out
+def nspawnbuild_features() -> list[type[Feature[Any, Any]]]:
+    return [PrivateUsers]

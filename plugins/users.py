@@ -7,108 +7,199 @@ groups = ["adm"]
 sudo = "nopasswd"            # false (default), "password" or "nopasswd"
 authorized_keys = ["ssh-ed25519 AAAA... alice@laptop"]
 ```
+
+Accounts are made inside the image with ``groupadd``/``useradd`` (shadow's tools, the same
+options on every distro; the packages that provide them are the distro's ``users`` trait).
 """
 
 from __future__ import annotations
 
-import hashlib
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from nspawnbuild import hookimpl
-from nspawnbuild.distro import Distro
-from nspawnbuild.features import KEYS_SCHEMA, authorized_keys, check_password_hash, fail
-from nspawnbuild.recipe import Recipe
+from nspawnbuild.errors import Problem, RecipeError
+from nspawnbuild.feature import (
+    KEYS_SCHEMA,
+    AnyFeature,
+    Feature,
+    Tuples,
+    authorized_keys,
+    check_password_hash,
+    install_authorized_keys,
+    keys_digest,
+    set_password_hash,
+)
+from nspawnbuild.hookspecs import hookimpl
+from nspawnbuild.recipe.model import Recipe
 from nspawnbuild.rootfs import RootfsContext
-
-from .basics import set_password_hash
 
 USER_NAME = r"^[a-z_][a-z0-9_-]{0,31}$"
 
+ACCOUNT_SCHEMA: dict[str, Any] = {
+    "type": "object", "additionalProperties": False, "required": ["name"],
+    "properties": {
+        "name": {"type": "string", "pattern": USER_NAME,
+                 "x-hint": "lower-case letters, digits, '_' and '-', at most 32"},
+        "uid": {"type": "integer", "minimum": 1, "maximum": 65533},
+        "group": {"type": "string", "pattern": USER_NAME},
+        "groups": {"type": "array", "items": {"type": "string", "pattern": USER_NAME}},
+        "shell": {"type": "string", "pattern": r"^/[^\s:]*$"},
+        "home": {"type": "string", "pattern": r"^/[^\s:]*$"},
+        "system": {"type": "boolean"},
+        "sudo": {"enum": [False, "password", "nopasswd"]},
+        "password_hash": {"type": "string"},
+        "authorized_keys": KEYS_SCHEMA,
+        "authorized_keys_files": KEYS_SCHEMA,
+    },
+}
+
+
+@dataclass(frozen=True)
+class Account(Tuples):
+    """One ``[[features.users.accounts]]`` entry."""
+
+    name: str
+    uid: int | None = None
+    group: str | None = None
+    groups: tuple[str, ...] = ()
+    #: None: /bin/bash when the image has it, else /bin/sh
+    shell: str | None = None
+    #: None: /home/NAME
+    home: str | None = None
+    system: bool = False
+    sudo: Literal[False, "password", "nopasswd"] = False
+    password_hash: str | None = None
+    authorized_keys: tuple[str, ...] = ()
+    authorized_keys_files: tuple[str, ...] = ()
+
+    @property
+    def home_dir(self) -> str:
+        return self.home or f"/home/{self.name}"
+
+
+@dataclass(frozen=True)
+class UsersConfig(Tuples):
+    accounts: tuple[Account, ...] = ()
+
+
+@dataclass(frozen=True)
+class UsersTraits(Tuples):
+    #: packages that provide useradd/groupadd (Debian has them in an essential package)
+    packages: tuple[str, ...] = ()
+
+
+def add_group_command(name: str, gid: int | None, system: bool) -> list[str]:
+    """argv that creates a group unless it exists (run in the sandbox)."""
+    argv = ["groupadd", "-f"]
+    if gid is not None:
+        argv += ["-g", str(gid)]
+    if system:
+        argv.append("-r")
+    return [*argv, name]
+
+
+def add_user_command(name: str, *, uid: int | None, group: str | None, groups: Sequence[str],
+                     shell: str, home: str, system: bool) -> list[str]:
+    """argv that creates a user with a home directory (run in the sandbox)."""
+    argv = ["useradd", "-m", "-d", home, "-s", shell]
+    if uid is not None:
+        argv += ["-u", str(uid)]
+    if group:
+        argv += ["-g", group]
+    if groups:
+        argv += ["-G", ",".join(groups)]
+    if system:
+        argv.append("-r")
+    return [*argv, name]
+
+
+class Users(Feature[UsersConfig, UsersTraits]):
+    """Accounts with their groups, shell, sudo rule, password hash and ssh keys."""
+
+    name = "users"
+    config_class = UsersConfig
+    traits_class = UsersTraits
+    order = 10
+    properties = {"accounts": {"type": "array", "items": ACCOUNT_SCHEMA}}
+
+    def __init__(self, config: UsersConfig, traits: UsersTraits):
+        super().__init__(config, traits)
+        #: each account's public keys, read once by validate()
+        self.keys: list[list[str]] | None = None
+
+    @classmethod
+    def parse(cls, table: Mapping[str, Any]) -> UsersConfig:
+        return UsersConfig(tuple(Account(**acc) for acc in table.get("accounts", [])))
+
+    def _read_keys(self, recipe: Recipe[AnyFeature]) -> tuple[list[list[str]], list[Problem]]:
+        keys: list[list[str]] = []
+        problems: list[Problem] = []
+        for i, acc in enumerate(self.config.accounts):
+            found, bad = authorized_keys(recipe.sources, f"features.users.accounts.{i}",
+                                         acc.authorized_keys, acc.authorized_keys_files)
+            keys.append(found)
+            problems += bad
+        return keys, problems
+
+    def account_keys(self, recipe: Recipe[AnyFeature]) -> list[list[str]]:
+        """Each account's public keys (read by validate(), or now when it was not called)."""
+        if self.keys is None:
+            keys, problems = self._read_keys(recipe)
+            if problems:
+                raise RecipeError(problems)
+            self.keys = keys
+        return self.keys
+
+    def validate(self, recipe: Recipe[AnyFeature]) -> list[Problem]:
+        problems: list[Problem] = []
+        seen: set[str] = set()
+        for i, acc in enumerate(self.config.accounts):
+            key = f"features.users.accounts.{i}"
+            if acc.name in seen or acc.name == "root":
+                problems.append(recipe.sources.problem(
+                    f"{key}.name", f"user '{acc.name}' is declared twice or is root",
+                    "root is configured by [features.basics] and [features.ssh]"))
+            seen.add(acc.name)
+            if acc.password_hash is not None:
+                problems += check_password_hash(recipe.sources, f"{key}.password_hash",
+                                                acc.password_hash)
+        keys, bad = self._read_keys(recipe)
+        if not bad:
+            self.keys = keys
+        return problems + bad
+
+    def packages(self, recipe: Recipe[AnyFeature]) -> list[str]:
+        accounts = self.config.accounts
+        if not accounts:
+            return []
+        sudo = [recipe.distro.map_package("sudo")] if any(a.sudo for a in accounts) else []
+        return [*self.traits.packages, *sudo]
+
+    def digest(self, recipe: Recipe[AnyFeature]) -> Any:
+        digests = [keys_digest(keys) for keys in self.account_keys(recipe)]
+        return {"users": digests} if digests else None
+
+    def configure(self, ctx: RootfsContext) -> None:
+        for acc, keys in zip(self.config.accounts, self.account_keys(ctx.recipe), strict=True):
+            home = acc.home_dir
+            for group in [g for g in [acc.group, *acc.groups] if g]:
+                ctx.run(add_group_command(group, None, False), step=f"group {group}",
+                        network=False)
+            shell = acc.shell or ("/bin/bash" if ctx.path("/bin/bash").exists() else "/bin/sh")
+            ctx.run(add_user_command(acc.name, uid=acc.uid, group=acc.group, groups=acc.groups,
+                                     shell=shell, home=home, system=acc.system),
+                    step=f"user {acc.name}", network=False)
+            if acc.password_hash is not None:
+                set_password_hash(ctx, acc.name, acc.password_hash)
+            if keys:
+                install_authorized_keys(ctx, acc.name, home, keys)
+            if acc.sudo:
+                rule = "ALL=(ALL:ALL) NOPASSWD: ALL" if acc.sudo == "nopasswd" else "ALL=(ALL:ALL) ALL"
+                ctx.write_file(f"/etc/sudoers.d/50-nspawnbuild-{acc.name}", f"{acc.name} {rule}\n",
+                               mode=0o440)
+
 
 @hookimpl
-def nspawnbuild_feature_schemas() -> dict[str, Any]:
-    account = {
-        "type": "object", "additionalProperties": False, "required": ["name"],
-        "properties": {
-            "name": {"type": "string", "pattern": USER_NAME,
-                     "x-hint": "lower-case letters, digits, '_' and '-', at most 32"},
-            "uid": {"type": "integer", "minimum": 1, "maximum": 65533},
-            "group": {"type": "string", "pattern": USER_NAME},
-            "groups": {"type": "array", "items": {"type": "string", "pattern": USER_NAME}},
-            "shell": {"type": "string", "pattern": r"^/[^\s:]*$"},
-            "home": {"type": "string", "pattern": r"^/[^\s:]*$"},
-            "system": {"type": "boolean"},
-            "sudo": {"enum": [False, "password", "nopasswd"]},
-            "password_hash": {"type": "string"},
-            "authorized_keys": KEYS_SCHEMA,
-            "authorized_keys_files": KEYS_SCHEMA,
-        },
-    }
-    return {"users": {"type": "object", "additionalProperties": False,
-                      "properties": {"accounts": {"type": "array", "items": account}}}}
-
-
-def _accounts(recipe: Recipe) -> list[dict[str, Any]]:
-    return list((recipe.feature("users") or {}).get("accounts", []))
-
-
-@hookimpl
-def nspawnbuild_validate(recipe: Recipe) -> None:
-    seen: set[str] = set()
-    for i, acc in enumerate(_accounts(recipe)):
-        key = f"features.users.accounts.{i}"
-        if acc["name"] in seen or acc["name"] == "root":
-            fail(recipe, f"{key}.name", f"user '{acc['name']}' is declared twice or is root",
-                 "root is configured by [features.basics] and [features.ssh]")
-        seen.add(acc["name"])
-        if "password_hash" in acc:
-            check_password_hash(recipe, f"{key}.password_hash", acc["password_hash"])
-        authorized_keys(recipe, key, acc.get("authorized_keys", []),
-                        acc.get("authorized_keys_files", []))
-
-
-@hookimpl
-def nspawnbuild_packages(recipe: Recipe, distro: Distro) -> list[str]:
-    accounts = _accounts(recipe)
-    sudo = [distro.map_package("sudo")] if any(a.get("sudo") for a in accounts) else []
-    return [*distro.user_packages, *sudo] if accounts else []
-
-
-@hookimpl
-def nspawnbuild_rootfs_digest(recipe: Recipe) -> Any:
-    digests = []
-    for i, acc in enumerate(_accounts(recipe)):
-        keys = authorized_keys(recipe, f"features.users.accounts.{i}",
-                               acc.get("authorized_keys", []), acc.get("authorized_keys_files", []))
-        digests.append(hashlib.sha256("\n".join(keys).encode()).hexdigest())
-    return {"users": digests} if digests else None
-
-
-@hookimpl
-def nspawnbuild_configure_rootfs(ctx: RootfsContext) -> None:
-    for i, acc in enumerate(_accounts(ctx.recipe)):
-        name = acc["name"]
-        home = acc.get("home", f"/home/{name}")
-        for group in [g for g in [acc.get("group"), *acc.get("groups", [])] if g]:
-            ctx.run(ctx.distro.add_group_command(group, None, False), step=f"group {group}",
-                    network=False)
-        ctx.run(ctx.distro.add_user_command(
-            name, uid=acc.get("uid"), group=acc.get("group"), groups=acc.get("groups", []),
-            shell=acc.get("shell", "/bin/bash" if ctx.path("/bin/bash").exists() else "/bin/sh"),
-            home=home, system=acc.get("system", False)), step=f"user {name}", network=False)
-        if "password_hash" in acc:
-            set_password_hash(ctx, name, acc["password_hash"])
-        keys = authorized_keys(ctx.recipe, f"features.users.accounts.{i}",
-                               acc.get("authorized_keys", []), acc.get("authorized_keys_files", []))
-        if keys:
-            install_authorized_keys(ctx, name, home, keys)
-        if acc.get("sudo"):
-            rule = "ALL=(ALL:ALL) NOPASSWD: ALL" if acc["sudo"] == "nopasswd" else "ALL=(ALL:ALL) ALL"
-            ctx.write_file(f"/etc/sudoers.d/50-nspawnbuild-{name}", f"{name} {rule}\n", mode=0o440)
-
-
-def install_authorized_keys(ctx: RootfsContext, user: str, home: str, keys: list[str]) -> None:
-    """~/.ssh/authorized_keys owned by the user, with the modes sshd insists on."""
-    ctx.make_dir(f"{home}/.ssh", mode=0o700, owner=user)
-    ctx.write_file(f"{home}/.ssh/authorized_keys", "\n".join(keys) + "\n", mode=0o600,
-                   owner=user)
+def nspawnbuild_features() -> list[type[Feature[Any, Any]]]:
+    return [Users]
