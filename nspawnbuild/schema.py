@@ -3,11 +3,17 @@
 One schema serves three purposes: validating recipes (with jsonschema), documenting them, and
 giving editors completion (``nspawnbuild schema``). Nodes may carry ``x-hint``, a sentence
 telling the user how to fix a value that does not match.
+
+This module holds only what the core owns (and the limits other modules share); it imports
+nothing of the package, so that anything may use its constants. The plugins' parts are added
+by ``nspawnbuild.recipe.load``: a distro's ``base_schema`` for ``[base]`` beyond distro,
+release and arch, and each feature's table.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
 MACHINE_NAME_PATTERN = r"^(?![-.])(?!.*\.\.)(?!.*[.-]$)[A-Za-z0-9.-]{1,64}$"
@@ -45,7 +51,9 @@ def mode_schema(example: str) -> dict[str, Any]:
 
 
 def core_schema() -> dict[str, Any]:
-    """The schema of the keys the core owns (everything but feature tables and distro extras)."""
+    """The schema of the keys the core owns (everything but feature tables and distro extras).
+
+    A new dict each call: callers add the plugins' parts to it."""
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "nspawnbuild recipe",
@@ -83,11 +91,7 @@ def core_schema() -> dict[str, Any]:
                                 "x-hint": "a release code name or number, e.g. bookworm"},
                     "arch": {"type": "string", "pattern": r"^[a-z0-9_]+$",
                              "x-hint": "an architecture name such as amd64 or arm64"},
-                    "mirror": {"type": "string", "pattern": r"^(https?|file)://[^\s,]+$",
-                               "x-hint": "a URL such as http://HOST/debian, without spaces"},
-                    "components": {"type": "array", "minItems": 1, "uniqueItems": True,
-                                   "items": {"type": "string", "pattern": r"^[a-z0-9-]+$"}},
-                    "variant": {"type": "string", "pattern": r"^[a-z-]+$"},
+                    # every other key is a distro's own: its plugin's Distro.base_schema
                 },
             },
             "packages": {
@@ -203,33 +207,14 @@ def core_schema() -> dict[str, Any]:
     }
 
 
-def full_schema(distro_schema: dict[str, Any] | None, features: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The core schema with a distro's ``[base]`` extras and the plugins' feature tables."""
+def full_schema(distro_schema: Mapping[str, Any] | None,
+                features: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The core schema with a distro's ``[base]`` extras and the plugins' feature tables.
+
+    The arguments are copied: the result can be changed without changing a plugin's class."""
     schema = copy.deepcopy(core_schema())
     if distro_schema:
         schema["properties"]["base"]["properties"].update(copy.deepcopy(distro_schema))
-    schema["properties"]["features"]["properties"] = copy.deepcopy(features)
-    return schema
-
-
-def recipe_json_schema() -> dict[str, Any]:
-    """The schema for editors: every installed distro's ``[base]`` extras and every feature."""
-    from .plugins import get_plugin_manager
-
-    pm = get_plugin_manager()
-    features: dict[str, dict[str, Any]] = {}
-    for table in pm.hook.nspawnbuild_feature_schemas():
-        features.update(table or {})
-    extras: dict[str, Any] = {}
-    for names in pm.hook.nspawnbuild_distro_names():
-        for name in names:
-            distro = pm.hook.nspawnbuild_make_distro(base={"distro": name})
-            extras.update(getattr(distro, "base_schema", {}) or {})
-    schema = full_schema(extras, features)
-    schema["$id"] = "https://nspawnbuild.invalid/recipe.schema.json"
-    # [base] and its distro may come from the recipe that this one extends
-    schema.pop("required", None)
-    schema["properties"]["base"].pop("required", None)
-    schema["properties"]["base"]["properties"]["distro"]["enum"] = sorted(
-        {n for names in pm.hook.nspawnbuild_distro_names() for n in names})
+    schema["properties"]["features"]["properties"] = {
+        name: copy.deepcopy(dict(table)) for name, table in features.items()}
     return schema
