@@ -35,7 +35,7 @@ from conftest import BIN, ROOT, Env
 from nspawnbuild import cache as cache_mod
 from nspawnbuild.errors import BuildError
 from nspawnbuild.fetch import DEFAULT_DEADLINE, DEFAULT_MAX_SIZE, Limits, cache_path, fetch
-from nspawnbuild.recipe import load_recipe
+from nspawnbuild.recipe.load import load_recipe
 from nspawnbuild.schema import SOURCE_MAX_SIZE_DEFAULT, SOURCE_TIMEOUT_DEFAULT
 from nspawnbuild.sizes import parse_size
 
@@ -492,7 +492,7 @@ def test_source_limits_in_the_recipe(env: Env, host_sentinels: sentinels.Sentine
                                                              'timeout = 90\n')
                    + _source(url + "3", extra="max_size = 4096\n"))
     loaded = load_recipe(recipe)
-    assert [(s.max_size, s.timeout) for s in loaded.sources] == [
+    assert [(s.max_size, s.timeout) for s in loaded.source_entries] == [
         (DEFAULT_MAX_SIZE, DEFAULT_DEADLINE), (3 << 29, 90), (4096, SOURCE_TIMEOUT_DEFAULT)]
     assert parse_size(SOURCE_MAX_SIZE_DEFAULT) == DEFAULT_MAX_SIZE == 4 << 30
     for extra, key in (('max_size = "0"\n', "max_size"), ('max_size = "2X"\n', "max_size"),

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from nspawnbuild.errors import RecipeError
-from nspawnbuild.recipe import load_recipe
+from nspawnbuild.recipe.load import load_recipe
 
 MALFORMED = Path(__file__).parent / "malformed"
 CASES = sorted(p.name for p in MALFORMED.glob("*.toml"))

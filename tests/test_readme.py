@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from conftest import ROOT
-from nspawnbuild.schema import recipe_json_schema
+from nspawnbuild.recipe.load import recipe_json_schema
 
 README = (ROOT / "README.md").read_text()
 SCHEMA = recipe_json_schema()

@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 
 from nspawnbuild.errors import RecipeError
-from nspawnbuild.recipe import DEFAULT_EPOCH, load_recipe, locate, merge
+from nspawnbuild.feature import authorized_keys
+from nspawnbuild.recipe.defaults import DEFAULT_EPOCH
+from nspawnbuild.recipe.load import load_recipe
+from nspawnbuild.recipe.merge import merge
+from nspawnbuild.recipe.model import Output
+from nspawnbuild.recipe.sourcemap import locate
 
 
 def write(path: Path, text: str) -> Path:
@@ -53,12 +58,12 @@ LimitNOFILE = 4096
     assert r.name == "child"  # never inherited: defaults to the child's file stem
     assert r.data["description"] == "parent"
     assert r.base["distro"] == "debian" and r.base["release"] == "trixie"
-    assert r.packages == ["less", "procps", "curl"]
-    assert [p["run"] for p in r.post] == ["echo parent", "echo child"]
+    assert r.packages == ("less", "procps", "curl")
+    assert [p.run for p in r.post] == ["echo parent", "echo child"]
     # src is relative to the recipe that declared it
     assert [f.content for f in r.files] == [b"from parent\n", b"from child\n"]
     assert r.data["nspawn"]["Exec"]["LimitNOFILE"] == 4096
-    assert r.chain == [tmp_path / "lib" / "parent.toml", child]
+    assert r.chain == (tmp_path / "lib" / "parent.toml", child)
 
 
 def test_merge_replaces_non_append_lists() -> None:
@@ -72,7 +77,7 @@ def test_defaults_are_filled_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert r.name == "min"
     assert r.epoch == DEFAULT_EPOCH
     assert r.target_systemd == 252
-    assert r.output == {"compression": "zstd", "level": 9}
+    assert r.output == Output("zstd", 9) and r.data["output"] == {"compression": "zstd", "level": 9}
     assert r.base["release"] == "bookworm" and r.base["components"] == ["main"]
     assert r.base["variant"] == "minbase" and r.base["arch"]
     assert "mirror" not in r.base  # no mirror: the bootstrapper's own default
@@ -92,7 +97,7 @@ def test_extends_by_name_on_search_path(tmp_path: Path, monkeypatch: pytest.Monk
     write(tmp_path / "recipes" / "app.toml", 'extends = "base1"\npackages = ["curl"]\n')
     monkeypatch.chdir(tmp_path)
     r = load_recipe("app")
-    assert r.name == "app" and r.packages == ["curl"] and r.base["distro"] == "debian"
+    assert r.name == "app" and r.packages == ("curl",) and r.base["distro"] == "debian"
 
 
 def test_digest_ignores_formatting_but_not_content(tmp_path: Path) -> None:
@@ -149,7 +154,5 @@ def test_feature_files_are_relative_to_the_recipe_that_names_them(tmp_path: Path
     write(tmp_path / "lib" / "parent.toml", '[base]\ndistro = "debian"\n'
           '[features.ssh]\nauthorized_keys_files = ["keys.pub"]\n')
     child = write(tmp_path / "child.toml", 'extends = "lib/parent.toml"\n')
-    from nspawnbuild.features import authorized_keys
-
     r = load_recipe(child)
-    assert authorized_keys(r, "features.ssh", [], ["keys.pub"]) == [pub]
+    assert authorized_keys(r.sources, "features.ssh", [], ["keys.pub"]) == ([pub], [])

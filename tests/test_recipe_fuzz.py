@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nspawnbuild.errors import RecipeError
-from nspawnbuild.recipe import load_recipe
+from nspawnbuild.recipe.load import load_recipe
 
 FUZZ = settings(max_examples=200, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
