@@ -19,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from nspawnbuild.plan import make_distro, nspawn_settings, unit_settings
-from nspawnbuild.recipe import Recipe, load_recipe
+from nspawnbuild.feature import AnyFeature
+from nspawnbuild.plan import nspawn_settings, unit_settings
+from nspawnbuild.recipe.load import load_recipe
+from nspawnbuild.recipe.model import Recipe
 from nspawnbuild.render import DROPIN_NAME, render_dropin, render_nspawn
 
 pytestmark = [
@@ -80,7 +82,7 @@ NOISE = re.compile(r"^Attempted to remove disk file system under \"?/run/systemd
 
 
 @pytest.fixture
-def recipe(tmp_path: Path) -> Recipe:
+def recipe(tmp_path: Path) -> Recipe[AnyFeature]:
     path = tmp_path / "verify.toml"
     path.write_text(RECIPE)
     return load_recipe(path)
@@ -90,9 +92,9 @@ def machine_name() -> str:
     return f"nbfeat-{uuid.uuid4().hex[:10]}"
 
 
-def test_dropin_passes_systemd_analyze_verify(recipe: Recipe, tmp_path: Path) -> None:
+def test_dropin_passes_systemd_analyze_verify(recipe: Recipe[AnyFeature], tmp_path: Path) -> None:
     machine = machine_name()
-    text = render_dropin(unit_settings(recipe, make_distro(recipe)), name=machine, digest="0",
+    text = render_dropin(unit_settings(recipe), name=machine, digest="0",
                          version="test")
     # every feature that writes to the drop-in is in it
     for key in ("DeviceAllow=/dev/nvidia2 rw", "DeviceAllow=char-drm rw", "ExecStartPre=",
@@ -148,9 +150,9 @@ def run_nspawn(text: str, machine: str, tree: Path) -> tuple[int, list[str]]:
     return run.returncode, [line for line in run.stderr.splitlines() if not NOISE.match(line)]
 
 
-def test_nspawn_file_parses_without_warnings(recipe: Recipe, tmp_path: Path) -> None:
+def test_nspawn_file_parses_without_warnings(recipe: Recipe[AnyFeature], tmp_path: Path) -> None:
     machine = machine_name()
-    text = render_nspawn(nspawn_settings(recipe, make_distro(recipe)), name=machine,
+    text = render_nspawn(nspawn_settings(recipe), name=machine,
                          digest="0", version="test")
     for key in ("Bind=/dev/nvidia0", "Bind=/dev/nvidia-uvm-tools", "Bind=/dev/dri",
                 f"Bind={MISSING}/data:/data:rbind", f"BindReadOnly={MISSING}/models:/models:norbind,idmap",
@@ -175,7 +177,7 @@ def test_nspawn_file_parses_without_warnings(recipe: Recipe, tmp_path: Path) -> 
     assert failed and failed.group(1) in sources, lines
 
 
-def binds_recipe(tmp_path: Path, idmap_options: list[str], target: int = 252) -> Recipe:
+def binds_recipe(tmp_path: Path, idmap_options: list[str], target: int = 252) -> Recipe[AnyFeature]:
     mounts = ""
     for i, opt in enumerate(idmap_options):
         (tmp_path / f"src{i}").mkdir()
@@ -194,7 +196,7 @@ def test_bind_options_are_understood_by_nspawn(tmp_path: Path) -> None:
     options (a bad one is "Invalid bind mount option: X", not a settings-file warning)."""
     recipe = binds_recipe(tmp_path, ["idmap", "rootidmap", "noidmap", "idmap"])
     machine = machine_name()
-    text = render_nspawn(nspawn_settings(recipe, make_distro(recipe)), name=machine, digest="0",
+    text = render_nspawn(nspawn_settings(recipe), name=machine, digest="0",
                          version="test")
     assert "norbind,rootidmap" in text and "BindReadOnly=" in text
     code, lines = run_nspawn(text, machine, tiny_tree(tmp_path / "tree"))
@@ -215,7 +217,7 @@ def test_owneridmap_is_refused_by_an_older_nspawn(tmp_path: Path) -> None:
     """Why binds refuses owneridmap unless target_systemd >= 256: older nspawn refuses to start."""
     recipe = binds_recipe(tmp_path, ["owneridmap"], target=256)
     machine = machine_name()
-    text = render_nspawn(nspawn_settings(recipe, make_distro(recipe)), name=machine, digest="0",
+    text = render_nspawn(nspawn_settings(recipe), name=machine, digest="0",
                          version="test")
     code, lines = run_nspawn(text, machine, tiny_tree(tmp_path / "tree"))
     assert code != 0 and lines == ["Invalid bind mount option: owneridmap"], lines

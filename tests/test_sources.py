@@ -2,7 +2,7 @@
 
 Every download in these tests comes from a loopback HTTP server (127.0.0.1) the test starts;
 nothing else is reached. Unit tests cover ``nspawnbuild.fetch`` (cache, pre-seeding, digest
-and network failures), ``rootfs.copy_file``, the recipe keys and the plugin's hooks; the
+and network failures), ``rootfs.copy_file``, the recipe keys and the feature's methods; the
 integration test builds a real image with a plain file and an unpacked tarball.
 """
 
@@ -32,7 +32,7 @@ from nspawnbuild.errors import BuildError, RecipeError
 from nspawnbuild.fetch import cache_path, fetch
 from nspawnbuild.imagefs import copy_file
 from nspawnbuild.plan import make_plan
-from nspawnbuild.recipe import load_recipe
+from nspawnbuild.recipe.load import load_recipe
 from nspawnbuild.sandbox import nspawn_argv
 from nspawnbuild_plugins.sources import GUEST_PATH, extract_command
 
@@ -297,7 +297,7 @@ def test_bind_paths_with_colons_are_escaped(tmp_path: Path) -> None:
     assert f"--bind-ro=/c\\:a\\\\che/f:{GUEST_PATH}" in argv
 
 
-# -- recipes and the plugin's hooks -----------------------------------------------------------
+# -- recipes and the feature -------------------------------------------------------------------
 
 DIGEST = "ab" * 32
 
@@ -335,9 +335,9 @@ extract = true
 strip_components = 2
 """)
     recipe = load_recipe(child)
-    assert [(s.declared_in, s.index) for s in recipe.sources] == [(parent, 0), (child, 0),
-                                                                    (child, 1)]
-    a, _, b = recipe.sources
+    assert [(s.declared_in, s.index) for s in recipe.source_entries] == [(parent, 0), (child, 0),
+                                                                           (child, 1)]
+    a, _, b = recipe.source_entries
     assert (a.sha256, a.mode, a.extract) == (DIGEST, 0o755, False)
     assert (b.extract, b.strip_components, b.mode) == (True, 2, 0o644)
     assert extract_command(b) == ["/bin/sh", "-e", "-c", 'mkdir -p -- "$1" && shift && exec tar "$@"',
