@@ -17,15 +17,12 @@ import hashlib
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from . import tarread
-from .digests import sha256_file
-from .errors import BuildError, Problem, RecipeError
-from .inspect import (
+from .artifact import (
     MAX_MANIFEST_BYTES,
     NOT_AN_ARTIFACT,
     Artifact,
@@ -33,7 +30,11 @@ from .inspect import (
     confined,
     read_bounded,
 )
-from .render import DROPIN_NAME
+from .digests import sha256_file
+from .errors import BuildError, Problem, RecipeError
+from .host import run
+from .paths import dropin_name, nspawn_name
+from .steplog import run_fed
 from .tree import remove_tree
 
 IMPORT = "/lib/systemd/systemd-import"
@@ -141,8 +142,8 @@ def targets(root: Path, name: str) -> Targets:
     machines, systemd = top / "var/lib/machines", top / "etc/systemd"
     hint = ("install writes only below ROOT/var/lib/machines and ROOT/etc/systemd; replace the "
             "symlink with a directory (or a mount), or pick another --root")
-    t = Targets(image=machines / name, nspawn=systemd / "nspawn" / f"{name}.nspawn",
-                dropin=systemd / "system" / f"systemd-nspawn@{name}.service.d" / DROPIN_NAME,
+    t = Targets(image=machines / name, nspawn=systemd / "nspawn" / nspawn_name(name),
+                dropin=systemd / "system" / dropin_name(name),
                 wants=systemd / "system/machines.target.wants")
     if confined(t.image, machines, hint).resolve() == machines:
         raise RecipeError(Problem(t.image, None, f"leads to {machines} itself", hint))
@@ -176,22 +177,9 @@ def import_tarball(tarball: Path, image_root: Path, name: str, *,
     if not headers_checked:
         check_tarball(tarball)
     image_root.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([IMPORT, "tar", f"--image-root={image_root}", "-", name],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert proc.stdin is not None and proc.stdout is not None
-    try:
-        with tarread.reading(tarball), tarread.open_stream(tarball) as stream:
-            try:
-                shutil.copyfileobj(stream, proc.stdin, 1 << 20)
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass
-    except tarread.TarballError:
-        proc.kill()
-        proc.wait()
-        raise
-    out = proc.stdout.read().decode(errors="replace")
-    if proc.wait() != 0:
+    with tarread.reading(tarball), tarread.open_stream(tarball) as stream:
+        code, out = run_fed([IMPORT, "tar", f"--image-root={image_root}", "-", name], stream)
+    if code != 0:
         raise BuildError(f"systemd-import failed:\n{out.strip()}")
     return image_root / name
 
@@ -241,11 +229,11 @@ def install(artifact_dir: Path, *, name: str | None, root: Path, force: bool,
         _put(src, dest)
         done.append(f"installed {dest}")
     if systemd_runs(root):
-        subprocess.run(["systemctl", "daemon-reload"], check=True)
+        run(["systemctl", "daemon-reload"], "reload systemd's units (systemctl daemon-reload)")
         done.append("systemctl daemon-reload")
         for flag, verb in ((enable, "enable"), (start, "start")):
             if flag:
-                subprocess.run(["machinectl", verb, name], check=True)
+                run(["machinectl", verb, name], f"{verb} machine {name} (machinectl {verb})")
                 done.append(f"machinectl {verb} {name}")
     else:
         if enable:

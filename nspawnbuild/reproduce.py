@@ -18,13 +18,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .digests import sha256_file
+from .host import run
 from .pack import walk_sorted
+from .steplog import run_captured
 from .tree import remove_tree
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How one of the two builds runs: what differs between them is what must not matter."""
+
+    umask: int
+    env: dict[str, str]
+    single_cpu: bool
+
 
 #: how the two builds' environments differ
 VARIANTS = (
-    {"umask": 0o022, "env": {"TZ": "UTC", "LC_ALL": "C.UTF-8"}, "cpus": None},
-    {"umask": 0o077, "env": {"TZ": "Pacific/Chatham", "LC_ALL": "C"}, "cpus": 1},
+    Variant(0o022, {"TZ": "UTC", "LC_ALL": "C.UTF-8"}, single_cpu=False),
+    Variant(0o077, {"TZ": "Pacific/Chatham", "LC_ALL": "C"}, single_cpu=True),
 )
 
 
@@ -78,19 +90,18 @@ def compare_trees(a: Path, b: Path, epoch: int) -> list[Difference]:
     return sorted(diffs, key=lambda d: (d.path, d.what))
 
 
-def _build(ref: str, base: Path, variant: dict[str, object]) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **variant["env"]}  # type: ignore[dict-item]
-    env.pop("NSPAWNBUILD_OUT", None)
-
+def _build(ref: str, base: Path, variant: Variant) -> subprocess.CompletedProcess[str]:
+    """One build of ``ref`` by a child nspawnbuild, all its directories under ``base`` (given
+    as options, so nothing of this run's layout leaks in), in the variant's environment."""
     def prepare() -> None:
-        os.umask(variant["umask"])  # type: ignore[arg-type]
-        if variant["cpus"]:
+        os.umask(variant.umask)
+        if variant.single_cpu:
             os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
-    return subprocess.run(
+    return run_captured(
         [sys.executable, "-m", "nspawnbuild.cli", "build", ref, "--out", str(base / "out"),
          "--work-dir", str(base / "work"), "--cache-dir", str(base / "cache")],
-        env=env, preexec_fn=prepare, capture_output=True, text=True, cwd=Path.cwd())
+        env={**os.environ, **variant.env}, prepare=prepare, cwd=Path.cwd())
 
 
 def check(ref: str, name: str, epoch: int, parent: Path, keep: bool = False) -> int:
@@ -133,6 +144,6 @@ def unpack(tarball: Path, dest: Path) -> Path:
     """The tree of a built tarball, with owners, modes and xattrs (a build's own tree is an
     overlay that exists only while the build runs, in its own mount namespace)."""
     dest.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["tar", "-x", "--numeric-owner", "--xattrs", "--xattrs-include=*",
-                    "-C", str(dest), "-f", str(tarball)], check=True)
+    run(["tar", "-x", "--numeric-owner", "--xattrs", "--xattrs-include=*",
+         "-C", str(dest), "-f", str(tarball)], f"unpack {tarball}")
     return dest

@@ -3,10 +3,19 @@
 A failed step must tell the user which step failed, the command, its exit code, the last lines
 of its output and where the full log is, without a traceback; this module is the one place
 that knows how to do that.
+
+Every program a build or a command starts for real work runs through here, so that each one
+dies with nspawnbuild (:func:`die_with_parent`) and is stopped when it is interrupted:
+:meth:`StepLog.run` for a build step whose output goes to its log, and three siblings for the
+children that have no log: :func:`run_captured` (a whole build whose output is shown only when
+it fails), :func:`run_fed` (a program fed a stream on stdin, such as systemd-import) and
+:func:`run_attached` (a program on the user's terminal: ``nspawnbuild shell``). Short host jobs
+(mount, rm, cp) use ``nspawnbuild.host.run``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -18,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 from .errors import BuildError
 
@@ -136,3 +146,84 @@ def format_failure(step: str, command: str, code: int, tail: list[str], log: Pat
         lines.extend(f"    {t}" for t in tail)
     lines.append(f"  full log: {log}")
     return "\n".join(lines)
+
+
+def _child_setup(parent: int, prepare: Callable[[], None] | None) -> Callable[[], None]:
+    """The ``preexec_fn`` of a child: die with the parent, then the caller's own setup."""
+    def setup() -> None:
+        die_with_parent(parent)
+        if prepare is not None:
+            prepare()
+    return setup
+
+
+def _stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str], stop: signal.Signals) -> None:
+    """End ``proc`` after an interruption or an error: ``stop``, then SIGKILL after 10 s."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(stop)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def run_captured(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+                 cwd: Path | None = None, prepare: Callable[[], None] | None = None,
+                 stop: signal.Signals = signal.SIGTERM) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` with stdout and stderr captured apart, as text; the caller decides what a
+    failure means (``--check-reproducible`` shows a failed build's stderr).
+
+    ``env`` is the child's whole environment (None: this process's); ``prepare`` runs in the
+    child before it executes (a umask, a CPU affinity)."""
+    proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env=dict(env) if env is not None else None, cwd=cwd,
+                            preexec_fn=_child_setup(os.getpid(), prepare))
+    try:
+        out, err = proc.communicate()
+    except BaseException:
+        _stop(proc, stop)
+        raise
+    return subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
+
+
+def run_fed(argv: Sequence[str], source: IO[bytes], *,
+            chunk: int = 1 << 20) -> tuple[int, str]:
+    """Run ``argv`` with ``source`` copied to its stdin; return its exit code and its output
+    (stdout and stderr together). A program that stops reading early ends the copy; an error
+    while reading ``source`` (a damaged tarball) kills the program and is raised."""
+    proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT,
+                            preexec_fn=functools.partial(die_with_parent, os.getpid()))
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        try:
+            while data := source.read(chunk):
+                proc.stdin.write(data)
+            proc.stdin.close()
+        except BrokenPipeError:  # it read what it wanted and exited: its exit code says more
+            pass
+        out = proc.stdout.read().decode(errors="replace")
+        code = proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        for pipe in (proc.stdin, proc.stdout):
+            with contextlib.suppress(OSError):
+                pipe.close()
+    return code, out
+
+
+def run_attached(argv: Sequence[str]) -> int:
+    """Run ``argv`` on this terminal (its stdin, stdout and stderr); return its exit code.
+    The program dies with nspawnbuild, and is stopped when nspawnbuild is interrupted."""
+    proc = subprocess.Popen(list(argv), preexec_fn=functools.partial(die_with_parent, os.getpid()))
+    try:
+        return proc.wait()
+    except BaseException:
+        _stop(proc, signal.SIGTERM)
+        raise

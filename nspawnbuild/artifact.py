@@ -1,11 +1,12 @@
-"""``inspect`` and ``diff``: what is in a built image, and what changed between two builds.
+"""A built image's artifact directory (out/NAME): opened and checked, and what the commands
+report on it: ``inspect`` (what is in the image) and ``diff`` (what changed between two builds).
 
-Both read only the artifact directory (manifest.json, the tarball's headers, the .nspawn and
+They read only the artifact directory (manifest.json, the tarball's headers, the .nspawn and
 the drop-in), so they work on artifacts downloaded from CI as well as on local builds. Such a
 directory may be hostile: the manifest is checked against the fields the tools read, its file
 names must stay inside the directory, small files are read with a size bound, and the tarball
 with the bounded reader (:mod:`nspawnbuild.tarread`). :class:`Artifact` is also what install,
-shell and boot open.
+shell and boot open; :func:`audit_target` is how ``audit`` finds the tarball of a directory.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import jsonschema
 
 from . import tarread
-from .errors import Problem, RecipeError
+from .errors import EXIT_BAD_INPUT, NspawnbuildError, Problem, RecipeError
 from .schema import MACHINE_NAME_HINT, MACHINE_NAME_PATTERN
 from .sizes import human_size
 
@@ -169,6 +170,28 @@ class Artifact:
                 else:
                     out[name] = (m.size, f"{m.mode:o}:{m.uid}:{m.gid}:{m.type!r}:{m.linkname}")
         return out
+
+
+class UnreadableArtifact(NspawnbuildError):
+    """What a command was given is no tarball or artifact directory: bad input, exit 2."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+def audit_target(ref: str) -> tuple[Path, str | None]:
+    """The tarball ``audit`` reads for ``ref`` (a tarball, or an artifact directory whose
+    manifest names it) and the machine name to check it against (None for a bare tarball)."""
+    path, machine = Path(ref), None
+    if path.is_dir():
+        try:
+            manifest = json.loads((path / "manifest.json").read_text())
+        except (OSError, ValueError) as e:
+            raise UnreadableArtifact(f"{path}: no readable manifest.json ({e})") from None
+        machine = manifest["name"]
+        path = path / manifest["artifacts"]["tarball"]["file"]
+    if not path.is_file():
+        raise UnreadableArtifact(f"{ref}: no such tarball or artifact directory")
+    return path, machine
 
 
 def _bar(value: float, top: float) -> str:
