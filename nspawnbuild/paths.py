@@ -1,13 +1,12 @@
 """Where things go: artifacts (out/), work trees and doit state (.nspawnbuild/), the cache.
 
-Defaults are relative to the current directory, like mkosi's; each can be moved with an
-environment variable (the CLI's --out/--work-dir/--cache-dir set them) so that ``doit`` from
-the project root and ``nspawnbuild`` from anywhere agree.
+A :class:`Layout` holds the three directories and names every path below them, so that the
+stages, the reporter and the commands agree on where a file is. Which directories a run uses
+(options, user variables, defaults) is decided once, in :mod:`nspawnbuild.options`.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,36 +18,27 @@ BUILD_LOG = "build.log"
 
 
 def tarball_name(name: str, compression: str) -> str:
+    """The tarball's file name in out/NAME (its suffix says the compression)."""
     return f"{name}{SUFFIXES[compression]}"
 
 
 def nspawn_name(name: str) -> str:
+    """The .nspawn file's name in out/NAME (also its name on a host)."""
     return f"{name}.nspawn"
 
 
 def dropin_name(name: str) -> str:
+    """The unit drop-in's path relative to out/NAME (and to /etc/systemd/system on a host)."""
     return f"systemd-nspawn@{name}.service.d/{DROPIN_NAME}"
-
-
-def default_cache() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "nspawnbuild"
 
 
 @dataclass(frozen=True)
 class Layout:
+    """The artifact directory, the work directory and the cache, and the paths below them."""
+
     out: Path
     work: Path
     cache: Path
-
-    @classmethod
-    def from_env(cls) -> Layout:
-        env = os.environ
-        return cls(
-            out=Path(env.get("NSPAWNBUILD_OUT", "out")).absolute(),
-            work=Path(env.get("NSPAWNBUILD_WORK", ".nspawnbuild")).absolute(),
-            cache=Path(env.get("NSPAWNBUILD_CACHE") or default_cache()).absolute(),
-        )
 
     @property
     def state_db(self) -> Path:

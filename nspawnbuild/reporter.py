@@ -4,6 +4,9 @@ doit's default reporter prints tracebacks and ``TaskFailed - taskid`` banners; a
 see each stage of each recipe with a spinner and its time while it runs, which step failed and
 why, and where the full log is. On a terminal that is a live display (rich) with colours; in a
 pipe or a CI log it is one plain line per event, with no escape codes.
+
+doit makes the reporter itself, from a class; :func:`reporter_for` makes a subclass per run
+that carries the run's options (where the logs are, whether to be quiet).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from doit.exceptions import BaseFail, TaskFailed
 from doit.reporter import ConsoleReporter
@@ -25,6 +28,7 @@ from rich.progress import Progress, ProgressColumn, SpinnerColumn, Task, TextCol
 from rich.text import Text
 
 from . import __version__, steplog
+from .options import Options
 from .paths import BUILD_LOG, Layout
 
 #: escape sequences and control characters in a step's output line
@@ -109,13 +113,21 @@ class ElapsedColumn(ProgressColumn):
         return Text(f"{elapsed or 0:6.1f}s", style="cyan")
 
 
-class Reporter(ConsoleReporter):
+class Reporter(ConsoleReporter):  # type: ignore[misc]  # doit has no type hints
     """Live stage lines on a terminal, plain lines elsewhere, build.log always."""
 
+    #: the run's options, on the subclass :func:`reporter_for` makes (doit passes only its own)
+    build_options: ClassVar[Options | None] = None
+
     def __init__(self, outstream: Any, options: dict[str, Any], *,
-                 console: Console | None = None, err: Console | None = None):
+                 build: Options | None = None, console: Console | None = None,
+                 err: Console | None = None):
         super().__init__(outstream, options)
-        self.quiet = bool(os.environ.get("NSPAWNBUILD_QUIET"))
+        build = build or self.build_options
+        if build is None:
+            raise TypeError("Reporter needs the build's options: make its class with "
+                            "reporter_for(options), or pass build=")
+        self.quiet = build.quiet
         # doit swaps sys.stdout/stderr while an action runs: write to the real streams
         self.console = console or Console(file=sys.__stdout__)
         self.err = err or Console(file=sys.__stderr__, highlight=False)
@@ -126,7 +138,7 @@ class Reporter(ConsoleReporter):
                 ElapsedColumn(), TextColumn("{task.fields[line]}", style="dim", markup=False),
                 console=self.console, redirect_stdout=False, redirect_stderr=False,
             )
-        self.layout = Layout.from_env()
+        self.layout: Layout = build.layout
         self.runs: dict[str, RecipeRun] = {}
         self._rows: dict[str, Any] = {}  # task name -> progress row
         self._by_log: dict[Path, Any] = {}  # step log -> progress row, for its latest line
@@ -247,3 +259,10 @@ class Reporter(ConsoleReporter):
             self.progress.stop()
         if self._on_line in steplog.listeners:
             steplog.listeners.remove(self._on_line)
+
+
+def reporter_for(options: Options) -> type[Reporter]:
+    """The reporter class for one run: doit instantiates it with its own arguments only."""
+    class RunReporter(Reporter):
+        build_options = options
+    return RunReporter

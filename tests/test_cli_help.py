@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from nspawnbuild.cli import main, make_parser
+from nspawnbuild.options import Options
 
 
 def commands() -> dict[str, argparse.ArgumentParser]:
@@ -38,3 +39,15 @@ def test_options_passed_through_the_environment_do_not_outlive_the_command(
     assert bad.value.code == 2
     for var in ("NSPAWNBUILD_QUIET", "NSPAWNBUILD_OUT", "NSPAWNBUILD_CACHE"):
         assert var not in os.environ, var
+
+
+def test_directories_come_from_the_options_then_the_variables_then_the_defaults(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    env = {"NSPAWNBUILD_OUT": "o", "NSPAWNBUILD_CACHE": "", "XDG_CACHE_HOME": str(tmp_path / "x")}
+    layout = Options.from_environment(env, work="w").layout
+    assert layout.out == tmp_path / "o"  # the variable, made absolute
+    assert layout.work == tmp_path / "w"  # the option wins
+    assert layout.cache == tmp_path / "x" / "nspawnbuild"  # an empty variable is no variable
+    assert Options.from_environment({}, out=tmp_path / "a").layout.out == tmp_path / "a"
+    assert Options.from_environment({}).layout.work == tmp_path / ".nspawnbuild"

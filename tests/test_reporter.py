@@ -6,12 +6,19 @@ import io
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
 from rich.console import Console
 
 from nspawnbuild import steplog
+from nspawnbuild.options import Options
 from nspawnbuild.paths import Layout
-from nspawnbuild.reporter import Event, RecipeRun, Reporter, split_task, write_build_log
+from nspawnbuild.reporter import (
+    Event,
+    RecipeRun,
+    Reporter,
+    reporter_for,
+    split_task,
+    write_build_log,
+)
 
 
 def test_split_task() -> None:
@@ -39,17 +46,14 @@ def test_a_run_with_nothing_to_do_did_no_work() -> None:
     assert not RecipeRun(events=[Event("rootfs", "up to date")]).did_work
 
 
-def test_a_steps_output_is_shown_as_text_never_as_markup_or_escapes(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NSPAWNBUILD_OUT", str(tmp_path / "out"))
-    monkeypatch.setenv("NSPAWNBUILD_WORK", str(tmp_path / "work"))
-    monkeypatch.delenv("NSPAWNBUILD_QUIET", raising=False)
+def test_a_steps_output_is_shown_as_text_never_as_markup_or_escapes(tmp_path: Path) -> None:
+    layout = Layout(out=tmp_path / "out", work=tmp_path / "work", cache=tmp_path / "cache")
     screen = io.StringIO()
     console = Console(file=screen, force_terminal=True, width=160, color_system=None)
-    r = Reporter(io.StringIO(), {}, console=console, err=console)
+    r = Reporter(io.StringIO(), {}, build=Options(layout), console=console, err=console)
     task = SimpleNamespace(name="rootfs:web", actions=[object()])
     r.execute_task(task)
-    log = Layout.from_env().log("web", "rootfs")
+    log = layout.log("web", "rootfs")
     for listener in steplog.listeners:
         listener(log, "Unpacking [/usr/share/foo] \x1b[31mred\x1b[0m [bold]x[/bold]\r")
     r.progress.refresh()  # type: ignore[union-attr]
@@ -59,3 +63,18 @@ def test_a_steps_output_is_shown_as_text_never_as_markup_or_escapes(
     assert "Unpacking [/usr/share/foo] red [bold]x[/bold]" in text
     assert "\x1b[31m" not in text
     assert r._on_line not in steplog.listeners  # the listener goes with the run
+
+
+def test_a_runs_reporter_class_carries_the_runs_options(tmp_path: Path) -> None:
+    """doit makes the reporter from a class: the class made for a run carries its options."""
+    layout = Layout(out=tmp_path / "out", work=tmp_path / "work", cache=tmp_path / "cache")
+    cls = reporter_for(Options(layout, quiet=True))
+    screen = io.StringIO()
+    r = cls(io.StringIO(), {}, console=Console(file=screen, force_terminal=True), err=None)
+    assert r.quiet and r.progress is None and r.layout == layout
+    task = SimpleNamespace(name="rootfs:web", actions=[object()])
+    r.execute_task(task)
+    r.add_success(task)
+    r.complete_run()
+    assert screen.getvalue() == ""  # quiet: errors only
+    assert (layout.out / "web" / "build.log").is_file()  # the log is written all the same
