@@ -8,69 +8,84 @@ spec but not the bootstrap spec (whose digest is the shared cache key).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from . import __version__
 from .digests import digest
-from .distro import Distro
 from .errors import BuildError
-from .plugins import get_plugin_manager, plugin_versions
-from .recipe import Recipe
-from .settings import Setting, check_setting, table_to_settings
+from .feature import AnyFeature
+from .plugins import Registry, get_registry
+from .recipe.model import Recipe
+from .settings import Setting, check_setting
 
 PLAN_FORMAT = 1
 
 
-def make_distro(recipe: Recipe) -> Distro:
-    distro = get_plugin_manager().hook.nspawnbuild_make_distro(base=dict(recipe.base))
-    assert distro is not None, "validated recipes always have a known distro"
-    return distro
+def plain(value: Any) -> Any:
+    """``value`` as plain JSON data (dicts and lists): a loaded recipe may hold read-only
+    mappings and tuples, and the plan documents are written as JSON and compared as dicts."""
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
 
 
-def collect_packages(recipe: Recipe, distro: Distro) -> list[str]:
-    """The bootstrap package set: the distro's base, the features', the recipe's; sorted."""
-    pkgs = set(distro.base_packages()) | set(recipe.packages)
-    for extra in get_plugin_manager().hook.nspawnbuild_packages(recipe=recipe, distro=distro):
-        pkgs.update(extra or [])
+def collect_packages(recipe: Recipe[AnyFeature]) -> list[str]:
+    """The bootstrap package set: the distro's base, the recipe's, the features'; sorted."""
+    pkgs = set(recipe.distro.base_packages()) | set(recipe.packages)
+    for feature in recipe.features:
+        pkgs.update(feature.packages(recipe))
     return sorted(pkgs)
 
 
-def _plugin_settings(hook_results: list[list[Setting] | None], kind: str) -> list[Setting]:
+def in_load_order(recipe: Recipe[AnyFeature], registry: Registry) -> list[AnyFeature]:
+    """The recipe's features in the order their plugins were loaded.
+
+    Settings are gathered in this order (as they always were), not in the run order of
+    ``Feature.order``: it decides the order of lines within a section of the .nspawn file
+    and the drop-in, which must stay what it was for the same recipe.
+    """
+    rank = {name: i for i, name in enumerate(registry.features)}
+    return sorted(recipe.features, key=lambda f: rank.get(f.name, len(rank)))
+
+
+def _checked(settings: Iterable[Setting], kind: str) -> list[Setting]:
+    """A plugin's settings, refused when one is not on the allowlist: a plugin must not be
+    able to give a container more than a recipe could."""
     out: list[Setting] = []
-    for batch in reversed(hook_results):  # pluggy calls last-registered first; keep load order
-        for s in batch or []:
-            why = check_setting(s)
-            if why:
-                raise BuildError(f"plugin '{s.origin}' produced an unsafe {kind} setting "
-                                 f"[{s.section}] {s.key}={s.value!r}: {why}; report it to the "
-                                 "plugin's authors")
-            out.append(s)
+    for s in settings:
+        why = check_setting(s)
+        if why:
+            raise BuildError(f"plugin '{s.origin}' produced an unsafe {kind} setting "
+                             f"[{s.section}] {s.key}={s.value!r}: {why}; report it to the "
+                             "plugin's authors")
+        out.append(s)
     return out
 
 
-def nspawn_settings(recipe: Recipe, distro: Distro) -> list[Setting]:
-    """Core defaults, then plugin fragments, then the recipe's own ``[nspawn]`` table."""
-    pm = get_plugin_manager()
-    recipe_settings, _ = table_to_settings("nspawn", recipe.data.get("nspawn", {}))
-    plugins = _plugin_settings(pm.hook.nspawnbuild_nspawn_settings(recipe=recipe, distro=distro),
-                               ".nspawn")
+def nspawn_settings(recipe: Recipe[AnyFeature], registry: Registry | None = None) -> list[Setting]:
+    """Core defaults, then the features' settings, then the recipe's own ``[nspawn]`` table."""
+    features = in_load_order(recipe, registry or get_registry())
+    plugins = _checked((s for f in features for s in f.nspawn_settings(recipe)), ".nspawn")
+    recipe_settings = list(recipe.nspawn)
     own = {(s.section, s.key) for s in recipe_settings + plugins}
     core: list[Setting] = []
     if ("Exec", "PrivateUsers") not in own:
         core.append(Setting("Exec", "PrivateUsers", "pick", "core"))
-    if distro.init != "systemd" and ("Exec", "KillSignal") not in own:
+    if recipe.distro.init != "systemd" and ("Exec", "KillSignal") not in own:
         # SIGRTMIN+3, nspawn's default, is understood by systemd only.
         core.append(Setting("Exec", "KillSignal", "SIGTERM", "core"))
     return core + plugins + recipe_settings
 
 
-def unit_settings(recipe: Recipe, distro: Distro) -> list[Setting]:
-    pm = get_plugin_manager()
-    recipe_settings, _ = table_to_settings("unit", recipe.data.get("unit", {}))
-    plugins = _plugin_settings(pm.hook.nspawnbuild_unit_settings(recipe=recipe, distro=distro),
-                               "drop-in")
-    return plugins + recipe_settings
+def unit_settings(recipe: Recipe[AnyFeature], registry: Registry | None = None) -> list[Setting]:
+    """The features' drop-in settings, then the recipe's own ``[unit]`` table."""
+    features = in_load_order(recipe, registry or get_registry())
+    plugins = _checked((s for f in features for s in f.unit_settings(recipe)), "drop-in")
+    return plugins + list(recipe.unit)
 
 
 @dataclass
@@ -86,62 +101,69 @@ class Plan:
 
     @property
     def bootstrap_key(self) -> str:
-        return self.rootfs["bootstrap_key"]
+        """The digest of the bootstrap spec: the cache entry every stage after it builds on."""
+        return str(self.rootfs["bootstrap_key"])
 
     def documents(self) -> dict[str, dict[str, Any]]:
+        """``{stage: spec}``, as ``resolve`` writes them to ``plan/STAGE.json``."""
         return {"bootstrap": self.bootstrap, "rootfs": self.rootfs, "pack": self.pack,
                 "config": self.config, "manifest": self.manifest}
 
 
-def make_plan(recipe: Recipe) -> Plan:
-    distro = make_distro(recipe)
+def _rows(settings: list[Setting]) -> list[list[str]]:
+    return [[s.section, s.key, s.value] for s in settings]
+
+
+def make_plan(recipe: Recipe[AnyFeature], registry: Registry | None = None) -> Plan:
+    """The five stage specs of ``recipe``; asks the host for the bootstrapper's version."""
+    registry = registry or get_registry()
+    distro = recipe.distro
     tool, tool_version = distro.bootstrapper()
-    bootstrap = {
+    bootstrap: dict[str, Any] = {
         "format": PLAN_FORMAT,
-        "base": dict(sorted(recipe.base.items())),
-        "packages": collect_packages(recipe, distro),
+        "base": plain(dict(sorted(recipe.base.items()))),
+        "packages": collect_packages(recipe),
         "bootstrapper": [tool, tool_version, distro.bootstrap_revision],
         "epoch": recipe.epoch,
     }
     extra = distro.bootstrap_inputs()
     if extra:  # inputs from outside the recipe (environment, host files): part of the key
-        bootstrap["inputs"] = extra
-    pm = get_plugin_manager()
+        bootstrap["inputs"] = plain(extra)
     rootfs = {
         "format": PLAN_FORMAT,
         "bootstrap_key": digest(bootstrap),
         "name": recipe.name,
         "epoch": recipe.epoch,
-        "features": recipe.features,
+        "features": plain(recipe.feature_tables),
         "files": [{"dest": f.dest, "mode": f.mode, "owner": f.owner, "sha256": f.sha256}
                   for f in recipe.files],
-        "post": recipe.post,
+        "post": plain(recipe.data.get("post", [])),
         "nspawnbuild": __version__,
-        "plugins": plugin_versions(),
-        "plugin_data": [d for d in pm.hook.nspawnbuild_rootfs_digest(recipe=recipe)
+        "plugins": registry.plugin_versions(),
+        "plugin_data": [d for d in (plain(f.digest(recipe)) for f in recipe.features)
                         if d is not None],
     }
-    pack = {"format": PLAN_FORMAT, "epoch": recipe.epoch, **recipe.output}
+    pack = {"format": PLAN_FORMAT, "epoch": recipe.epoch, **recipe.output.as_dict()}
     rdigest = recipe.digest()
     config = {
         "name": recipe.name,
         "digest": rdigest,
         "version": __version__,
-        "nspawn": [[s.section, s.key, s.value] for s in nspawn_settings(recipe, distro)],
-        "unit": [[s.section, s.key, s.value] for s in unit_settings(recipe, distro)],
+        "nspawn": _rows(nspawn_settings(recipe, registry)),
+        "unit": _rows(unit_settings(recipe, registry)),
     }
     manifest = {
         "name": recipe.name,
-        "description": recipe.data.get("description", ""),
+        "description": recipe.description,
         "recipe_digest": rdigest,
         "nspawnbuild": __version__,
         "source_date_epoch": recipe.epoch,
         "target_systemd": recipe.target_systemd,
         "base": {"distro": distro.name, "release": distro.release, "arch": distro.arch,
-                 **{k: v for k, v in sorted(recipe.base.items())
+                 **{k: plain(v) for k, v in sorted(recipe.base.items())
                     if k not in ("distro", "release", "arch")}},
         "bootstrapper": {"name": tool, "version": tool_version},
-        "compression": recipe.output,
-        "audit_allow": list(recipe.data.get("audit", {}).get("allow", [])),
+        "compression": recipe.output.as_dict(),
+        "audit_allow": list(recipe.audit_allow),
     }
     return Plan(recipe.name, bootstrap, rootfs, pack, config, manifest)

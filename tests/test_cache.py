@@ -14,7 +14,7 @@ import pytest
 from conftest import BIN, ROOT
 from nspawnbuild.cache import entries, prune
 from nspawnbuild.plan import make_plan
-from nspawnbuild.recipe import load_recipe
+from nspawnbuild.recipe.load import load_recipe
 from nspawnbuild.sizes import parse_size
 
 DAY = 86400

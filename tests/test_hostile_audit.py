@@ -40,8 +40,8 @@ from nspawnbuild.audit import (
     split,
 )
 from nspawnbuild.pack import pack
-from nspawnbuild.plan import make_distro, nspawn_settings, unit_settings
-from nspawnbuild.recipe import load_recipe
+from nspawnbuild.plan import nspawn_settings, unit_settings
+from nspawnbuild.recipe.load import load_recipe
 from nspawnbuild.render import render_dropin, render_nspawn
 from nspawnbuild.settings import Setting
 
@@ -439,8 +439,7 @@ def test_a_recipe_allows_one_risky_setting_not_another(host_sentinels: object) -
 @pytest.mark.parametrize("recipe", sorted(p.stem for p in (ROOT / "recipes").glob("*.toml")))
 def test_the_shipped_recipes_have_no_risky_settings(recipe: str, host_sentinels: object) -> None:
     r = load_recipe(ROOT / "recipes" / f"{recipe}.toml")
-    distro = make_distro(r)
     common = {"name": r.name, "digest": "ab", "version": "9"}
-    nspawn = render_nspawn(nspawn_settings(r, distro), **common)
-    dropin = render_dropin(unit_settings(r, distro), **common)
+    nspawn = render_nspawn(nspawn_settings(r), **common)
+    dropin = render_dropin(unit_settings(r), **common)
     assert settings_findings(nspawn, dropin, f"{r.name}.nspawn", "dropin") == []

@@ -13,7 +13,7 @@ from test_integration_build import NAME, built, tar_members  # noqa: F401  (fixt
 
 from conftest import ROOT, Env, import_tarball
 from nspawnbuild.plan import make_plan
-from nspawnbuild.recipe import load_recipe
+from nspawnbuild.recipe.load import load_recipe
 from nspawnbuild.render import render_dropin, render_nspawn
 from nspawnbuild.settings import Setting
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nspawnbuild.plan import make_plan
-from nspawnbuild.recipe import load_recipe
+from nspawnbuild.recipe.load import load_recipe
 
 BASE = '[base]\ndistro = "debian"\n'
 

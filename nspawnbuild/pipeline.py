@@ -1,0 +1,455 @@
+"""The build, stage by stage: plain functions that :mod:`nspawnbuild.tasks` wires to doit.
+
+::
+
+    recipe ──resolve──> plan/*.json ──bootstrap──> cache/bootstrap/KEY (shared, read-only)
+                                                       │
+                         rootfs: overlay on the entry, features, files, post-steps, scrub
+                                                       │
+                         pack: tarball + audit     configure: .nspawn + drop-in
+                                                       │
+                         manifest: manifest.json, SHA256SUMS, audit verdict, publish out/NAME
+
+Each stage takes the run's :class:`~nspawnbuild.options.Options` and either the loaded
+:class:`~nspawnbuild.recipe.model.Recipe` (bootstrap and rootfs run its distro and features)
+or only the recipe's name: pack, configure and manifest read what they need from the plan file
+``resolve`` wrote and from the record the stage before them left, so that each does exactly
+what the recorded plan says. None of them knows doit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import audit, cache
+from .atomic import read_json, write_bytes
+from .digests import digest, sha256_file
+from .errors import BuildError, NspawnbuildError
+from .feature import AnyFeature
+from .imagefs import parse_owner, write_file
+from .lock import exclusive, hold_shared, release_shared
+from .namespaces import require_private_mount_namespace
+from .options import Options
+from .overlay import ImageTree, umount
+from .pack import SUFFIXES
+from .pack import pack as pack_tree
+from .paths import Layout, dropin_name, nspawn_name
+from .plan import Plan, make_plan
+from .publish import publish
+from .recipe.model import Recipe
+from .render import render_dropin, render_nspawn
+from .rootfs import RootfsContext, drop_resolv_conf, scrub
+from .sandbox import Sandbox
+from .settings import Setting
+from .steplog import StepLog
+from .tree import copy_tree, mounts_below, remove_tree
+
+#: the stages in the order they run
+STAGES = ("resolve", "bootstrap", "rootfs", "pack", "configure", "manifest")
+
+AnyRecipe = Recipe[AnyFeature]
+
+
+# -- files the stages write -------------------------------------------------------------------
+
+def _umask() -> int:
+    """This process's umask, read without changing it (os.umask would, for every thread)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def write_file_atomic(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all, with the mode a plain ``open`` gives (0666 less the
+    umask): the artifacts in out/NAME are as readable as the user's other files."""
+    write_bytes(path, data, mode=0o666 & ~_umask())
+
+
+def write_json(path: Path, doc: Any) -> None:
+    """A plan or state document: indented, key-sorted JSON (what doit and the tests compare)."""
+    write_file_atomic(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+
+
+def private_dir(path: Path) -> None:
+    """``path`` exists, belongs to root and only root may enter it."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chown(path, 0, 0)
+    os.chmod(path, 0o700)
+
+
+def _say(message: str) -> None:
+    """A note the user must see while doit captures the action's output."""
+    print(message, file=sys.__stderr__)
+
+
+# -- resolve ----------------------------------------------------------------------------------
+
+def plan(recipe: AnyRecipe) -> Plan:
+    """The plan of ``recipe``: the stage specs that key every later stage."""
+    return make_plan(recipe)
+
+
+def resolve(options: Options, name: str, documents: dict[str, Any]) -> None:
+    """Write the plan documents of recipe ``name``, one file per stage."""
+    for stage, doc in documents.items():
+        write_json(options.layout.plan_file(name, stage), doc)
+
+
+# -- bootstrap --------------------------------------------------------------------------------
+
+def _entry_lock(entry: Path) -> Path:
+    return entry.with_suffix(".lock")
+
+
+def cache_entry_exists(layout: Layout, key: str) -> bool:
+    """Whether the bootstrap cache entry ``key`` is complete (its info.json is written last)."""
+    return (layout.bootstrap_entry(key) / "info.json").is_file()
+
+
+def bootstrap(options: Options, recipe: AnyRecipe, key: str) -> None:
+    """Bootstrap into the content-addressed cache, unless the entry is already there."""
+    layout = options.layout
+    if cache_entry_exists(layout, key):  # builds using it hold it shared: do not wait for them
+        with StepLog(layout.log(recipe.name, "bootstrap")) as log:
+            log.note(f"cache entry {key} is already there (an earlier build made it): "
+                     "nothing to bootstrap")
+        return
+    make_entry(options, recipe, key)
+
+
+def make_entry(options: Options, recipe: AnyRecipe, key: str) -> None:
+    """Bootstrap the cache entry ``key`` (under its exclusive lock) and record its contents."""
+    layout = options.layout
+    entry = layout.bootstrap_entry(key)
+    spec = read_json(layout.plan_file(recipe.name, "bootstrap"))
+    with exclusive(_entry_lock(entry), wait=True, what=f"bootstrap cache entry {key}"):
+        if (entry / "info.json").is_file():
+            return
+        for stale in entry.parent.glob(f".{key}.tmp-*"):  # left by a killed build
+            remove_tree(stale)
+        remove_tree(entry)  # a half-removed entry (no info.json)
+        tmp = entry.with_name(f".{key}.tmp-{os.getpid()}")
+        private_dir(entry.parent)  # bootstraps hold setuid files: no other user may reach them
+        tmp.mkdir()
+        try:
+            with StepLog(layout.log(recipe.name, "bootstrap")) as log:
+                distro = recipe.distro
+                log.note(f"bootstrapping {distro.name} {distro.release} {distro.arch} with "
+                         f"{spec['bootstrapper'][0]} {spec['bootstrapper'][1]}")
+                distro.bootstrap(tmp / "root", spec["packages"], spec["epoch"], log,
+                                 cache=layout.cache)
+                contents = cache.write_contents(tmp)
+                log.note(f"recorded the contents of the new cache entry: {contents}")
+            write_json(tmp / "info.json", {"key": key, "spec": spec, "contents": contents})
+            os.replace(tmp, entry)
+        except BaseException:
+            remove_tree(tmp)
+            raise
+
+
+def use_entry(options: Options, recipe: AnyRecipe, key: str, log: StepLog) -> str:
+    """Hold the cache entry ``key`` shared for the rest of the build and check its contents.
+
+    A damaged entry (a truncated file, anything changed since it was made) is dropped and
+    bootstrapped again, with a note; returns the entry's contents digest.
+    """
+    entry = options.layout.bootstrap_entry(key)
+    for _attempt in range(2):
+        hold_shared(_entry_lock(entry), what=f"bootstrap cache entry {key}")
+        info = entry / "info.json"
+        if info.is_file():
+            expected = read_json(info).get("contents")
+            problems = cache.verify_contents(entry, expected)
+            if not problems and expected:
+                cache.touch(info)  # last use, for `nspawnbuild cache prune --older-than`
+                return str(expected)
+            message = (f"note: bootstrap cache entry {key[:16]} is damaged "
+                       f"({'; '.join(problems) or 'no contents digest'}); dropped it, "
+                       "bootstrapping again")
+            log.note(message)
+            _say(message)
+        release_shared(_entry_lock(entry))
+        with exclusive(_entry_lock(entry), wait=True, what=f"bootstrap cache entry {key}"):
+            current = entry / "info.json"
+            if current.is_file() and cache.verify_contents(entry, read_json(current).get("contents")):
+                remove_tree(entry)
+        make_entry(options, recipe, key)
+    raise BuildError(f"bootstrap cache entry {key} is damaged again right after it was made; "
+                     f"check the disk under {entry.parent}")
+
+
+# -- rootfs -----------------------------------------------------------------------------------
+
+def image_tree(layout: Layout, name: str, key: str, *, new: bool = False) -> ImageTree:
+    """The overlay of recipe ``name``: the cache entry below, its own layer above."""
+    work = layout.work_dir(name)
+    return ImageTree(layout.bootstrap_entry(key) / "root", work / ("layer.new" if new else "layer"),
+                     layout.rootfs(name))
+
+
+def rootfs_current(layout: Layout, name: str, key: str) -> bool:
+    """The image's layer exists and sits on the very cache entry contents it was made on."""
+    work = layout.work_dir(name)
+    try:
+        built = read_json(work / "rootfs.json")["bootstrap"]
+        info = read_json(layout.bootstrap_entry(key) / "info.json")
+    except (OSError, ValueError, KeyError):
+        return False
+    return bool((work / "layer" / "upper").is_dir() and built["key"] == key
+                and built["contents"] == info.get("contents"))
+
+
+def configure_features(ctx: RootfsContext, features: tuple[AnyFeature, ...]) -> None:
+    """Each enabled feature changes the bootstrapped tree, in run order."""
+    for feature in features:
+        feature.configure(ctx)
+
+
+def install_files(root: Path, recipe: AnyRecipe, log: StepLog) -> None:
+    """The recipe's ``[[files]]``, written into the image (symlink-safe, atomic)."""
+    for f in recipe.files:
+        uid, gid = parse_owner(root, f.owner)
+        log.note(f"file {f.dest} from {f.src}")
+        write_file(root, f.dest, f.content, mode=f.mode if f.mode is not None else 0o644,
+                   uid=uid, gid=gid)
+
+
+def run_post_steps(recipe: AnyRecipe, sandbox: Sandbox, log: StepLog) -> None:
+    """The recipe's ``[[post]]`` steps, each a shell script run in the sandbox."""
+    for i, step in enumerate(recipe.post, start=1):
+        label = f"post-step {i}" + (f" ({step.name})" if step.name else "")
+        script = step.run.strip()
+        first = script.splitlines()[0] if script else ""
+        sandbox.run(log, [step.shell, "-e", "-c", step.run], step=label, network=step.network,
+                    env={"SOURCE_DATE_EPOCH": str(recipe.epoch)},
+                    shown_command=first + (" ..." if "\n" in script else ""))
+
+
+def finalize_features(ctx: RootfsContext, features: tuple[AnyFeature, ...]) -> None:
+    """Each enabled feature checks or changes the tree after the post-steps, in run order."""
+    for feature in features:
+        feature.finalize(ctx)
+
+
+def finish_tree(root: Path, recipe: AnyRecipe) -> list[dict[str, Any]]:
+    """Scrub host state, drop the package manager's caches; return the installed packages."""
+    scrub(root, recipe.name)
+    recipe.distro.clean(root)
+    return [p.as_dict() for p in recipe.distro.list_packages(root)]
+
+
+def make_tree(root: Path, recipe: AnyRecipe, ctx: RootfsContext, sandbox: Sandbox,
+              log: StepLog) -> list[dict[str, Any]]:
+    """The rootfs stage's work on the mounted overlay ``root``, in its fixed order: features,
+    files, post-steps, features' finalize, scrub; returns the installed packages."""
+    drop_resolv_conf(root)
+    configure_features(ctx, recipe.features)
+    install_files(root, recipe, log)
+    run_post_steps(recipe, sandbox, log)
+    finalize_features(ctx, recipe.features)
+    return finish_tree(root, recipe)
+
+
+def _discard(tree: ImageTree) -> None:
+    tree.umount()
+    remove_tree(tree.layer)
+
+
+def keep_failed(tree: ImageTree, kept: Path, log: StepLog) -> str:
+    """Copy a failed tree aside for a look inside (a copy: it shares nothing with the cache);
+    return the lines that say how."""
+    remove_tree(kept)
+    copy_tree(tree.merged, kept)
+    _discard(tree)
+    message = (f"  the tree as the failing step left it is kept (--keep-rootfs): {kept}\n"
+               "  look inside without changing it: systemd-nspawn --register=no --keep-unit "
+               f"--volatile=overlay -D {kept}\n"
+               "  (the next good build or nspawnbuild clean removes it)")
+    log.note(message.strip())
+    return message
+
+
+def rootfs(options: Options, recipe: AnyRecipe) -> None:
+    """On an overlay of the cached bootstrap: features, files, post-steps, scrub, list packages."""
+    layout = options.layout
+    name = recipe.name
+    spec = read_json(layout.plan_file(name, "rootfs"))
+    key = spec["bootstrap_key"]
+    work = layout.work_dir(name)
+    require_private_mount_namespace()
+    private_dir(work)  # the layer holds the image's setuid files: no other user may reach them
+    with StepLog(layout.log(name, "rootfs")) as log:
+        contents = use_entry(options, recipe, key, log)
+        tree = image_tree(layout, name, key, new=True)
+        umount(tree.merged)
+        remove_tree(tree.layer)
+        tree.create()
+        log.note(f"overlay on bootstrap {key[:16]} (read-only) at {tree.merged}, "
+                 f"changes in {tree.upper}")
+        tree.mount()
+        try:
+            with Sandbox(tree, name) as sandbox:
+                if sandbox.stale:
+                    note = (f"note: removed {len(sandbox.stale)} cgroups a killed earlier build "
+                            f"of {name} left: " + ", ".join(sandbox.stale))
+                    log.note(note)
+                    _say(note)
+                ctx = RootfsContext(tree.merged, recipe, recipe.distro, log, layout.cache,
+                                    sandbox=sandbox)
+                packages = make_tree(tree.merged, recipe, ctx, sandbox, log)
+            tree.umount()
+            remove_tree(work / "layer")
+            os.replace(tree.layer, work / "layer")
+            remove_tree(work / "rootfs.failed")  # a kept failure is stale once the step works
+        except NspawnbuildError as e:
+            if not options.keep_rootfs:
+                _discard(tree)
+                raise
+            kept = keep_failed(tree, work / "rootfs.failed", log)
+            raise BuildError(f"{e}\n{kept}") from None
+        except BaseException:
+            _discard(tree)
+            raise
+        write_json(work / "rootfs.json", {"spec": digest(spec), "packages": packages,
+                                          "bootstrap": {"key": key, "contents": contents}})
+
+
+# -- pack -------------------------------------------------------------------------------------
+
+def _check_entry_unchanged(layout: Layout, name: str, built: dict[str, Any]) -> None:
+    """The cache entry under the image is still the one its rootfs was made on."""
+    entry = layout.bootstrap_entry(built["key"])
+    hold_shared(_entry_lock(entry), what=f"bootstrap cache entry {built['key']}")
+    info = entry / "info.json"
+    if not info.is_file() or read_json(info).get("contents") != built["contents"] \
+            or cache.verify_contents(entry, built["contents"]):
+        raise BuildError(f"the bootstrap cache entry {built['key'][:16]} under this image changed "
+                         f"or was pruned since its rootfs was made; rebuild with: "
+                         f"nspawnbuild clean {name} && nspawnbuild build {name}")
+
+
+def pack(options: Options, name: str) -> None:
+    """Pack the finished layers (mounted read-only) into the tarball, auditing every entry."""
+    layout = options.layout
+    spec = read_json(layout.plan_file(name, "pack"))
+    work = layout.work_dir(name)
+    built = read_json(work / "rootfs.json")["bootstrap"]
+    dest = layout.tarball(name, spec["compression"])
+    dest.parent.mkdir(parents=True, exist_ok=True)  # the staging directory
+    for stale in dest.parent.glob(".*.tmp-*"):  # left by a killed build
+        stale.unlink()
+    require_private_mount_namespace()
+    _check_entry_unchanged(layout, name, built)
+    tree = image_tree(layout, name, built["key"])
+    umount(tree.merged)
+    if mounts_below(tree.merged):
+        raise BuildError(f"something is mounted below {tree.merged}; unmount it and rebuild")
+    tree.mount_read_only()
+    try:
+        auditor = audit.Auditor(machine=name)
+        result = pack_tree(tree.merged, dest, spec["epoch"], spec["compression"], spec["level"],
+                           inspect=auditor.add)
+    finally:
+        tree.umount()
+    for compression in SUFFIXES:  # a tarball of another compression is now stale
+        other = layout.tarball(name, compression)
+        if other != dest:
+            other.unlink(missing_ok=True)
+    write_json(work / "pack.json", {"file": dest.name, **result.as_dict(),
+                                    "audit": [[f.check, f.path, f.detail] for f in auditor.result()]})
+
+
+# -- configure --------------------------------------------------------------------------------
+
+def configure(options: Options, name: str) -> None:
+    """Render the .nspawn file and the unit drop-in from the config spec."""
+    layout = options.layout
+    spec = read_json(layout.plan_file(name, "config"))
+    common = {"name": spec["name"], "digest": spec["digest"], "version": spec["version"]}
+    nspawn = render_nspawn([Setting(*s) for s in spec["nspawn"]], **common)
+    dropin = render_dropin([Setting(*s) for s in spec["unit"]], **common)
+    write_file_atomic(layout.nspawn_file(name), nspawn.encode())
+    write_file_atomic(layout.dropin(name), dropin.encode())
+
+
+# -- manifest ---------------------------------------------------------------------------------
+
+def audit_artifacts(name: str, packed: dict[str, Any], nspawn: Path, dropin: Path,
+                    allow: list[str]) -> list[audit.Finding]:
+    """The audit's verdict on the packed tree and the rendered settings; raises when a finding
+    is not allowed, returns the allowed ones (the manifest lists them)."""
+    # the packer audited every entry as it wrote it; the caller's digest check ties that to the
+    # tarball that is published
+    findings = [audit.Finding(*f) for f in packed["audit"]]
+    findings += audit.settings_findings(nspawn.read_text(), dropin.read_text(),
+                                        nspawn_name(name), dropin_name(name))
+    failing, allowed = audit.split(findings, allow)
+    if failing:
+        raise BuildError(f"the audit of {packed['file']} and its settings found secrets, host "
+                         "state or risky settings; nothing "
+                         "was published:\n" + "\n".join(f"  {f}" for f in failing)
+                         + "\n  fix the recipe, or accept a finding with [audit] allow = "
+                         "[\"CHECK:PATH\"]")
+    return allowed
+
+
+def manifest_document(spec: dict[str, Any], rootfs_record: dict[str, Any],
+                      packed: dict[str, Any], digests: dict[str, str],
+                      allowed: list[audit.Finding]) -> dict[str, Any]:
+    """manifest.json: what was built, from what, with which tool, and the artifacts' digests."""
+    name = spec["name"]
+    return {
+        "format": 1,
+        **{k: spec[k] for k in ("name", "description", "recipe_digest", "source_date_epoch",
+                                "target_systemd", "base", "bootstrapper")},
+        "tool": {"name": "nspawnbuild", "version": spec["nspawnbuild"]},
+        "packages": rootfs_record["packages"],
+        "tree": {"bytes": packed["tree_bytes"], **packed["counts"]},
+        "audit": {"checks": list(audit.CHECKS), "allowed": [str(f) for f in allowed]},
+        "artifacts": {
+            "tarball": {"file": packed["file"], "sha256": packed["sha256"],
+                        "size": packed["size"], **spec["compression"]},
+            "tar": {"sha256": packed["tar_sha256"], "size": packed["tar_size"]},
+            "nspawn": {"file": nspawn_name(name), "sha256": digests[nspawn_name(name)]},
+            "dropin": {"file": dropin_name(name), "sha256": digests[dropin_name(name)]},
+        },
+    }
+
+
+def sums_text(digests: dict[str, str]) -> bytes:
+    """SHA256SUMS in ``sha256sum``'s format, sorted by file."""
+    return "".join(f"{h}  {f}\n" for f, h in sorted(digests.items())).encode()
+
+
+def manifest(options: Options, name: str) -> None:
+    """Write manifest.json and SHA256SUMS, then publish the whole set into out/NAME."""
+    layout = options.layout
+    spec = read_json(layout.plan_file(name, "manifest"))
+    work = layout.work_dir(name)
+    stage = layout.stage_dir(name)
+    rootfs_record = read_json(work / "rootfs.json")
+    packed = read_json(work / "pack.json")
+    nspawn, dropin = layout.nspawn_file(name), layout.dropin(name)
+    artifacts = {packed["file"]: stage / packed["file"], nspawn_name(name): nspawn,
+                 dropin_name(name): dropin}
+    digests = {rel: sha256_file(path) for rel, path in artifacts.items()}
+    if digests[packed["file"]] != packed["sha256"]:
+        raise BuildError(f"{stage / packed['file']} changed since it was packed; rebuild it "
+                         f"with: nspawnbuild build {name}")
+    allowed = audit_artifacts(name, packed, nspawn, dropin, spec["audit_allow"])
+    write_json(stage / "manifest.json",
+               manifest_document(spec, rootfs_record, packed, digests, allowed))
+    artifacts["manifest.json"] = stage / "manifest.json"
+    digests["manifest.json"] = sha256_file(stage / "manifest.json")
+    write_file_atomic(stage / "SHA256SUMS", sums_text(digests))
+    artifacts["SHA256SUMS"] = stage / "SHA256SUMS"
+    publish(artifacts, layout.out_dir(name))
