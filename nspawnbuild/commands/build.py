@@ -1,0 +1,93 @@
+"""``nspawnbuild build``: the same doit tasks as ``doit build recipe=NAME`` in the project root,
+run by an embedded doit, so that it works from any directory; then the summary of what was
+published (or ``--check-reproducible``: two builds compared)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from doit.cmd_base import ModuleTaskLoader
+from doit.doit_cmd import DoitMain
+from rich.console import Console
+
+from .. import reproduce, tasks
+from ..options import Options, default_cache
+from ..recipe.find import looks_like_path
+from ..summary import build_summary, format_summary
+from .common import AddCommand, options_from
+
+EPILOG_BUILD = """examples:
+  nspawnbuild build debian-base
+  nspawnbuild build ./my-image.toml --out /srv/images
+  nspawnbuild build -j 2 debian-base postgres      # two recipes in parallel
+  nspawnbuild build --keep-rootfs web              # keep the tree when a post-step fails
+  nspawnbuild build --json debian-base | jq -r '.[0].files[] | .sha256 + "  " + .file'
+
+the full log of each build is out/NAME/build.log
+"""
+
+
+def add_build(command: AddCommand) -> None:
+    p = command("build", help="build recipes into out/NAME/", epilog=EPILOG_BUILD)
+    p.add_argument("recipes", nargs="+", metavar="RECIPE", help="recipe name or path")
+    p.add_argument("--out", help="artifact directory (default: ./out)")
+    p.add_argument("--work-dir", help="work trees and build state (default: ./.nspawnbuild)")
+    p.add_argument("--cache-dir", help=f"bootstrap cache (default: {default_cache()})")
+    p.add_argument("--check-reproducible", action="store_true",
+                   help="build twice in separate directories (other umask, TZ, locale, one CPU, "
+                        "own cache) and compare; list every differing path")
+    p.add_argument("--keep", action="store_true",
+                   help="with --check-reproducible: keep both trees for inspection")
+    p.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
+                   help="build up to N tasks at once (several recipes in parallel)")
+    p.add_argument("--keep-rootfs", action="store_true",
+                   help="when the rootfs step fails, keep its tree (.nspawnbuild/recipes/NAME/"
+                        "rootfs.failed, a copy) to look inside")
+    p.add_argument("--quiet", action="store_true", help="print errors only")
+    p.add_argument("--json", action="store_true",
+                   help="print what was published as JSON (for scripts), nothing else")
+    p.set_defaults(func=cmd_build)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    options = options_from(args, keep_rootfs=args.keep_rootfs, quiet=args.quiet or args.json,
+                           jobs=args.jobs)
+    # validate before doit opens its state database, so bad input writes nothing
+    recipes = tasks.load_or_exit(args.recipes)
+    if args.check_reproducible:
+        status = 0
+        for ref, recipe in zip(args.recipes, recipes, strict=True):
+            status |= reproduce.check(str(recipe.path) if looks_like_path(ref) else ref,
+                                      recipe.name, recipe.epoch, options.layout.work / "repro",
+                                      keep=args.keep)
+        return status
+    if run_tasks(options, recipes) != 0:
+        return 1
+    summaries = [build_summary(options.layout.out_dir(r.name)) for r in recipes]
+    if args.json:
+        print(json.dumps(summaries, indent=2))
+    elif not args.quiet:
+        console = Console(highlight=False)
+        for summary in summaries:
+            console.print(format_summary(summary), soft_wrap=True)
+    return 0
+
+
+def run_tasks(options: Options, recipes: Sequence[tasks.AnyRecipe]) -> int:
+    """Run the build tasks of ``recipes`` with an embedded doit; its exit code."""
+    loaded = list(recipes)
+    loader = ModuleTaskLoader({"task_build": tasks.task_creator(options, lambda: loaded),
+                               "DOIT_CONFIG": tasks.doit_config(options)})
+    argv = ["build"]
+    if options.jobs > 1:
+        argv[:0] = ["-n", str(options.jobs), "-P", "thread"]
+    # doit's thread runner swaps sys.stdout/stderr to capture each action; two threads can leave
+    # a capture object behind, so the real streams are put back before printing the summary
+    streams = sys.stdout, sys.stderr
+    try:
+        return int(DoitMain(loader, extra_config={"GLOBAL": {}}).run(argv))
+    finally:
+        sys.stdout, sys.stderr = streams

@@ -1,0 +1,64 @@
+"""The commands that put a built image on this machine: ``install`` (as a host would run it)
+and ``shell`` / ``boot`` (try it in a scratch copy)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..artifact import Artifact
+from ..imagerun import locate_image, run_image
+from ..install import install
+from .common import AddCommand, options_from
+
+
+def add_install(command: AddCommand) -> None:
+    p = command("install", help="install built artifacts on this host (or under --root)",
+                epilog="examples:\n  nspawnbuild install out/ollama-gpu --enable --start\n"
+                       "  nspawnbuild install out/debian-base --root /mnt/target --name web1")
+    p.add_argument("artifact_dir", metavar="ARTIFACT_DIR", help="a directory a build wrote, out/NAME")
+    p.add_argument("--name", help="machine name on the host (default: the recipe's)")
+    p.add_argument("--root", default="/", help="install into this directory tree instead of /")
+    p.add_argument("--force", action="store_true", help="replace an existing machine")
+    p.add_argument("--enable", action="store_true", help="start the machine at boot")
+    p.add_argument("--start", action="store_true", help="start it now (needs systemd running)")
+    p.set_defaults(func=cmd_install)
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    for line in install(Path(args.artifact_dir), name=args.name, root=Path(args.root),
+                        force=args.force, enable=args.enable, start=args.start):
+        print(line)
+    return 0
+
+
+def _add_run(command: AddCommand, verb: str, text: str) -> None:
+    p = command(verb, help=text,
+                epilog=f"examples:\n  nspawnbuild {verb} debian-base\n"
+                       + ("  nspawnbuild shell out/debian-base -- cat /etc/os-release"
+                          if verb == "shell" else "  (press ^] three times to leave)"))
+    p.add_argument("image", metavar="IMAGE", help="a recipe name or an artifact directory")
+    if verb == "shell":
+        p.add_argument("command", nargs="*", metavar="-- CMD",
+                       help="command to run instead of a shell, after --")
+    else:
+        p.set_defaults(command=[])
+    p.add_argument("--out", help="artifact directory (default: ./out)")
+    p.add_argument("--work-dir", help="scratch space (default: ./.nspawnbuild)")
+    p.set_defaults(func=cmd_run, command_name=verb)
+
+
+def add_shell(command: AddCommand) -> None:
+    _add_run(command, "shell", "run a shell (or a command) in a built image, with its settings")
+
+
+def add_boot(command: AddCommand) -> None:
+    _add_run(command, "boot", "boot a built image in systemd-nspawn, with its settings")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    layout = options_from(args).layout
+    target = locate_image(args.image, layout)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    return run_image(Artifact.open(target), layout.work / "run", boot=args.command_name == "boot",
+                     command=command)
