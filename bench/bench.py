@@ -25,7 +25,7 @@ BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT))
 
 from nspawnbuild.plan import make_plan  # noqa: E402
-from nspawnbuild.recipe import load_recipe  # noqa: E402
+from nspawnbuild.recipe.load import load_recipe  # noqa: E402
 from nspawnbuild.reproduce import unpack  # noqa: E402
 
 PACK_PROBE = """

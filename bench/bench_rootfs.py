@@ -37,7 +37,7 @@ from nspawnbuild import cache  # noqa: E402
 from nspawnbuild.namespaces import enter_private_mount_namespace  # noqa: E402
 from nspawnbuild.overlay import ImageTree  # noqa: E402
 from nspawnbuild.plan import make_plan  # noqa: E402
-from nspawnbuild.recipe import load_recipe  # noqa: E402
+from nspawnbuild.recipe.load import load_recipe  # noqa: E402
 from nspawnbuild.sandbox import Sandbox, nspawn_argv  # noqa: E402
 from nspawnbuild.steplog import StepLog  # noqa: E402
 
