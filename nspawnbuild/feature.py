@@ -5,12 +5,13 @@ A feature plugin is one module under ``plugins/`` (or a third-party distribution
 
     @dataclass(frozen=True)
     class MotdConfig:
-        text: str = "welcome"
+        text: str
 
     class Motd(Feature[MotdConfig, NoTraits]):
         name = "motd"
         config_class = MotdConfig
         properties = {"text": {"type": "string", "description": "the message"}}
+        required = ("text",)
 
         def configure(self, ctx: RootfsContext) -> None:
             ctx.write_file("/etc/motd", self.config.text + "\\n")
@@ -18,6 +19,8 @@ A feature plugin is one module under ``plugins/`` (or a third-party distribution
     @hookimpl
     def nspawnbuild_features() -> list[type[Feature[Any, Any]]]:
         return [Motd]
+
+(``plugins/motd.py`` is that feature, with its checks; its tests are ``tests/test_motd.py``.)
 
 The core makes one object per enabled feature when the recipe is loaded (its table parsed once
 into ``config``; the JSON Schema, with the config's defaults as ``default``, has checked it
@@ -84,6 +87,9 @@ class Feature(Generic[C, T]):
     order: ClassVar[int] = 100
     #: on for every recipe, with its defaults, even without a table (``basics``)
     always: ClassVar[bool] = False
+    #: False: the feature has no ``[features.<name>]`` table (``sources`` works on the recipe's
+    #: top-level ``[[sources]]``); it is then always on, and not in the schema's features
+    table: ClassVar[bool] = True
 
     def __init__(self, config: C, traits: T):
         self.config = config

@@ -169,7 +169,7 @@ def feature_schemas(registry: Registry) -> dict[str, dict[str, Any]]:
     """``{name: schema()}`` of every feature that has a ``[features.<name>]`` table (a feature
     with ``table = False``, such as ``sources``, is always on and has none)."""
     return {name: cls.schema() for name, cls in registry.features.items()
-            if getattr(cls, "table", True)}
+            if cls.table}
 
 
 def _output(data: dict[str, Any], problems: Problems) -> Output:
