@@ -28,7 +28,7 @@ def test_every_command_is_in_the_main_help_and_has_examples() -> None:
         assert f"nspawnbuild {name}" in parser.format_help(), name
 
 
-def test_options_passed_through_the_environment_do_not_outlive_the_command(
+def test_a_command_leaves_the_environment_as_it_found_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("NSPAWNBUILD_QUIET", "NSPAWNBUILD_OUT", "NSPAWNBUILD_CACHE"):
         monkeypatch.delenv(var, raising=False)
