@@ -2,8 +2,9 @@
 
 A build can be killed at any moment; a reader (doit, a host that pulls the artifacts, the next
 build) must never find half a file. Every file the build writes outside an image goes through
-:func:`replacing` (files inside an image use ``rootfs.write_file``, which also refuses symlinks
-planted in the image).
+:func:`replacing`: plan and state documents, the tarball, downloads, the build log, installed
+files. (Files inside an image use ``imagefs.write_file``, which also refuses symlinks planted in
+the image; a bootstrap cache entry is a directory, renamed into place the same way.)
 """
 
 from __future__ import annotations
@@ -16,24 +17,38 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-#: the prefix of every temporary name, so that a killed build's leftovers can be found
+#: what follows the file's name in its temporary name (``.NAME.tmp-XXXXXX``), so that a killed
+#: build's leftovers can be found
 TMP_MARK = ".tmp-"
 
 
+def umask() -> int:
+    """This process's umask, read without changing it (``os.umask`` would, for every thread)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
 @contextlib.contextmanager
-def replacing(dest: Path, *, mode: int | None = None) -> Iterator[Path]:
+def replacing(dest: Path, *, mode: int | None = None, mark: str = TMP_MARK) -> Iterator[Path]:
     """Yield a new, empty temporary file beside ``dest``; rename it over ``dest`` on success.
 
-    The temporary name is created exclusively (never an existing path, which could be a symlink
-    planted to redirect the write) and removed when the block fails or is interrupted."""
+    The temporary name (``.NAME`` + ``mark`` + random) is created exclusively, never an
+    existing path, which could be a symlink planted to redirect the write; it is removed when
+    the block fails or is interrupted. ``dest`` gets ``mode``, or what a plain ``open`` gives
+    (0666 less the umask)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{dest.name}{TMP_MARK}", dir=dest.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}{mark}", dir=dest.parent)
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
-        if mode is not None:
-            os.chmod(tmp, mode)
+        os.chmod(tmp, mode if mode is not None else 0o666 & ~umask())
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -55,8 +70,8 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
-def remove_leftovers(directory: Path, name: str = "") -> None:
-    """Remove temporary files a killed build left in ``directory`` (for ``name``, or all)."""
-    for stale in directory.glob(f".{name}*{TMP_MARK}*"):
+def remove_leftovers(directory: Path, name: str = "*", mark: str = TMP_MARK) -> None:
+    """Remove the temporary files a killed build left in ``directory`` (of ``name``, or all)."""
+    for stale in directory.glob(f".{name}{mark}*"):
         if stale.is_file() or stale.is_symlink():
             stale.unlink()

@@ -41,12 +41,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
+from .atomic import remove_leftovers, replacing
 from .digests import sha256_file
 from .errors import BuildError
 from .lock import exclusive
 from .schema import SOURCE_TIMEOUT_DEFAULT
 from .steplog import StepLog
 
+#: what follows a download's digest in its temporary name (``.SHA256.part-XXXXXX``)
+PART_MARK = ".part-"
 SOURCES_DIR = "sources"
 CHUNK = 1 << 20
 #: seconds a connection attempt or a read may take before the download is given up
@@ -260,8 +263,7 @@ def _fetch(url: str, expected: str, cache: Path, root: Path | None, limits: Limi
     dest.parent.mkdir(parents=True, exist_ok=True)
     with exclusive(dest.parent / f".{expected}.lock", wait=True, what=f"download of {url}"):
         # any partial download of this digest is stale: its writer would hold the lock
-        for stale in dest.parent.glob(f".{expected}.part-*"):
-            stale.unlink(missing_ok=True)
+        remove_leftovers(dest.parent, expected, PART_MARK)
         removed = ""
         if os.path.lexists(dest):
             try:
@@ -281,9 +283,10 @@ def _fetch(url: str, expected: str, cache: Path, root: Path | None, limits: Limi
             removed = (f"\n  a file at {dest} had sha256 {actual}, not {expected}, and was "
                        "removed")
             dest.unlink()
-        tmp = dest.parent / f".{expected}.part-{os.getpid()}"
         note(f"source {url}: {'copying' if is_local(url) else 'downloading'} to {dest}")
-        try:
+        # 0644 whatever the umask: the file is bound read-only into the build's container, whose
+        # root is an unprivileged host uid (a user namespace) and reads it as "other"
+        with replacing(dest, mode=0o644, mark=PART_MARK) as tmp:
             try:
                 actual, size = (_copy_local(url, root, tmp, limits) if is_local(url)
                                 else _download(url, tmp, timeout, limits))
@@ -295,9 +298,6 @@ def _fetch(url: str, expected: str, cache: Path, root: Path | None, limits: Limi
                     f"there whose sha256 matches is used without any download){removed}") from None
             if actual != expected:
                 raise BuildError(_mismatch(url, expected, actual, size))
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
         note(f"source {url}: {size} bytes, sha256 {actual}")
         return dest
 
@@ -324,14 +324,9 @@ class _DownloadFailed(Exception):
 
 
 def _new_part(tmp: Path) -> int:
-    """The descriptor of a new temporary file (never an existing one, never through a link).
-
-    Mode 0644 whatever the umask: the file is bound read-only into the build's container, whose
-    root is an unprivileged host uid (a user namespace) and reads it as "other".
-    """
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    os.fchmod(fd, 0o644)
-    return fd
+    """The descriptor of the download's temporary file, which ``atomic.replacing`` has just
+    created for this download alone (never through a link)."""
+    return os.open(tmp, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
 def _copy_local(url: str, root: Path | None, tmp: Path, limits: Limits) -> tuple[str, int]:

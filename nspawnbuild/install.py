@@ -14,10 +14,8 @@ written stays below ROOT/var/lib/machines or ROOT/etc/systemd with symlinks foll
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -30,6 +28,7 @@ from .artifact import (
     confined,
     read_bounded,
 )
+from .atomic import replacing
 from .digests import sha256_file
 from .errors import BuildError, Problem, RecipeError
 from .host import run
@@ -191,16 +190,8 @@ def systemd_runs(root: Path) -> bool:
 def _put(src: Path, dest: Path) -> None:
     """Copy ``src`` to ``dest`` atomically, mode 0644, through a new temporary file (never an
     existing path, which could be a symlink planted to redirect the write)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as fh:
-            shutil.copyfileobj(fh, out)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replacing(dest, mode=0o644) as tmp, open(tmp, "wb") as out, open(src, "rb") as fh:
+        shutil.copyfileobj(fh, out)
 
 
 def install(artifact_dir: Path, *, name: str | None, root: Path, force: bool,

@@ -21,6 +21,8 @@ from typing import IO, Any
 
 import zstandard
 
+from .atomic import replacing
+
 SUFFIXES = {"zstd": ".tar.zst", "xz": ".tar.xz", "gzip": ".tar.gz", "none": ".tar"}
 COPY_BUFSIZE = 1 << 20
 MAX_ZSTD_WORKERS = 4
@@ -52,7 +54,7 @@ class _HashingWriter:
         self.hash = hashlib.sha256()
         self.size = 0
 
-    def write(self, data: bytes) -> int:  # type: ignore[override]
+    def write(self, data: bytes) -> int:
         self.hash.update(data)
         self.size += len(data)
         self.inner.write(data)
@@ -206,7 +208,7 @@ def write_tar(root: Path, fileobj: IO[bytes], epoch: int,
                 with open(path, "rb") as fh:
                     if inspect:
                         tap = _Tap(fh, INSPECT_BYTES)
-                        tar.addfile(info, tap)  # type: ignore[arg-type]
+                        tar.addfile(info, tap)
                         inspect(info, tap.kept())
                     else:
                         tar.addfile(info, fh)
@@ -238,8 +240,7 @@ def pack(root: Path, dest: Path, epoch: int, compression: str = "zstd", level: i
     worker count but differs from single-threaded mode, so the bytes never depend on the
     number of CPU cores.
     """
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    try:
+    with replacing(dest) as tmp:
         with open(tmp, "wb") as raw:
             out = _HashingWriter(raw)
             if compression == "zstd":
@@ -249,12 +250,12 @@ def pack(root: Path, dest: Path, epoch: int, compression: str = "zstd", level: i
                 cctx = zstandard.ZstdCompressor(level=level, threads=max(1, workers),
                                                 write_checksum=True)
                 with cctx.stream_writer(out, closefd=False) as comp:  # type: ignore[arg-type]
-                    result = write_tar(root, comp, epoch, inspect)  # type: ignore[arg-type]
+                    result = write_tar(root, comp, epoch, inspect)
             elif compression == "xz":
                 with lzma.LZMAFile(out, "wb", preset=level) as comp:  # type: ignore[arg-type]
                     result = write_tar(root, comp, epoch, inspect)
             elif compression == "gzip":
-                with gzip.GzipFile(filename="", mode="wb", fileobj=out,  # type: ignore[arg-type]
+                with gzip.GzipFile(filename="", mode="wb", fileobj=out,
                                    compresslevel=level, mtime=0) as comp:
                     result = write_tar(root, comp, epoch, inspect)  # type: ignore[arg-type]
             elif compression == "none":
@@ -265,8 +266,4 @@ def pack(root: Path, dest: Path, epoch: int, compression: str = "zstd", level: i
             os.fsync(raw.fileno())
         result.sha256 = out.hash.hexdigest()
         result.size = out.size
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return result

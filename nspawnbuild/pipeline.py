@@ -56,22 +56,10 @@ AnyRecipe = Recipe[AnyFeature]
 
 # -- files the stages write -------------------------------------------------------------------
 
-def _umask() -> int:
-    """This process's umask, read without changing it (os.umask would, for every thread)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
-
-
 def write_file_atomic(path: Path, data: bytes) -> None:
     """Write ``path`` whole or not at all, with the mode a plain ``open`` gives (0666 less the
     umask): the artifacts in out/NAME are as readable as the user's other files."""
-    write_bytes(path, data, mode=0o666 & ~_umask())
+    write_bytes(path, data)
 
 
 def write_json(path: Path, doc: Any) -> None:

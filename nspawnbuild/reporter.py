@@ -12,7 +12,6 @@ that carries the run's options (where the logs are, whether to be quiet).
 from __future__ import annotations
 
 import atexit
-import os
 import re
 import sys
 import threading
@@ -28,8 +27,9 @@ from rich.progress import Progress, ProgressColumn, SpinnerColumn, Task, TextCol
 from rich.text import Text
 
 from . import __version__, steplog
+from .atomic import write_bytes
 from .options import Options
-from .paths import BUILD_LOG, Layout
+from .paths import Layout
 
 #: escape sequences and control characters in a step's output line
 CONTROL = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]|[\x00-\x08\x0b-\x1f\x7f]")
@@ -82,9 +82,7 @@ def write_build_log(name: str, run: RecipeRun, layout: Layout) -> Path:
             parts.append(log.read_text(errors="replace"))
         if e.error:
             parts.append(e.error.rstrip("\n") + "\n")
-    tmp = out.with_name(f".{BUILD_LOG}.tmp-{os.getpid()}")
-    tmp.write_text("".join(parts))
-    os.replace(tmp, out)
+    write_bytes(out, "".join(parts).encode())
     return out
 
 

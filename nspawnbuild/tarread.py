@@ -164,10 +164,10 @@ def open_stream(path: Path) -> Iterator[IO[bytes]]:
         raw.seek(0)
         if magic.startswith(b"\x28\xb5\x2f\xfd"):
             with zstandard.ZstdDecompressor().stream_reader(raw) as stream:
-                yield stream  # type: ignore[misc]
+                yield stream
         elif magic.startswith(b"\xfd7zXZ"):
             with lzma.open(raw) as stream:
-                yield stream  # type: ignore[misc]
+                yield stream
         elif magic.startswith(b"\x1f\x8b"):
             with gzip.open(raw) as stream:
                 yield stream  # type: ignore[misc]
@@ -183,7 +183,7 @@ def open_tar(path: Path) -> Iterator[tarfile.TarFile]:
     data included) becomes a :class:`TarballError` naming ``path``."""
     with reading(path), open_stream(path) as stream:
         budget = _Budget(stream)
-        with tarfile.open(fileobj=budget, mode="r|", tarinfo=BoundedTarInfo,  # type: ignore[call-overload]
+        with tarfile.open(fileobj=budget, mode="r|", tarinfo=BoundedTarInfo,
                           ignore_zeros=True) as tar:
             yield tar
 
