@@ -139,3 +139,65 @@ def test_plugins_never_import_each_other(path: Path) -> None:
             assert not (node.module or "").startswith("nspawnbuild_plugins"), path.name
         elif isinstance(node, ast.Import):
             assert not any(a.name.startswith("nspawnbuild_plugins") for a in node.names), path.name
+
+
+def layers(edges: dict[str, set[str]]) -> dict[str, int]:
+    """Each module's layer: 0 without imports, else one more than the highest it imports."""
+    memo: dict[str, int] = {}
+
+    def layer(name: str) -> int:
+        if name not in memo:
+            deps = [d for d in edges[name] if d != "nspawnbuild"]
+            memo[name] = 1 + max(layer(d) for d in deps) if deps else 0
+        return memo[name]
+
+    return {name: layer(name) for name in edges}
+
+
+def documented_layers() -> dict[str, int]:
+    """``{module: layer}`` from the table in ARCHITECTURE.md (``| 3 | `cache`, `install` | ...``)."""
+    import re
+
+    found: dict[str, int] = {}
+    for line in (ROOT / "ARCHITECTURE.md").read_text().splitlines():
+        m = re.match(r"^\| (\d+) \| (.+?) \|", line)
+        if m:
+            for mod in re.findall(r"`([a-z_.*]+)`", m.group(2)):
+                found[mod] = int(m.group(1))
+    return found
+
+
+def test_architecture_md_states_each_modules_layer() -> None:
+    actual = {name.removeprefix("nspawnbuild."): n for name, n in layers(graph()).items()
+              if name not in ("nspawnbuild", "nspawnbuild.recipe", "nspawnbuild.commands")}
+    documented = documented_layers()
+    commands = {k: v for k, v in actual.items() if k.startswith("commands.")}
+    assert "commands.*" in documented and max(commands.values()) == documented["commands.*"]
+    plain = {k: v for k, v in actual.items() if not k.startswith("commands.")}
+    missing = sorted(set(plain) - set(documented))
+    assert not missing, f"ARCHITECTURE.md does not list {missing}"
+    wrong = {k: (documented[k], v) for k, v in plain.items() if documented[k] != v}
+    assert not wrong, f"ARCHITECTURE.md gives these modules the wrong layer (said, is): {wrong}"
+
+
+#: what plugins may not import: the build's machinery, which calls them
+MACHINERY = ("nspawnbuild.pipeline", "nspawnbuild.tasks", "nspawnbuild.plan", "nspawnbuild.recipe.load",
+             "nspawnbuild.commands", "nspawnbuild.cli", "nspawnbuild.plugins")
+
+
+@pytest.mark.parametrize("path", sorted(PLUGINS.glob("*.py")), ids=lambda p: p.name)
+def test_plugins_use_the_api_not_the_machinery(path: Path) -> None:
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+            [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        for name in names:
+            assert not name.startswith(MACHINERY), f"{path.name} imports {name}"
+
+
+def test_the_core_never_imports_a_plugin() -> None:
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom | ast.Import):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                    [a.name for a in node.names]
+                assert not any(n.startswith("nspawnbuild_plugins") for n in names), name
