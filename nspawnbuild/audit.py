@@ -60,6 +60,7 @@ from typing import Protocol
 
 import zstandard
 
+from . import tarread  # bounded headers, every member systemd-import extracts, one error
 from .host import host_machine_id, host_state
 
 TARBALL_CHECKS = ("ssh-host-key", "machine-id", "resolv-conf", "hostname", "private-key",
@@ -460,8 +461,6 @@ class Auditor:
 
 def audit_tarball(path: Path, *, machine: str | None = None) -> list[Finding]:
     """Every finding in the tarball at ``path`` (allowed or not)."""
-    from . import tarread  # bounded headers, every member systemd-import extracts, one error
-
     auditor = Auditor(machine)
     with tarread.open_tar(path) as tar:
         for member in tarread.members(tar):

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .digests import sha256_file
 from .lock import exclusive
 from .tree import remove_tree
 
@@ -107,7 +108,6 @@ def prune(cache: Path, *, older_than_days: float | None, max_size: int | None,
 # -- the content digest of a bootstrap entry ---------------------------------------------------
 
 CONTENTS = "contents.json"
-HASH_CHUNK = 1 << 20
 
 
 def _xattrs(path: str) -> list[list[str]]:
@@ -118,18 +118,10 @@ def _xattrs(path: str) -> list[list[str]]:
     return [[n, os.getxattr(path, n, follow_symlinks=False).hex()] for n in sorted(names)]
 
 
-def _hash(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as fh:
-        for chunk in iter(lambda: fh.read(HASH_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _record(path: str, st: os.stat_result) -> list[object]:
     """What a tree entry is: type and mode, owner, size, content digest or link target, xattrs."""
     if stat.S_ISREG(st.st_mode):
-        content = _hash(path)
+        content = sha256_file(Path(path))
     elif stat.S_ISLNK(st.st_mode):
         content = os.readlink(path)
     elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):

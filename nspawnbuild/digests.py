@@ -5,14 +5,22 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 COPY_BUFSIZE = 1 << 20
 
 
 def canonical_json(obj: Any) -> bytes:
-    """Deterministic JSON bytes for digests."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    """Deterministic JSON bytes for digests (read-only mappings count as the dicts they are)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      default=_as_json).encode()
+
+
+def _as_json(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON data")
 
 
 def digest(doc: Any) -> str:

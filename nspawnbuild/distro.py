@@ -109,6 +109,11 @@ class Distro(ABC):
         """Packages every image of this distro needs to boot in systemd-nspawn."""
         return []
 
+    def components(self) -> tuple[str, ...]:
+        """The archive components (areas) the recipe enabled, for distros whose archive has them
+        (Debian's main, contrib, non-free); empty for the others."""
+        return ()
+
     def map_package(self, generic: str) -> str:
         """Translate a generic package name (``openssh-server``) to this distro's name."""
         return generic

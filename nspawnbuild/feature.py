@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
 from .distro import Distro
-from .errors import Problem, RecipeError
+from .errors import BuildError, Problem, RecipeError
 from .recipe.model import Recipe
 from .recipe.sourcemap import SourceMap
 from .rootfs import RootfsContext
@@ -83,7 +83,9 @@ class Feature(Generic[C, T]):
     required: ClassVar[tuple[str, ...]] = ()
     #: one line for ``nspawnbuild plugins`` and the schema
     description: ClassVar[str] = ""
-    #: features run in ascending order (ties: registration order); built-ins use 10..90
+    #: features run in ascending order (ties: registration order): ``configure``, ``finalize``,
+    #: ``firstboot`` commands, and the settings each feature adds (the .nspawn file groups
+    #: them by section); built-ins use 10..95, firstboot 1000
     order: ClassVar[int] = 100
     #: on for every recipe, with its defaults, even without a table (``basics``)
     always: ClassVar[bool] = False
@@ -102,9 +104,8 @@ class Feature(Generic[C, T]):
         props = {k: dict(v) for k, v in cls.properties.items()}
         if dataclasses.is_dataclass(cls.config_class):
             for f in dataclasses.fields(cls.config_class):
-                default = f.default
-                if f.name in props and default is not dataclasses.MISSING \
-                        and isinstance(default, str | int | bool | float) and "default" not in props[f.name]:
+                default = _json_default(f)
+                if f.name in props and default is not None and "default" not in props[f.name]:
                     props[f.name]["default"] = default
         schema: dict[str, Any] = {"type": "object", "additionalProperties": False,
                                   "properties": props}
@@ -121,14 +122,37 @@ class Feature(Generic[C, T]):
 
     @classmethod
     def traits_for(cls, distro: Distro) -> T:
-        """This feature's traits as ``distro`` fills them in (defaults for what it leaves out)."""
+        """This feature's traits as ``distro`` fills them in (defaults for what it leaves out).
+
+        A trait the feature does not declare is a plugin bug (a misspelt name would otherwise
+        leave the default in place, silently): a BuildError that says whose."""
         given = dict(distro.traits.get(cls.name, {}))
         known = {f.name for f in dataclasses.fields(cls.traits_class)}
         unknown = sorted(set(given) - known)
         if unknown:
-            raise TypeError(f"distro plugin '{distro.name}' gives feature '{cls.name}' traits it "
-                            f"does not declare: {', '.join(unknown)}")
+            raise BuildError(f"distro plugin '{distro.name}' gives feature '{cls.name}' traits it "
+                             f"does not declare: {', '.join(unknown)} (it declares "
+                             f"{', '.join(sorted(known)) or 'none'}); report it to the plugin's "
+                             "authors")
         return cls.traits_class(**given)  # type: ignore[no-any-return]
+
+    @classmethod
+    def check_class(cls) -> str | None:
+        """What is wrong with this class as a feature (None when nothing): every key the schema
+        accepts must be a field of the config dataclass, unless the class parses tables itself.
+        Checked when the plugin is registered, so a mismatch fails there, not in a user's build."""
+        if not getattr(cls, "name", None):
+            return "it has no name"
+        if cls.parse.__func__ is not Feature.parse.__func__:  # type: ignore[attr-defined]
+            return None
+        if not dataclasses.is_dataclass(cls.config_class):
+            return f"config_class {cls.config_class.__name__} is not a dataclass"
+        fields = {f.name for f in dataclasses.fields(cls.config_class)}
+        extra = sorted((set(cls.properties) | set(cls.required)) - fields)
+        if extra:
+            return (f"its schema accepts {', '.join(extra)}, which config_class "
+                    f"{cls.config_class.__name__} has no field for (or override parse())")
+        return None
 
     @classmethod
     def make(cls, table: Mapping[str, Any], distro: Distro) -> Feature[C, T]:
@@ -180,9 +204,17 @@ class Feature(Generic[C, T]):
 AnyFeature = Feature[Any, Any]
 
 
-def problems_of(errors: Iterable[RecipeError]) -> list[Problem]:
-    """The problems of several RecipeErrors, in order."""
-    return [p for e in errors for p in e.problems]
+def _json_default(f: dataclasses.Field[Any]) -> Any:
+    """A config field's default as JSON Schema shows it (tuples as arrays), or None."""
+    default: Any = f.default
+    factory: Any = f.default_factory
+    if default is dataclasses.MISSING and factory is not dataclasses.MISSING:
+        default = factory()
+    if isinstance(default, tuple):
+        default = list(default)
+    if isinstance(default, str | int | bool | float | list) and default != []:
+        return default
+    return None
 
 
 # -- helpers for feature authors ----------------------------------------------------------------
@@ -197,9 +229,6 @@ SSH_KEY = re.compile(
     r"sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com)"
     r" [A-Za-z0-9+/]+={0,3}(?: [^\n\r]*)?$")
 CRYPT_HASH = re.compile(r"^\$(1|5|6|y|gy|7|2[abxy]?)\$[./A-Za-z0-9$=,]{8,}$")
-# absolute, no "." or ".." component (the first one included), no ':' (nspawn's separator),
-# no backslash (nspawn reads it as an escape), no control characters
-ABS_PATH = r"^/(?!(.*/)?\.\.?(/|$))[^\x00-\x1f\x7f:\\]*$"
 KEYS_SCHEMA: dict[str, Any] = {"type": "array", "items": {"type": "string", "minLength": 1}}
 
 

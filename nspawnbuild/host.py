@@ -11,6 +11,7 @@ around them (mount, umount, rm, cp) run through :func:`run`, which turns a failu
 
 from __future__ import annotations
 
+import platform
 import re
 import shutil
 import socket
@@ -49,6 +50,12 @@ def succeeds(argv: Sequence[str]) -> bool:
                               check=False).returncode == 0
     except FileNotFoundError:
         return False
+
+
+def machine_arch() -> str:
+    """The build host's architecture as the kernel names it and rpm and apk do (x86_64,
+    aarch64), for distros whose [base] arch defaults to the host's."""
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine(), platform.machine())
 
 
 def tool_version(argv: list[str]) -> str:

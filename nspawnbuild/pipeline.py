@@ -19,14 +19,13 @@ what the recorded plan says. None of them knows doit.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from . import audit, cache
-from .atomic import read_json, write_bytes
+from .atomic import read_json, write_bytes, write_json
 from .digests import digest, sha256_file
 from .errors import BuildError, NspawnbuildError
 from .feature import AnyFeature
@@ -55,17 +54,6 @@ AnyRecipe = Recipe[AnyFeature]
 
 
 # -- files the stages write -------------------------------------------------------------------
-
-def write_file_atomic(path: Path, data: bytes) -> None:
-    """Write ``path`` whole or not at all, with the mode a plain ``open`` gives (0666 less the
-    umask): the artifacts in out/NAME are as readable as the user's other files."""
-    write_bytes(path, data)
-
-
-def write_json(path: Path, doc: Any) -> None:
-    """A plan or state document: indented, key-sorted JSON (what doit and the tests compare)."""
-    write_file_atomic(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
-
 
 def private_dir(path: Path) -> None:
     """``path`` exists, belongs to root and only root may enter it."""
@@ -365,8 +353,8 @@ def configure(options: Options, name: str) -> None:
     common = {"name": spec["name"], "digest": spec["digest"], "version": spec["version"]}
     nspawn = render_nspawn([Setting(*s) for s in spec["nspawn"]], **common)
     dropin = render_dropin([Setting(*s) for s in spec["unit"]], **common)
-    write_file_atomic(layout.nspawn_file(name), nspawn.encode())
-    write_file_atomic(layout.dropin(name), dropin.encode())
+    write_bytes(layout.nspawn_file(name), nspawn.encode())
+    write_bytes(layout.dropin(name), dropin.encode())
 
 
 # -- manifest ---------------------------------------------------------------------------------
@@ -438,6 +426,6 @@ def manifest(options: Options, name: str) -> None:
                manifest_document(spec, rootfs_record, packed, digests, allowed))
     artifacts["manifest.json"] = stage / "manifest.json"
     digests["manifest.json"] = sha256_file(stage / "manifest.json")
-    write_file_atomic(stage / "SHA256SUMS", sums_text(digests))
+    write_bytes(stage / "SHA256SUMS", sums_text(digests))
     artifacts["SHA256SUMS"] = stage / "SHA256SUMS"
     publish(artifacts, layout.out_dir(name))

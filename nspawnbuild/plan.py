@@ -41,17 +41,6 @@ def collect_packages(recipe: Recipe[AnyFeature]) -> list[str]:
     return sorted(pkgs)
 
 
-def in_load_order(recipe: Recipe[AnyFeature], registry: Registry) -> list[AnyFeature]:
-    """The recipe's features in the order their plugins were loaded.
-
-    Settings are gathered in this order (as they always were), not in the run order of
-    ``Feature.order``: it decides the order of lines within a section of the .nspawn file
-    and the drop-in, which must stay what it was for the same recipe.
-    """
-    rank = {name: i for i, name in enumerate(registry.features)}
-    return sorted(recipe.features, key=lambda f: rank.get(f.name, len(rank)))
-
-
 def _checked(settings: Iterable[Setting], kind: str) -> list[Setting]:
     """A plugin's settings, refused when one is not on the allowlist: a plugin must not be
     able to give a container more than a recipe could."""
@@ -66,10 +55,10 @@ def _checked(settings: Iterable[Setting], kind: str) -> list[Setting]:
     return out
 
 
-def nspawn_settings(recipe: Recipe[AnyFeature], registry: Registry | None = None) -> list[Setting]:
-    """Core defaults, then the features' settings, then the recipe's own ``[nspawn]`` table."""
-    features = in_load_order(recipe, registry or get_registry())
-    plugins = _checked((s for f in features for s in f.nspawn_settings(recipe)), ".nspawn")
+def nspawn_settings(recipe: Recipe[AnyFeature]) -> list[Setting]:
+    """Core defaults, then the features' settings (in their run order; the file groups them by
+    section), then the recipe's own ``[nspawn]`` table."""
+    plugins = _checked((s for f in recipe.features for s in f.nspawn_settings(recipe)), ".nspawn")
     recipe_settings = list(recipe.nspawn)
     own = {(s.section, s.key) for s in recipe_settings + plugins}
     core: list[Setting] = []
@@ -81,10 +70,9 @@ def nspawn_settings(recipe: Recipe[AnyFeature], registry: Registry | None = None
     return core + plugins + recipe_settings
 
 
-def unit_settings(recipe: Recipe[AnyFeature], registry: Registry | None = None) -> list[Setting]:
+def unit_settings(recipe: Recipe[AnyFeature]) -> list[Setting]:
     """The features' drop-in settings, then the recipe's own ``[unit]`` table."""
-    features = in_load_order(recipe, registry or get_registry())
-    plugins = _checked((s for f in features for s in f.unit_settings(recipe)), "drop-in")
+    plugins = _checked((s for f in recipe.features for s in f.unit_settings(recipe)), "drop-in")
     return plugins + list(recipe.unit)
 
 
@@ -149,8 +137,8 @@ def make_plan(recipe: Recipe[AnyFeature], registry: Registry | None = None) -> P
         "name": recipe.name,
         "digest": rdigest,
         "version": __version__,
-        "nspawn": _rows(nspawn_settings(recipe, registry)),
-        "unit": _rows(unit_settings(recipe, registry)),
+        "nspawn": _rows(nspawn_settings(recipe)),
+        "unit": _rows(unit_settings(recipe)),
     }
     manifest = {
         "name": recipe.name,

@@ -16,6 +16,7 @@ import pluggy
 
 from . import hookspecs
 from .distro import Distro
+from .errors import BuildError
 from .feature import AnyFeature
 
 ENTRY_POINT_GROUP = "nspawnbuild"
@@ -68,10 +69,16 @@ def get_registry() -> Registry:
 
 
 def _add(table: dict[str, Any], provider: dict[str, str], cls: Any, plugin: str, kind: str) -> None:
+    """Register one class, refusing a name two plugins claim and a feature class whose schema
+    and config do not agree (a plugin bug that would otherwise surface in a user's build)."""
     key = f"{kind}:{cls.name}"
     if cls.name in table:
-        raise RuntimeError(f"plugins '{provider[key]}' and '{plugin}' both provide the {kind} "
-                           f"'{cls.name}'; uninstall one of them")
+        raise BuildError(f"plugins '{provider[key]}' and '{plugin}' both provide the {kind} "
+                         f"'{cls.name}'; uninstall one of them")
+    wrong = cls.check_class() if kind == "feature" else None
+    if wrong:
+        raise BuildError(f"plugin '{plugin}' provides a broken feature '{cls.name}': {wrong}; "
+                         "report it to the plugin's authors")
     table[cls.name] = cls
     provider[key] = plugin
 

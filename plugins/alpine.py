@@ -13,7 +13,6 @@ mirror and where the static apk is fetched from; only its checksum is pinned.
 from __future__ import annotations
 
 import os
-import platform
 import re
 import shutil
 import tempfile
@@ -26,6 +25,7 @@ from nspawnbuild.distro import Distro, Package
 from nspawnbuild.errors import BuildError, Problem
 from nspawnbuild.fetch import fetch
 from nspawnbuild.hookspecs import hookimpl
+from nspawnbuild.host import machine_arch
 from nspawnbuild.imagefs import empty_dir, make_dirs, read_text_in_root, resolve_in_root, write_file
 from nspawnbuild.recipe.sourcemap import SourceMap
 from nspawnbuild.sandbox import isolated
@@ -48,10 +48,6 @@ RESOLV_CONF = """\
 # the recipe lists them in [features.network] dns (or a [[files]] entry for this file).
 """
 DEFAULT_INTERFACES = "auto lo\niface lo inet loopback\n"
-
-
-def apk_arch() -> str:
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine(), platform.machine())
 
 
 def parse_apk_installed(text: str) -> list[Package]:
@@ -114,7 +110,7 @@ class Alpine(Distro):
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
-        return {"release": cls.default_release, "arch": apk_arch()}
+        return {"release": cls.default_release, "arch": machine_arch()}
 
     @property
     def branch(self) -> str:

@@ -115,6 +115,9 @@ class Debian(Distro):
         raise HostToolMissing("mmdebstrap", "mmdebstrap",
                               f"to bootstrap {self.name} (debootstrap would do as well)")
 
+    def components(self) -> tuple[str, ...]:
+        return tuple(self.base["components"])
+
     def base_packages(self) -> list[str]:
         # minbase has no init: systemd-sysv makes the image bootable with machinectl start,
         # dbus lets machinectl login/shell talk to it.

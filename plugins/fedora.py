@@ -11,7 +11,6 @@ Fedora's metalinks for the release and its updates).
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 import stat
 import subprocess
@@ -24,7 +23,7 @@ from nspawnbuild.digests import sha256_file
 from nspawnbuild.distro import Distro, Package
 from nspawnbuild.errors import BuildError, Problem
 from nspawnbuild.hookspecs import hookimpl
-from nspawnbuild.host import require_tool
+from nspawnbuild.host import machine_arch, require_tool
 from nspawnbuild.imagefs import empty_dir, resolve_in_root
 from nspawnbuild.recipe.sourcemap import SourceMap
 from nspawnbuild.sandbox import isolated
@@ -51,10 +50,6 @@ REPO_SCHEMA: dict[str, Any] = {
         "gpgcheck": {"type": "boolean"},
     },
 }
-
-
-def rpm_arch() -> str:
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine(), platform.machine())
 
 
 def repo_file(repos: list[dict[str, Any]], gpgcheck: bool) -> str:
@@ -135,7 +130,7 @@ class Fedora(Distro):
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
-        return {"release": cls.default_release, "arch": rpm_arch(), "gpgcheck": True}
+        return {"release": cls.default_release, "arch": machine_arch(), "gpgcheck": True}
 
     def bootstrapper(self) -> tuple[str, str]:
         dnf = require_tool("dnf", "dnf", f"to bootstrap {self.name}")

@@ -111,7 +111,7 @@ class GpuNvidia(Feature[NvidiaConfig, NvidiaTraits]):
                 "features.gpu-nvidia",
                 f"{recipe.distro.name} has no NVIDIA user-space packages configured"))
         needed = self.traits.nonfree_component
-        if needed and needed not in recipe.base.get("components", []):
+        if needed and needed not in recipe.distro.components():
             problems.append(sources.problem(
                 "base.components", f"NVIDIA's user-space is in the '{needed}' component, "
                 "which is not enabled", f'use components = ["main", "{needed}"]'))

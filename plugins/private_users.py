@@ -47,7 +47,7 @@ class PrivateUsersConfig(Tuples):
 
 def _recipe_sets(recipe: Recipe[AnyFeature], section: str, key: str) -> bool:
     """Whether the recipe's own [nspawn.SECTION] table has ``key``."""
-    return key in (recipe.data.get("nspawn", {}).get(section) or {})
+    return any(s.section == section and s.key == key for s in recipe.nspawn)
 
 
 class PrivateUsers(Feature[PrivateUsersConfig, NoTraits]):

@@ -57,3 +57,57 @@ def test_plugins_command_lists_builtins(tmp_path: Path) -> None:
                        cwd=tmp_path)
     assert r.returncode == 0
     assert "nspawnbuild_plugins.debian" in r.stdout and "distros: debian, ubuntu" in r.stdout
+
+
+def test_every_distros_traits_name_a_feature_and_its_declared_traits() -> None:
+    """A misspelt feature or trait in a distro's traits would leave a default in place."""
+    reg = get_registry()
+    for name, cls in reg.distros.items():
+        distro = cls({"distro": name, "release": "x", "arch": "amd64"})
+        for feature, traits in cls.traits.items():
+            assert feature in reg.features, f"distro {name} gives traits to unknown feature {feature}"
+            made = reg.features[feature].traits_for(distro)
+            for key, value in traits.items():
+                got = getattr(made, key)
+                assert got == (tuple(value) if isinstance(value, list) else value), (name, feature, key)
+
+
+def test_a_trait_the_feature_does_not_declare_is_a_clear_error() -> None:
+    import pytest
+
+    from nspawnbuild.errors import BuildError
+
+    reg = get_registry()
+    debian = reg.distros["debian"]
+
+    class Misspelt(debian):  # type: ignore[valid-type,misc]
+        name = "misspelt"
+        traits = {"ssh": {"servcie": "ssh"}}
+
+    with pytest.raises(BuildError, match=r"'misspelt' gives feature 'ssh' traits it does not "
+                       r"declare: servcie \(it declares generates_host_keys, service\)"):
+        reg.features["ssh"].traits_for(Misspelt({"release": "bookworm", "arch": "amd64"}))
+
+
+def test_a_feature_whose_schema_and_config_disagree_is_refused_at_registration() -> None:
+    import dataclasses
+
+    import pytest
+
+    from nspawnbuild.errors import BuildError
+    from nspawnbuild.feature import Feature, NoTraits
+    from nspawnbuild.plugins import _add
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        key: str = "vm.swappiness"
+
+    class Sysctl(Feature[Config, NoTraits]):
+        name = "sysctl"
+        config_class = Config
+        properties = {"key": {"type": "string"}, "value": {"type": "string"}}
+
+    with pytest.raises(BuildError, match="broken feature 'sysctl': its schema accepts value, "
+                       "which config_class Config has no field for"):
+        _add({}, {}, Sysctl, "sysctl-plugin", "feature")
+    assert all(cls.check_class() is None for cls in get_registry().features.values())

@@ -46,7 +46,10 @@ def test_every_top_level_key_is_in_the_reference_table_and_no_other() -> None:
 
 def test_every_feature_is_in_the_features_table_and_no_other() -> None:
     documented = {k.split()[0] for k in table_keys(section("Features"))} - {"feature"}
-    assert documented == set(SCHEMA["properties"]["features"]["properties"])
+    features = set(SCHEMA["properties"]["features"]["properties"])
+    assert documented == features, (
+        f"the README's Features table lacks {sorted(features - documented)} and has "
+        f"{sorted(documented - features)} that no plugin provides: add a row per feature")
 
 
 def test_every_key_of_base_files_post_sources_output_has_an_example() -> None:

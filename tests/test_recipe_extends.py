@@ -78,7 +78,7 @@ def test_defaults_are_filled_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert r.epoch == DEFAULT_EPOCH
     assert r.target_systemd == 252
     assert r.output == Output("zstd", 9) and r.data["output"] == {"compression": "zstd", "level": 9}
-    assert r.base["release"] == "bookworm" and r.base["components"] == ["main"]
+    assert r.base["release"] == "bookworm" and list(r.base["components"]) == ["main"]
     assert r.base["variant"] == "minbase" and r.base["arch"]
     assert "mirror" not in r.base  # no mirror: the bootstrapper's own default
 

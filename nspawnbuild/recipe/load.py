@@ -43,7 +43,7 @@ from .entries import load_files, load_sources
 from .find import find_recipe
 from .merge import merge_chain
 from .messages import schema_problems
-from .model import Output, PostStep, Recipe
+from .model import Output, PostStep, Recipe, freeze
 from .problems import Problems
 from .read import load_chain
 from .sourcemap import SourceMap
@@ -114,7 +114,7 @@ def load_recipe(ref: str | Path, cwd: Path | None = None) -> Recipe[AnyFeature]:
     features = _make_features(data, registry, distro, problems)
 
     recipe: Recipe[AnyFeature] = Recipe(
-        name=name, path=leaf.path, data=data, sources=sources, distro=distro,
+        name=name, path=leaf.path, data=freeze(data), sources=sources, distro=distro,
         features=tuple(features), files=tuple(rendered), source_entries=tuple(source_entries),
         post=tuple(_post_step(item) for item in data.get("post", [])),
         packages=tuple(data.get("packages", [])), output=output, nspawn=tuple(nspawn),

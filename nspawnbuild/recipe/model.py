@@ -17,6 +17,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
 from ..digests import canonical_json
@@ -27,6 +28,17 @@ from ..sizes import parse_size
 from .sourcemap import SourceMap
 
 F = TypeVar("F")
+
+
+def freeze(value: Any) -> Any:
+    """``value`` made read-only all the way down: tables as read-only mappings, arrays as
+    tuples. The loaded recipe's data is frozen so that no stage can change what the others,
+    and the recipe's digest, see."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: freeze(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(freeze(v) for v in value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -109,7 +121,7 @@ class Recipe(Generic[F]):
 
     name: str
     path: Path
-    #: the resolved recipe (what ``show`` prints); never changed after loading
+    #: the resolved recipe (what ``show`` prints), read-only all the way down (``freeze``)
     data: Mapping[str, Any]
     #: where each key was written, for problems found after loading
     sources: SourceMap
