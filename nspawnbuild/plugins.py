@@ -17,7 +17,7 @@ import pluggy
 from . import hookspecs
 from .distro import Distro
 from .errors import BuildError
-from .feature import AnyFeature
+from .feature import AnyFeature, Feature
 
 ENTRY_POINT_GROUP = "nspawnbuild"
 
@@ -83,6 +83,16 @@ def _add(table: dict[str, Any], provider: dict[str, str], cls: Any, plugin: str,
     provider[key] = plugin
 
 
+#: the Feature methods a feature may override, in the order a build calls them
+FEATURE_METHODS = ("validate", "packages", "digest", "configure", "finalize", "nspawn_settings",
+                   "unit_settings", "firstboot")
+
+
+def feature_methods(cls: type[AnyFeature]) -> list[str]:
+    """The methods of ``Feature`` that ``cls`` overrides: what the feature does."""
+    return [m for m in FEATURE_METHODS if getattr(cls, m) is not getattr(Feature, m)]
+
+
 def registered_entry_points() -> dict[str, str]:
     """Map entry-point name to module for the ``nspawnbuild`` group (for ``plugins`` and tests)."""
     return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
@@ -97,12 +107,17 @@ def describe_plugins() -> list[dict[str, Any]]:
     for name, plugin in sorted(pm.list_name_plugin(), key=lambda item: item[0]):
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
         dist = dists.get(id(plugin))
+        distros = sorted(d for d in reg.distros if reg.provider[f"distro:{d}"] == name)
+        features = sorted(f for f in reg.features if reg.provider[f"feature:{f}"] == name)
         rows.append({
             "name": name,
             "module": getattr(plugin, "__name__", repr(plugin)),
             "distribution": f"{dist.project_name} {dist.version}" if dist else None,
             "hooks": hooks,
-            "distros": sorted(d for d in reg.distros if reg.provider[f"distro:{d}"] == name),
-            "features": sorted(f for f in reg.features if reg.provider[f"feature:{f}"] == name),
+            "distros": distros,
+            "features": features,
+            # what each class does, which the two hooks alone do not say
+            "methods": {f: feature_methods(reg.features[f]) for f in features},
+            "traits": {d: sorted(reg.distros[d].traits) for d in distros},
         })
     return rows

@@ -57,6 +57,9 @@ def test_plugins_command_lists_builtins(tmp_path: Path) -> None:
                        cwd=tmp_path)
     assert r.returncode == 0
     assert "nspawnbuild_plugins.debian" in r.stdout and "distros: debian, ubuntu" in r.stdout
+    # what each feature does and which features a distro gives facts to
+    assert "ssh: validate, packages, digest, configure\n" in r.stdout, r.stdout
+    assert "fedora: traits for gpu-nvidia, locales, network, ssh, users\n" in r.stdout, r.stdout
 
 
 def test_every_distros_traits_name_a_feature_and_its_declared_traits() -> None:

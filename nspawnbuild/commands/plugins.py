@@ -30,5 +30,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(f"{row['name']:12} {row['module']}  ({row['distribution'] or 'not from a distribution'})")
         if extra:
             print(f"{'':12} {'; '.join(extra)}")
-        print(f"{'':12} hooks: {', '.join(h.removeprefix('nspawnbuild_') for h in row['hooks'])}")
+        for feature, methods in row["methods"].items():
+            print(f"{'':12} {feature}: {', '.join(methods) or 'nothing yet'}")
+        for distro, traits in row["traits"].items():
+            print(f"{'':12} {distro}: traits for {', '.join(traits) or 'no feature'}")
     return 0
