@@ -144,8 +144,10 @@ def _check_schema(data: Mapping[str, Any], registry: Registry,
     name = base.get("distro") if isinstance(base, dict) else None
     if isinstance(name, str) and name in registry.distros:
         distro_cls = registry.distros[name]
-        extras = dict(distro_cls.base_schema)
         unused = distro_cls.unused_keys
+        # a key the distro refuses passes the schema and is reported below with its reason,
+        # without stopping the checks that come after the schema
+        extras = {**{k: {} for k in unused}, **distro_cls.base_schema}
     else:
         for cls in registry.distros.values():
             extras.update(cls.base_schema)
@@ -157,12 +159,19 @@ def _check_schema(data: Mapping[str, Any], registry: Registry,
     schema = full_schema(extras, feature_schemas(registry))
     for err in sorted(_Validator(schema).iter_errors(data),
                       key=lambda e: list(map(str, e.absolute_path))):
-        for key_path, message, hint in schema_problems(err, name if distro_cls else None, unused):
+        for key_path, message, hint in schema_problems(err):
             problems.at(key_path, message, hint)
     problems.raise_if_any()
+    for key, why in unused.items():
+        if isinstance(base, dict) and key in base and key not in extras_of(distro_cls):
+            problems.at(["base", key], f"{name} does not use {key}", why)
     if distro_cls is None:  # not reached: the schema requires [base] distro, a string
         raise RecipeError(problems.sources.problem("base.distro", "is required but missing"))
     return distro_cls
+
+
+def extras_of(distro_cls: type[Distro] | None) -> Mapping[str, Any]:
+    return distro_cls.base_schema if distro_cls else {}
 
 
 def feature_schemas(registry: Registry) -> dict[str, dict[str, Any]]:

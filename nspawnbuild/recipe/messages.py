@@ -23,25 +23,8 @@ from .sourcemap import KeyPath, dotted
 Found = tuple[KeyPath, str, str | None]
 
 
-def schema_problems(err: jsonschema.ValidationError, distro: str | None = None,
-                    unused_keys: Mapping[str, str] | None = None) -> list[Found]:
-    """The problems one schema error stands for (one, but for unknown keys a distro refuses).
-
-    ``unused_keys`` is the recipe's distro's :attr:`~nspawnbuild.distro.Distro.unused_keys`:
-    an unknown ``[base]`` key listed there is reported as "DISTRO does not use KEY", with its
-    hint, each one, instead of as an unknown key."""
-    path = list(err.absolute_path)
-    if err.validator == "additionalProperties" and path == ["base"] and unused_keys \
-            and isinstance(err.instance, dict):
-        known = _schema(err).get("properties", {})
-        extra = [k for k in err.instance if k not in known]
-        out: list[Found] = [(["base", k], f"{distro} does not use {k}", unused_keys[k])
-                            for k in extra if k in unused_keys]
-        others = [k for k in extra if k not in unused_keys]
-        if others:
-            out.append(_unknown_key(path, others[0], known))
-        if out:
-            return out
+def schema_problems(err: jsonschema.ValidationError) -> list[Found]:
+    """The problems one schema error stands for."""
     return [schema_problem(err)]
 
 
