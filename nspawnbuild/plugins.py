@@ -41,8 +41,12 @@ class Registry:
         """``{plugin name: distribution version}`` so code changes invalidate cached steps."""
         pm = self.manager
         versions: dict[str, str] = {}
+        known: dict[str, str] = {}  # each distribution's metadata is parsed once, not per plugin
         for plugin, dist in pm.list_plugin_distinfo():
-            versions[pm.get_name(plugin) or repr(plugin)] = f"{dist.project_name} {dist.version}"
+            where = str(getattr(getattr(dist, "_dist", None), "_path", id(dist)))
+            if where not in known:
+                known[where] = f"{dist.project_name} {dist.version}"
+            versions[pm.get_name(plugin) or repr(plugin)] = known[where]
         return dict(sorted(versions.items()))
 
 

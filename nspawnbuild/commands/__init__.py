@@ -1,9 +1,7 @@
-"""The ``nspawnbuild`` commands, one module per family; each adds its own subcommands.
+"""The commands, one module per family; each adds its subcommands to the parser.
 
-Every module has an ``add_<command>(command)`` function per command it owns, which makes the
-subparser with ``command(name, help=..., epilog=...)`` and sets ``func`` to the handler
-(``handler(args) -> exit code``). :func:`nspawnbuild.cli.make_parser` calls them in the order
-``nspawnbuild --help`` lists the commands. Handlers raise
-:class:`~nspawnbuild.errors.NspawnbuildError` for the user's mistakes and failed work; the CLI
-turns it into ``error:`` lines and the exit code.
+A command module imports at its top only what its parser needs; each handler imports the
+modules it runs when it runs, so that ``nspawnbuild --help`` or ``validate`` does not load doit,
+rich and the build machinery. (The import graph in tests/test_architecture.py counts these
+imports like any other.)
 """

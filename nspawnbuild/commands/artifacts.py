@@ -8,8 +8,6 @@ import json
 import sys
 from pathlib import Path
 
-from .. import audit
-from ..artifact import Artifact, audit_target, diff_report, inspect_report
 from ..errors import EXIT_BAD_INPUT
 from .common import AddCommand
 
@@ -27,6 +25,9 @@ def add_audit(command: AddCommand) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    from .. import audit
+    from ..artifact import audit_target
+
     status = 0
     for ref in args.artifacts:
         path, machine = audit_target(ref)
@@ -57,6 +58,8 @@ def add_inspect(command: AddCommand) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from ..artifact import Artifact, inspect_report
+
     art = Artifact.open(Path(args.artifact_dir))
     print(json.dumps(art.manifest, indent=2) if args.json else inspect_report(art, args.top))
     return 0
@@ -73,6 +76,8 @@ def add_diff(command: AddCommand) -> None:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
+    from ..artifact import Artifact, diff_report
+
     text, differs = diff_report(Artifact.open(Path(args.a)), Artifact.open(Path(args.b)))
     print(text)
     return 1 if differs and args.exit_code else 0

@@ -8,16 +8,13 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from doit.cmd_base import ModuleTaskLoader
-from doit.doit_cmd import DoitMain
-from rich.console import Console
-
-from .. import reproduce, tasks
 from ..options import Options, default_cache
-from ..recipe.find import looks_like_path
-from ..summary import build_summary, format_summary
 from .common import AddCommand, options_from
+
+if TYPE_CHECKING:  # the handlers import the build machinery when they run (see commands/)
+    from ..tasks import AnyRecipe
 
 EPILOG_BUILD = """examples:
   nspawnbuild build debian-base
@@ -53,6 +50,12 @@ def add_build(command: AddCommand) -> None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .. import reproduce, tasks
+    from ..recipe.find import looks_like_path
+    from ..summary import build_summary, format_summary
+
     options = options_from(args, keep_rootfs=args.keep_rootfs, quiet=args.quiet or args.json,
                            jobs=args.jobs)
     # validate before doit opens its state database, so bad input writes nothing
@@ -76,8 +79,13 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_tasks(options: Options, recipes: Sequence[tasks.AnyRecipe]) -> int:
+def run_tasks(options: Options, recipes: Sequence[AnyRecipe]) -> int:
     """Run the build tasks of ``recipes`` with an embedded doit; its exit code."""
+    from doit.cmd_base import ModuleTaskLoader
+    from doit.doit_cmd import DoitMain
+
+    from .. import tasks
+
     loaded = list(recipes)
     loader = ModuleTaskLoader({"task_build": tasks.task_creator(options, lambda: loaded),
                                "DOIT_CONFIG": tasks.doit_config(options)})

@@ -9,12 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from .. import cache
 from ..errors import EXIT_BAD_INPUT
 from ..options import default_cache
-from ..recipe.load import load_recipe
 from ..sizes import human_size, parse_size
-from ..tree import remove_tree
 from .common import AddCommand, options_from
 
 
@@ -36,6 +33,8 @@ def add_cache(command: AddCommand) -> None:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
+    from .. import cache
+
     root = options_from(args).layout.cache
     if args.cache_command == "prune":
         return _prune(args, root)
@@ -52,6 +51,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def _prune(args: argparse.Namespace, root: Path) -> int:
+    from .. import cache
+
     if args.older_than is None and args.max_size is None:
         print("error: cache prune needs --older-than DAYS and/or --max-size SIZE", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -82,6 +83,9 @@ def add_clean(command: AddCommand) -> None:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
+    from ..recipe.load import load_recipe
+    from ..tree import remove_tree
+
     layout = options_from(args).layout
     names = [load_recipe(r).name for r in args.recipes] if args.recipes else None
     targets = ([layout.work_dir(n) for n in names] + [layout.out_dir(n) for n in names]

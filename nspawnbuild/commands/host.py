@@ -6,9 +6,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..artifact import Artifact
-from ..imagerun import locate_image, run_image
-from ..install import install
 from .common import AddCommand, options_from
 
 
@@ -26,6 +23,8 @@ def add_install(command: AddCommand) -> None:
 
 
 def cmd_install(args: argparse.Namespace) -> int:
+    from ..install import install
+
     for line in install(Path(args.artifact_dir), name=args.name, root=Path(args.root),
                         force=args.force, enable=args.enable, start=args.start):
         print(line)
@@ -57,6 +56,9 @@ def add_boot(command: AddCommand) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from ..artifact import Artifact
+    from ..imagerun import locate_image, run_image
+
     layout = options_from(args).layout
     target = locate_image(args.image, layout)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command

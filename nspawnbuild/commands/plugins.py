@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..plugins import describe_plugins
 from .common import AddCommand
 
 
@@ -17,6 +16,8 @@ def add_plugins(command: AddCommand) -> None:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
+    from ..plugins import describe_plugins
+
     rows = describe_plugins()
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -8,12 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-import tomli_w
-
 from ..errors import EXIT_BAD_INPUT, NspawnbuildError, error_lines
-from ..plan import make_plan, plain
-from ..recipe.find import list_recipes
-from ..recipe.load import load_recipe, recipe_json_schema
 from .common import AddCommand
 
 
@@ -25,6 +20,8 @@ def add_validate(command: AddCommand) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from ..recipe.load import load_recipe
+
     bad = 0
     for ref in args.recipes:
         try:
@@ -45,6 +42,9 @@ def add_cache_key(command: AddCommand) -> None:
 
 
 def cmd_cache_key(args: argparse.Namespace) -> int:
+    from ..plan import make_plan
+    from ..recipe.load import load_recipe
+
     for ref in args.recipes:
         plan = make_plan(load_recipe(ref))
         print(plan.bootstrap_key if len(args.recipes) == 1 else f"{plan.bootstrap_key}  {plan.name}")
@@ -60,6 +60,11 @@ def add_show(command: AddCommand) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    import tomli_w
+
+    from ..plan import plain
+    from ..recipe.load import load_recipe
+
     recipe = load_recipe(args.recipe)
     print(f"# {recipe.name}: resolved from {', '.join(str(p) for p in recipe.chain)}")
     print(tomli_w.dumps(plain(recipe.data)), end="")
@@ -75,6 +80,8 @@ def add_schema(command: AddCommand) -> None:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    from ..recipe.load import recipe_json_schema
+
     text = json.dumps(recipe_json_schema(), indent=2, sort_keys=True) + "\n"
     if args.output:
         Path(args.output).write_text(text)
@@ -92,6 +99,9 @@ def add_list(command: AddCommand) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from ..recipe.find import list_recipes
+    from ..recipe.load import load_recipe
+
     rows: list[dict[str, str]] = []
     for path in list_recipes():
         try:
