@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from nspawnbuild import host
+from nspawnbuild.digests import sha256_file
 from nspawnbuild.distro import Distro, Package
 from nspawnbuild.errors import BuildError, HostToolMissing, Problem
+from nspawnbuild.fetch import Refused, check_confined
 from nspawnbuild.hookspecs import hookimpl
 from nspawnbuild.imagefs import read_text_in_root, resolve_in_root
 from nspawnbuild.recipe.sourcemap import SourceMap
@@ -25,6 +27,7 @@ from nspawnbuild.steplog import StepLog
 from nspawnbuild.tree import remove_tree
 
 DEBOOTSTRAP_VARIANTS = {"minbase", "buildd", "fakechroot"}
+KEYRING_PATH = r"^[^\x00-\x1f\x7f,]+$"
 
 #: the ``[base]`` keys of Debian's archive layout, shared by Debian and Ubuntu (the core
 #: schema held them before distros had schemas of their own; the entries are unchanged)
@@ -34,6 +37,20 @@ ARCHIVE_SCHEMA: dict[str, Any] = {
     "components": {"type": "array", "minItems": 1, "uniqueItems": True,
                    "items": {"type": "string", "pattern": r"^[a-z0-9-]+$"}},
     "variant": {"type": "string", "pattern": r"^[a-z-]+$"},
+}
+#: where a keyring named by an absolute path may be: the system's keyring directories (a
+#: recipe reads no other host file; a relative path is a file beside the recipe)
+SYSTEM_KEYRING_DIRS = ("/usr/share/keyrings", "/etc/apt/keyrings", "/etc/apt/trusted.gpg.d")
+MAX_KEYRINGS = 16
+KEYRING_SCHEMA: dict[str, Any] = {
+    "keyring": {
+        "anyOf": [{"type": "string", "pattern": KEYRING_PATH},
+                  {"type": "array", "minItems": 1, "maxItems": MAX_KEYRINGS, "uniqueItems": True,
+                   "items": {"type": "string", "pattern": KEYRING_PATH}}],
+        "x-hint": "an OpenPGP keyring file (.gpg or .asc) beside the recipe, or in "
+                  + ", ".join(SYSTEM_KEYRING_DIRS) + "; or a list of them",
+        "description": "the keyrings that verify the archive (default: the distro's own); for "
+                       "Ubuntu from a Debian host, or a third-party archive"},
 }
 #: Debian's snapshot archive (snapshot.debian.org's layout); Ubuntu has no such archive
 SNAPSHOT_SCHEMA: dict[str, Any] = {
@@ -81,7 +98,7 @@ class Debian(Distro):
     """Debian: mmdebstrap (or debootstrap) from the archive or a snapshot of it, dpkg, apt."""
 
     name = "debian"
-    base_schema: ClassVar[dict[str, Any]] = {**ARCHIVE_SCHEMA, **SNAPSHOT_SCHEMA}
+    base_schema: ClassVar[dict[str, Any]] = {**ARCHIVE_SCHEMA, **KEYRING_SCHEMA, **SNAPSHOT_SCHEMA}
     default_release: ClassVar[str] = "bookworm"
     default_components: ClassVar[list[str]] = ["main"]
     keyring_package: ClassVar[str] = "debian-archive-keyring"
@@ -101,6 +118,11 @@ class Debian(Distro):
                                     "libnvidia-ml1={version}-*"],
                        "nonfree_component": "non-free"},
     }
+
+    def __init__(self, base: Mapping[str, Any]):
+        super().__init__(base)
+        #: the recipe's ``[base] keyring`` files, resolved by ``validate`` (empty: the distro's)
+        self.keyrings: tuple[Path, ...] = ()
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
@@ -143,11 +165,11 @@ class Debian(Distro):
                 f"deb {opts} {url}/archive/debian-security/{stamp} {rel}-security {comps}"]
 
     def validate(self, sources: SourceMap) -> list[Problem]:
-        """A snapshot replaces the mirror and needs the snapshot archive's URL: both are
-        ``[base]`` keys that the schema checks one at a time."""
+        """The keyring files, found and confined; a snapshot replaces the mirror and needs the
+        snapshot archive's URL: ``[base]`` keys that the schema checks one at a time."""
+        problems = self._find_keyrings(sources)
         if not self.base.get("snapshot"):
-            return []
-        problems = []
+            return problems
         if self.base.get("mirror"):
             problems.append(sources.problem(
                 "base.mirror", "mirror and snapshot exclude each other",
@@ -158,6 +180,51 @@ class Debian(Distro):
                 "set [base] snapshot_url = \"http://HOST\" or the environment variable "
                 "NSPAWNBUILD_SNAPSHOT_URL (nspawnbuild writes no archive host name of its own)"))
         return problems
+
+    def _find_keyrings(self, sources: SourceMap) -> list[Problem]:
+        """Resolve ``[base] keyring``: a relative name inside the directory of the recipe that
+        names it, an absolute one inside the system's keyring directories, regular files."""
+        given = self.base.get("keyring")
+        names = [given] if isinstance(given, str) else list(given or [])
+        found: list[Path] = []
+        problems: list[Problem] = []
+        for name in names:
+            try:
+                if name.startswith("/"):
+                    real = Path(os.path.realpath(name))
+                    if not any(real.is_relative_to(d) for d in SYSTEM_KEYRING_DIRS):
+                        raise Refused(f"{name} is not in a keyring directory of this host",
+                                      "put the keyring beside the recipe, or in "
+                                      + ", ".join(SYSTEM_KEYRING_DIRS))
+                    if not real.is_file():
+                        raise FileNotFoundError(name)
+                else:
+                    real, _ = check_confined(sources.declaring_file("base.keyring").parent, name)
+            except Refused as e:
+                problems.append(sources.problem("base.keyring", str(e), e.hint))
+            except OSError:
+                problems.append(sources.problem("base.keyring", f"keyring {name} does not exist",
+                                                self.keyring_hint()))
+            else:
+                found.append(real)
+        self.keyrings = tuple(found)
+        return problems
+
+    def keyring_hint(self) -> str:
+        return (f"the archive's keyring is in the {self.keyring_package} package; a relative "
+                "path is beside the recipe")
+
+    def bootstrap_inputs(self) -> dict[str, Any]:
+        # the keys that verify the archive shape what is bootstrapped: their content is part
+        # of the cache key (nothing is added when the recipe names none, as before)
+        if not self.keyrings:
+            return {}
+        return {"keyrings": [sha256_file(k) for k in self.keyrings]}
+
+    def keyring_args(self) -> list[str]:
+        """``--keyring=FILE`` for each keyring to verify the archive with."""
+        files = [str(k) for k in self.keyrings] or ([self.keyring] if self.keyring else [])
+        return [f"--keyring={k}" for k in files]
 
     def bootstrap(self, dest: Path, packages: list[str], epoch: int, log: StepLog,
                   cache: Path) -> None:
@@ -180,8 +247,7 @@ class Debian(Distro):
                 # same archive state as the bootstrap; the rootfs stage removes them
                 "--skip=cleanup/apt/lists",
             ]
-            if self.keyring:
-                argv.append(f"--keyring={self.keyring}")
+            argv += self.keyring_args()
             if base.get("snapshot"):
                 argv.append('--aptopt=Acquire::Check-Valid-Until "false"')
             if packages:
@@ -194,8 +260,10 @@ class Debian(Distro):
                                  "or change [base] variant")
             argv = ["debootstrap", f"--variant={base['variant']}", f"--arch={base['arch']}",
                     f"--components={','.join(base['components'])}"]
-            if self.keyring:
-                argv.append(f"--keyring={self.keyring}")
+            if len(self.keyrings) > 1:
+                raise BuildError("debootstrap takes one keyring; install mmdebstrap for "
+                                 "[base] keyring with several files")
+            argv += self.keyring_args()
             if packages:
                 argv.append(f"--include={','.join(packages)}")
             argv += [base["release"], str(dest), *mirror]
@@ -229,7 +297,7 @@ class Ubuntu(Debian):
 
     name = "ubuntu"
     # the archive keys without the snapshot ones: Ubuntu has no snapshot archive of that shape
-    base_schema: ClassVar[dict[str, Any]] = dict(ARCHIVE_SCHEMA)
+    base_schema: ClassVar[dict[str, Any]] = {**ARCHIVE_SCHEMA, **KEYRING_SCHEMA}
     default_release = "noble"
     default_components = ["main", "universe"]
     keyring_package = "ubuntu-keyring"
@@ -242,14 +310,19 @@ class Ubuntu(Debian):
                        "nonfree_component": "restricted"},
     }
 
+    def keyring_hint(self) -> str:
+        return ("Ubuntu's keyring is in the ubuntu-keyring package: apt-get install ubuntu-keyring "
+                "on Ubuntu and Debian 13; on Debian 12 install Debian 13's package (its .deb "
+                "installs there), see the README; a relative path is beside the recipe")
+
     def bootstrap(self, dest: Path, packages: list[str], epoch: int, log: StepLog,
                   cache: Path) -> None:
-        if self.keyring and not Path(self.keyring).exists():
+        if not self.keyrings and self.keyring and not Path(self.keyring).exists():
             raise BuildError(
                 f"{self.keyring} is missing on this host but is needed to verify Ubuntu's "
-                "archive; on Ubuntu install it with: apt-get install ubuntu-keyring (Debian has "
-                "no package for it: copy the file from an Ubuntu system or its ubuntu-keyring "
-                ".deb)")
+                "archive; install it with: apt-get install ubuntu-keyring (Ubuntu, Debian 13); "
+                "on Debian 12, install Debian 13's ubuntu-keyring .deb (README: \"Ubuntu from a "
+                "Debian 12 host\"), or name a keyring file with [base] keyring")
         super().bootstrap(dest, packages, epoch, log, cache)
 
 

@@ -233,3 +233,62 @@ def test_debian_and_ubuntu_traits_for_features() -> None:
     assert debian.Ubuntu.traits["gpu-nvidia"]["nonfree_component"] == "restricted"
     assert "snapshot" in Debian.base_schema and "snapshot" not in debian.Ubuntu.base_schema
     assert {"mirror", "components", "variant"} <= set(debian.Ubuntu.base_schema)
+
+
+def _keyring_recipe(tmp_path: Path, keyring: str, distro: str = "ubuntu") -> Path:
+    path = tmp_path / "kr.toml"
+    path.write_text(f'[base]\ndistro = "{distro}"\nkeyring = {keyring}\n')
+    return path
+
+
+def test_base_keyring_beside_the_recipe_verifies_the_archive_and_keys_the_cache(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from nspawnbuild.plan import make_plan
+    from nspawnbuild.recipe.load import load_recipe
+
+    (tmp_path / "one.gpg").write_bytes(b"key one")
+    (tmp_path / "two.gpg").write_bytes(b"key two")
+    monkeypatch.setattr("nspawnbuild_plugins.debian.shutil.which", only({"mmdebstrap"}))
+    r = load_recipe(_keyring_recipe(tmp_path, '["one.gpg", "two.gpg"]'))
+    log = FakeLog()
+    r.distro.bootstrap(tmp_path / "root", ["dbus"], 0, log, tmp_path / "cache")  # type: ignore[arg-type]
+    keyrings = [a for a in log.argv if a.startswith("--keyring=")]
+    assert keyrings == [f"--keyring={tmp_path / 'one.gpg'}", f"--keyring={tmp_path / 'two.gpg'}"]
+    first = make_plan(r).bootstrap_key
+    (tmp_path / "two.gpg").write_bytes(b"another key two")  # other keys: another bootstrap
+    assert make_plan(load_recipe(_keyring_recipe(tmp_path, '["one.gpg", "two.gpg"]'))).bootstrap_key != first
+
+
+def test_a_recipe_without_keyring_keeps_its_cache_key(tmp_path: Path) -> None:
+    from nspawnbuild.plan import make_plan
+    from nspawnbuild.recipe.load import load_recipe
+
+    path = tmp_path / "plain.toml"
+    path.write_text('[base]\ndistro = "ubuntu"\n')
+    plan = make_plan(load_recipe(path))
+    assert "inputs" not in plan.bootstrap  # as before [base] keyring existed
+
+
+@pytest.mark.parametrize(("keyring", "message"), [
+    ('"/etc/shadow"', "/etc/shadow is not in a keyring directory of this host"),
+    ('"../outside.gpg"', "outside the recipe's directory"),
+    ('"missing.gpg"', "keyring missing.gpg does not exist (Ubuntu's keyring is in the "
+                      "ubuntu-keyring package"),
+    ('"/usr/share/keyrings/../../../etc/passwd"', "is not in a keyring directory"),
+])
+def test_base_keyring_reads_only_keyring_files(tmp_path: Path, keyring: str, message: str) -> None:
+    from nspawnbuild.errors import RecipeError
+    from nspawnbuild.recipe.load import load_recipe
+
+    (tmp_path.parent / "outside.gpg").write_bytes(b"x")
+    with pytest.raises(RecipeError) as e:
+        load_recipe(_keyring_recipe(tmp_path, keyring))
+    assert message in str(e.value) and "kr.toml:3: key 'base.keyring'" in str(e.value)
+
+
+def test_a_system_keyring_by_absolute_path(tmp_path: Path) -> None:
+    from nspawnbuild.recipe.load import load_recipe
+
+    system = "/usr/share/keyrings/debian-archive-keyring.gpg"
+    r = load_recipe(_keyring_recipe(tmp_path, f'"{system}"', distro="debian"))
+    assert r.distro.keyring_args() == [f"--keyring={system}"]

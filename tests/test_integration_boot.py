@@ -1,4 +1,5 @@
-"""Proof that images boot: ssh + network (veth, static 192.0.2.x) + users + locales.
+"""Proof that images boot: ssh + network (veth, static 192.0.2.x) + users + locales, on Debian
+and on Ubuntu (recipes/ubuntu-base.toml: noble, from Ubuntu's archive with its keyring).
 
 The image is built, imported with the real systemd-import, its .nspawn installed in a trusted
 place, and booted with ``systemd-nspawn -b`` on a pty inside a network namespace this test
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 from test_integration_build import BASE_RECIPE, tar_members
 
-from conftest import Env, import_tarball
+from conftest import ROOT, Env, import_tarball
 
 pytestmark = pytest.mark.integration
 
@@ -68,15 +69,19 @@ def netns() -> Iterator[str]:
         subprocess.run(["ip", "netns", "delete", name], check=False)
 
 
-def test_image_boots_and_serves_ssh_with_the_recipes_settings(env: Env, netns: str,
-                                                               cgroup: str) -> None:
+BASES = {"debian": BASE_RECIPE, "ubuntu": ROOT / "recipes" / "ubuntu-base.toml"}
+
+
+@pytest.mark.parametrize("distro", sorted(BASES))
+def test_image_boots_and_serves_ssh_with_the_recipes_settings(env: Env, netns: str, cgroup: str,
+                                                               distro: str) -> None:
     key = env.tmp / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "nsbtest", "-f",
                     str(key)], check=True)
     pub = (env.tmp / "id_ed25519.pub").read_text().strip()
     machine = f"nsbb-{uuid.uuid4().hex[:6]}"  # short: the host-side veth is ve-NAME
     recipe = env.tmp / "booted.toml"
-    recipe.write_text(f"""extends = "{BASE_RECIPE}"
+    recipe.write_text(f"""extends = "{BASES[distro]}"
 name = "{machine}"
 
 [features.ssh]
@@ -143,6 +148,8 @@ authorized_keys = ["{pub}"]
                     "date +%Z; ls /etc/ssh/ssh_host_ed25519_key; locale -a")
         assert facts.returncode == 0, facts.stderr
         lines = facts.stdout.split()
+        release = ssh(netns, key, "root", ". /etc/os-release; echo $ID")
+        assert release.stdout.strip() == distro, release.stdout + release.stderr
         assert lines[0] == machine
         assert lines[1] == "de_DE.UTF-8"
         assert lines[2] in ("CET", "CEST")
