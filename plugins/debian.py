@@ -52,6 +52,14 @@ KEYRING_SCHEMA: dict[str, Any] = {
         "description": "the keyrings that verify the archive (default: the distro's own); for "
                        "Ubuntu from a Debian host, or a third-party archive"},
 }
+#: apt's own name for the check it weakens: a Release file past its Valid-Until
+VALID_UNTIL_SCHEMA: dict[str, Any] = {
+    "check_valid_until": {
+        "type": "boolean",
+        "description": "false: accept the archive's Release file after its Valid-Until date "
+                       "(a stale mirror of testing/unstable); weakens apt's protection against "
+                       "replayed old archives, in the build and in the image's own apt"},
+}
 #: Debian's snapshot archive (snapshot.debian.org's layout); Ubuntu has no such archive
 SNAPSHOT_SCHEMA: dict[str, Any] = {
     "snapshot": {"type": "string", "pattern": r"^\d{8}T\d{6}Z$",
@@ -98,7 +106,8 @@ class Debian(Distro):
     """Debian: mmdebstrap (or debootstrap) from the archive or a snapshot of it, dpkg, apt."""
 
     name = "debian"
-    base_schema: ClassVar[dict[str, Any]] = {**ARCHIVE_SCHEMA, **KEYRING_SCHEMA, **SNAPSHOT_SCHEMA}
+    base_schema: ClassVar[dict[str, Any]] = {**ARCHIVE_SCHEMA, **KEYRING_SCHEMA, **VALID_UNTIL_SCHEMA,
+                                             **SNAPSHOT_SCHEMA}
     default_release: ClassVar[str] = "bookworm"
     default_components: ClassVar[list[str]] = ["main"]
     keyring_package: ClassVar[str] = "debian-archive-keyring"
@@ -237,6 +246,10 @@ class Debian(Distro):
                 raise BuildError("[base] snapshot needs mmdebstrap (debootstrap takes a single "
                                  "mirror); install it with: apt-get install mmdebstrap")
             mirror = self.snapshot_sources()
+        expired_ok = base.get("snapshot") or base.get("check_valid_until") is False
+        if base.get("check_valid_until") is False and tool != "mmdebstrap":
+            raise BuildError("[base] check_valid_until = false needs mmdebstrap (it passes apt "
+                             "the option); install it with: apt-get install mmdebstrap")
         if tool == "mmdebstrap":
             argv = [
                 "mmdebstrap", "--mode=root", f"--variant={base['variant']}",
@@ -248,7 +261,7 @@ class Debian(Distro):
                 "--skip=cleanup/apt/lists",
             ]
             argv += self.keyring_args()
-            if base.get("snapshot"):
+            if expired_ok:  # kept in the image's apt.conf.d: post-steps use the same archive
                 argv.append('--aptopt=Acquire::Check-Valid-Until "false"')
             if packages:
                 argv.append(f"--include={','.join(packages)}")
@@ -267,7 +280,16 @@ class Debian(Distro):
             if packages:
                 argv.append(f"--include={','.join(packages)}")
             argv += [base["release"], str(dest), *mirror]
-        log.run(isolated(argv), step=f"bootstrap ({tool})", env=env, shown_command=" ".join(argv))
+        try:
+            log.run(isolated(argv), step=f"bootstrap ({tool})", env=env,
+                    shown_command=" ".join(argv))
+        except BuildError as e:
+            if "is expired" not in str(e) or expired_ok:
+                raise
+            raise BuildError(f"{e}\n  the archive's Release file is past its Valid-Until date "
+                             "(a stale mirror, often of testing or unstable): use a current "
+                             "mirror, or accept it with [base] check_valid_until = false, which "
+                             "weakens apt's protection against replayed old archives") from None
 
     def install_command(self, packages: list[str]) -> list[str]:
         return ["sh", "-ec", "apt-get update && apt-get install -y --no-install-recommends "
@@ -297,7 +319,7 @@ class Ubuntu(Debian):
 
     name = "ubuntu"
     # the archive keys without the snapshot ones: Ubuntu has no snapshot archive of that shape
-    base_schema: ClassVar[dict[str, Any]] = {**ARCHIVE_SCHEMA, **KEYRING_SCHEMA}
+    base_schema: ClassVar[dict[str, Any]] = {**ARCHIVE_SCHEMA, **KEYRING_SCHEMA, **VALID_UNTIL_SCHEMA}
     default_release = "noble"
     default_components = ["main", "universe"]
     keyring_package = "ubuntu-keyring"

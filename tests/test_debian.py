@@ -292,3 +292,21 @@ def test_a_system_keyring_by_absolute_path(tmp_path: Path) -> None:
     system = "/usr/share/keyrings/debian-archive-keyring.gpg"
     r = load_recipe(_keyring_recipe(tmp_path, f'"{system}"', distro="debian"))
     assert r.distro.keyring_args() == [f"--keyring={system}"]
+
+
+def test_check_valid_until_false_passes_apts_own_option(monkeypatch: pytest.MonkeyPatch,
+                                                         tmp_path: Path) -> None:
+    only_debootstrap = only({"debootstrap"})  # made before `which` is replaced below
+    monkeypatch.setattr("nspawnbuild_plugins.debian.shutil.which", only({"mmdebstrap"}))
+    opt = '--aptopt=Acquire::Check-Valid-Until "false"'
+    for value, present in ((False, True), (True, False), (None, False)):
+        base = {"distro": "debian", "release": "sid", "arch": "amd64"}
+        if value is not None:
+            base["check_valid_until"] = value
+        log = FakeLog()
+        Debian(base).bootstrap(tmp_path / "root", [], 0, log, tmp_path / "cache")  # type: ignore[arg-type]
+        assert (opt in log.argv) is present, (value, log.argv)
+    monkeypatch.setattr("nspawnbuild_plugins.debian.shutil.which", only_debootstrap)
+    with pytest.raises(BuildError, match="check_valid_until = false needs mmdebstrap"):
+        Debian({"distro": "debian", "release": "sid", "arch": "amd64", "check_valid_until": False}
+               ).bootstrap(tmp_path / "root", [], 0, FakeLog(), tmp_path / "cache")  # type: ignore[arg-type]

@@ -22,3 +22,18 @@ def test_ubuntu_with_a_missing_keyring_says_how_to_get_one(env: Env) -> None:
     assert not (env.out / "ubuntu-base").exists()
     key = env.nspawnbuild("cache-key", "ubuntu-base")  # planning the example needs no build
     assert key.returncode == 0 and len(key.stdout.split()[0]) >= 16, key.stdout + key.stderr
+
+
+def test_an_expired_release_file_is_refused_unless_the_recipe_accepts_it(env: Env) -> None:
+    """This machine's mirror serves sid with a Release file past its Valid-Until."""
+    recipe = env.tmp / "sid.toml"
+    recipe.write_text('name = "sidcheck"\n[base]\ndistro = "debian"\nrelease = "sid"\n\n'
+                      '[[post]]\nrun = "apt-get update -qq"\n')
+    refused = env.nspawnbuild("build", str(recipe))
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "is expired" in refused.stderr and "check_valid_until = false" in refused.stderr
+    recipe.write_text(recipe.read_text().replace('release = "sid"\n',
+                                                 'release = "sid"\ncheck_valid_until = false\n'))
+    built = env.nspawnbuild("build", str(recipe))  # the post-step's apt accepts it too
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert (env.out / "sidcheck" / "manifest.json").is_file()
