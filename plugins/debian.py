@@ -7,6 +7,7 @@ default for the suite.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import platform
 import shutil
@@ -15,10 +16,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from nspawnbuild import host
-from nspawnbuild.digests import sha256_file
 from nspawnbuild.distro import Distro, Package
 from nspawnbuild.errors import BuildError, HostToolMissing, Problem
-from nspawnbuild.fetch import Refused, check_confined
+from nspawnbuild.fetch import Refused, read_confined
 from nspawnbuild.hookspecs import hookimpl
 from nspawnbuild.imagefs import read_text_in_root, resolve_in_root
 from nspawnbuild.recipe.sourcemap import SourceMap
@@ -27,7 +27,9 @@ from nspawnbuild.steplog import StepLog
 from nspawnbuild.tree import remove_tree
 
 DEBOOTSTRAP_VARIANTS = {"minbase", "buildd", "fakechroot"}
-KEYRING_PATH = r"^[^\x00-\x1f\x7f,]+$"
+#: apt tells a keyring's format by its name: binary .gpg or armored .asc
+KEYRING_PATH = r"^[^\x00-\x1f\x7f,\"]+\.(gpg|asc)$"
+MAX_KEYRING_BYTES = 1 << 20
 
 #: the ``[base]`` keys of Debian's archive layout, shared by Debian and Ubuntu (the core
 #: schema held them before distros had schemas of their own; the entries are unchanged)
@@ -60,7 +62,7 @@ VALID_UNTIL_SCHEMA: dict[str, Any] = {
                        "(a stale mirror of testing/unstable); weakens apt's protection against "
                        "replayed old archives, in the build and in the image's own apt"},
 }
-#: Debian's snapshot archive (snapshot.debian.org's layout); Ubuntu has no such archive
+#: Debian's snapshot archive (its /archive/NAME/TIME/ layout); Ubuntu has no such archive
 SNAPSHOT_SCHEMA: dict[str, Any] = {
     "snapshot": {"type": "string", "pattern": r"^\d{8}T\d{6}Z$",
                  "x-hint": "a time such as 20240101T000000Z (UTC)",
@@ -130,8 +132,10 @@ class Debian(Distro):
 
     def __init__(self, base: Mapping[str, Any]):
         super().__init__(base)
-        #: the recipe's ``[base] keyring`` files, resolved by ``validate`` (empty: the distro's)
-        self.keyrings: tuple[Path, ...] = ()
+        #: the recipe's ``[base] keyring`` files as ``(name suffix, content)``, read once by
+        #: ``validate`` (empty: the distro's default); the cache key and the bootstrap use these
+        #: bytes, so a file swapped after the check changes neither
+        self.keyrings: tuple[tuple[str, bytes], ...] = ()
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
@@ -191,31 +195,39 @@ class Debian(Distro):
         return problems
 
     def _find_keyrings(self, sources: SourceMap) -> list[Problem]:
-        """Resolve ``[base] keyring``: a relative name inside the directory of the recipe that
-        names it, an absolute one inside the system's keyring directories, regular files."""
+        """Read ``[base] keyring`` once: a relative name inside the directory of the recipe
+        that names it, an absolute one inside the system's keyring directories; regular files
+        of at most MAX_KEYRING_BYTES, opened without following a link swapped in."""
         given = self.base.get("keyring")
         names = [given] if isinstance(given, str) else list(given or [])
-        found: list[Path] = []
+        found: list[tuple[str, bytes]] = []
         problems: list[Problem] = []
+        limit_hint = f"a keyring has at most {MAX_KEYRING_BYTES} bytes"
         for name in names:
             try:
                 if name.startswith("/"):
                     real = Path(os.path.realpath(name))
-                    if not any(real.is_relative_to(d) for d in SYSTEM_KEYRING_DIRS):
+                    home = next((Path(d) for d in SYSTEM_KEYRING_DIRS if real.is_relative_to(d)),
+                                None)
+                    if home is None:
                         raise Refused(f"{name} is not in a keyring directory of this host",
                                       "put the keyring beside the recipe, or in "
                                       + ", ".join(SYSTEM_KEYRING_DIRS))
-                    if not real.is_file():
-                        raise FileNotFoundError(name)
+                    data, _ = read_confined(home, str(real.relative_to(home)), MAX_KEYRING_BYTES,
+                                            limit_hint)
                 else:
-                    real, _ = check_confined(sources.declaring_file("base.keyring").parent, name)
+                    data, _ = read_confined(sources.declaring_file("base.keyring").parent, name,
+                                            MAX_KEYRING_BYTES, limit_hint)
             except Refused as e:
                 problems.append(sources.problem("base.keyring", str(e), e.hint))
-            except OSError:
+            except FileNotFoundError:
                 problems.append(sources.problem("base.keyring", f"keyring {name} does not exist",
                                                 self.keyring_hint()))
+            except OSError as e:
+                problems.append(sources.problem("base.keyring",
+                                                f"cannot read keyring {name}: {e.strerror}"))
             else:
-                found.append(real)
+                found.append((Path(name).suffix, data))
         self.keyrings = tuple(found)
         return problems
 
@@ -228,12 +240,26 @@ class Debian(Distro):
         # of the cache key (nothing is added when the recipe names none, as before)
         if not self.keyrings:
             return {}
-        return {"keyrings": [sha256_file(k) for k in self.keyrings]}
+        return {"keyrings": [hashlib.sha256(data).hexdigest() for _, data in self.keyrings]}
 
-    def keyring_args(self) -> list[str]:
-        """``--keyring=FILE`` for each keyring to verify the archive with."""
-        files = [str(k) for k in self.keyrings] or ([self.keyring] if self.keyring else [])
-        return [f"--keyring={k}" for k in files]
+    def keyring_args(self, private: Path, tool: str = "mmdebstrap") -> list[str]:
+        """The ``--keyring=`` argument: the recipe's keyrings written into ``private`` (a new
+        directory of the build's own), else the distro's default file, else none.
+
+        mmdebstrap takes one ``--keyring``: a directory, which becomes apt's only trusted
+        keys (the host's are not added). debootstrap takes one file."""
+        if not self.keyrings:
+            return [f"--keyring={self.keyring}"] if self.keyring else []
+        if tool != "mmdebstrap" and len(self.keyrings) > 1:
+            raise BuildError("debootstrap takes one keyring; install mmdebstrap for [base] "
+                             "keyring with several files")
+        private.mkdir(mode=0o700)
+        files = []
+        for i, (suffix, data) in enumerate(self.keyrings):
+            path = private / f"{i:02d}-recipe{suffix}"
+            path.write_bytes(data)
+            files.append(path)
+        return [f"--keyring={private if tool == 'mmdebstrap' else files[0]}"]
 
     def bootstrap(self, dest: Path, packages: list[str], epoch: int, log: StepLog,
                   cache: Path) -> None:
@@ -250,6 +276,10 @@ class Debian(Distro):
         if base.get("check_valid_until") is False and tool != "mmdebstrap":
             raise BuildError("[base] check_valid_until = false needs mmdebstrap (it passes apt "
                              "the option); install it with: apt-get install mmdebstrap")
+        # the recipe's keyrings, written for this bootstrap alone, beside its tree (the entry's
+        # private temporary directory), and removed with it or right after it
+        private = dest.parent / f".keyrings-{dest.name}"
+        remove_tree(private)
         if tool == "mmdebstrap":
             argv = [
                 "mmdebstrap", "--mode=root", f"--variant={base['variant']}",
@@ -260,7 +290,7 @@ class Debian(Distro):
                 # same archive state as the bootstrap; the rootfs stage removes them
                 "--skip=cleanup/apt/lists",
             ]
-            argv += self.keyring_args()
+            argv += self.keyring_args(private)
             if expired_ok:  # kept in the image's apt.conf.d: post-steps use the same archive
                 argv.append('--aptopt=Acquire::Check-Valid-Until "false"')
             if packages:
@@ -273,10 +303,7 @@ class Debian(Distro):
                                  "or change [base] variant")
             argv = ["debootstrap", f"--variant={base['variant']}", f"--arch={base['arch']}",
                     f"--components={','.join(base['components'])}"]
-            if len(self.keyrings) > 1:
-                raise BuildError("debootstrap takes one keyring; install mmdebstrap for "
-                                 "[base] keyring with several files")
-            argv += self.keyring_args()
+            argv += self.keyring_args(private, tool)
             if packages:
                 argv.append(f"--include={','.join(packages)}")
             argv += [base["release"], str(dest), *mirror]
@@ -290,6 +317,8 @@ class Debian(Distro):
                              "(a stale mirror, often of testing or unstable): use a current "
                              "mirror, or accept it with [base] check_valid_until = false, which "
                              "weakens apt's protection against replayed old archives") from None
+        finally:
+            remove_tree(private)
 
     def install_command(self, packages: list[str]) -> list[str]:
         return ["sh", "-ec", "apt-get update && apt-get install -y --no-install-recommends "

@@ -250,13 +250,26 @@ def test_base_keyring_beside_the_recipe_verifies_the_archive_and_keys_the_cache(
     (tmp_path / "two.gpg").write_bytes(b"key two")
     monkeypatch.setattr("nspawnbuild_plugins.debian.shutil.which", only({"mmdebstrap"}))
     r = load_recipe(_keyring_recipe(tmp_path, '["one.gpg", "two.gpg"]'))
-    log = FakeLog()
-    r.distro.bootstrap(tmp_path / "root", ["dbus"], 0, log, tmp_path / "cache")  # type: ignore[arg-type]
-    keyrings = [a for a in log.argv if a.startswith("--keyring=")]
-    assert keyrings == [f"--keyring={tmp_path / 'one.gpg'}", f"--keyring={tmp_path / 'two.gpg'}"]
+    seen: dict[str, bytes] = {}
+
+    class Log(FakeLog):
+        def run(self, argv, **kw):  # noqa: ANN001, ANN003
+            super().run(argv, **kw)
+            given = [a.removeprefix("--keyring=") for a in self.argv if a.startswith("--keyring=")]
+            assert len(given) == 1  # mmdebstrap keeps one --keyring: a directory of them all
+            seen.update({p.name: p.read_bytes() for p in Path(given[0]).iterdir()})
+
+    (tmp_path / "entry").mkdir()
+    r.distro.bootstrap(tmp_path / "entry" / "root", ["dbus"], 0, Log(), tmp_path / "cache")  # type: ignore[arg-type]
+    assert seen == {"00-recipe.gpg": b"key one", "01-recipe.gpg": b"key two"}
+    assert not list((tmp_path / "entry").iterdir())  # the private copies are gone
     first = make_plan(r).bootstrap_key
     (tmp_path / "two.gpg").write_bytes(b"another key two")  # other keys: another bootstrap
     assert make_plan(load_recipe(_keyring_recipe(tmp_path, '["one.gpg", "two.gpg"]'))).bootstrap_key != first
+    # what was read is what is used: a file swapped after loading changes neither key nor bytes
+    (tmp_path / "one.gpg").unlink()
+    (tmp_path / "one.gpg").symlink_to("/etc/passwd")
+    assert make_plan(r).bootstrap_key == first
 
 
 def test_a_recipe_without_keyring_keeps_its_cache_key(tmp_path: Path) -> None:
@@ -270,17 +283,20 @@ def test_a_recipe_without_keyring_keeps_its_cache_key(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("keyring", "message"), [
-    ('"/etc/shadow"', "/etc/shadow is not in a keyring directory of this host"),
+    ('"/etc/shadow.gpg"', "/etc/shadow.gpg is not in a keyring directory of this host"),
+    ('"/etc/shadow"', "invalid value"),  # not a .gpg or .asc keyring name
     ('"../outside.gpg"', "outside the recipe's directory"),
     ('"missing.gpg"', "keyring missing.gpg does not exist (Ubuntu's keyring is in the "
                       "ubuntu-keyring package"),
-    ('"/usr/share/keyrings/../../../etc/passwd"', "is not in a keyring directory"),
+    ('"/usr/share/keyrings/../../../etc/passwd.gpg"', "is not in a keyring directory"),
+    ('"sub.gpg"', "is a directory"),
 ])
 def test_base_keyring_reads_only_keyring_files(tmp_path: Path, keyring: str, message: str) -> None:
     from nspawnbuild.errors import RecipeError
     from nspawnbuild.recipe.load import load_recipe
 
     (tmp_path.parent / "outside.gpg").write_bytes(b"x")
+    (tmp_path / "sub.gpg").mkdir()
     with pytest.raises(RecipeError) as e:
         load_recipe(_keyring_recipe(tmp_path, keyring))
     assert message in str(e.value) and "kr.toml:3: key 'base.keyring'" in str(e.value)
@@ -291,7 +307,7 @@ def test_a_system_keyring_by_absolute_path(tmp_path: Path) -> None:
 
     system = "/usr/share/keyrings/debian-archive-keyring.gpg"
     r = load_recipe(_keyring_recipe(tmp_path, f'"{system}"', distro="debian"))
-    assert r.distro.keyring_args() == [f"--keyring={system}"]
+    assert r.distro.keyrings == ((".gpg", Path(system).read_bytes()),)
 
 
 def test_check_valid_until_false_passes_apts_own_option(monkeypatch: pytest.MonkeyPatch,
