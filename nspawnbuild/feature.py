@@ -38,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -51,6 +51,7 @@ from .settings import Setting
 
 C = TypeVar("C")
 T = TypeVar("T")
+K = TypeVar("K")
 
 
 @dataclass(frozen=True)
@@ -283,6 +284,17 @@ def authorized_keys(sources: SourceMap, key: str, inline: Iterable[str],
                 break
             keys.append(line)
     return keys, problems
+
+
+def read_once(kept: K | None, read: Callable[[], tuple[K, list[Problem]]]) -> K:
+    """What ``validate`` read and kept, or ``read()`` now when it was not called (a feature
+    object made outside a load): the value, or a RecipeError with its problems."""
+    if kept is not None:
+        return kept
+    value, problems = read()
+    if problems:
+        raise RecipeError(problems)
+    return value
 
 
 def keys_digest(keys: Iterable[str]) -> str:

@@ -109,12 +109,7 @@ class StepLog:
             code = proc.wait()
         except BaseException:
             # Ctrl-C or SIGTERM: stop the child promptly, then let the interruption through.
-            proc.send_signal(stop)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop(proc, stop)
             raise
         finally:
             self._fh.flush()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from nspawnbuild.errors import Problem, RecipeError
+from nspawnbuild.errors import Problem
 from nspawnbuild.feature import (
     KEYS_SCHEMA,
     AnyFeature,
@@ -20,6 +20,7 @@ from nspawnbuild.feature import (
     authorized_keys,
     install_authorized_keys,
     keys_digest,
+    read_once,
 )
 from nspawnbuild.hookspecs import hookimpl
 from nspawnbuild.recipe.model import Recipe
@@ -86,11 +87,7 @@ class Ssh(Feature[SshConfig, SshTraits]):
 
     def root_keys(self, recipe: Recipe[AnyFeature]) -> list[str]:
         """root's public keys (read by validate(), or now when it was not called)."""
-        if self.keys is None:
-            keys, problems = self._read_keys(recipe)
-            if problems:
-                raise RecipeError(problems)
-            self.keys = keys
+        self.keys = read_once(self.keys, lambda: self._read_keys(recipe))
         return self.keys
 
     def validate(self, recipe: Recipe[AnyFeature]) -> list[Problem]:

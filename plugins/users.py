@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from nspawnbuild.errors import Problem, RecipeError
+from nspawnbuild.errors import Problem
 from nspawnbuild.feature import (
     KEYS_SCHEMA,
     AnyFeature,
@@ -28,6 +28,7 @@ from nspawnbuild.feature import (
     check_password_hash,
     install_authorized_keys,
     keys_digest,
+    read_once,
     set_password_hash,
 )
 from nspawnbuild.hookspecs import hookimpl
@@ -144,11 +145,7 @@ class Users(Feature[UsersConfig, UsersTraits]):
 
     def account_keys(self, recipe: Recipe[AnyFeature]) -> list[list[str]]:
         """Each account's public keys (read by validate(), or now when it was not called)."""
-        if self.keys is None:
-            keys, problems = self._read_keys(recipe)
-            if problems:
-                raise RecipeError(problems)
-            self.keys = keys
+        self.keys = read_once(self.keys, lambda: self._read_keys(recipe))
         return self.keys
 
     def validate(self, recipe: Recipe[AnyFeature]) -> list[Problem]:
