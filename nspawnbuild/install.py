@@ -19,7 +19,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from . import tarread
+from . import emulation, tarread
 from .artifact import (
     MAX_MANIFEST_BYTES,
     NOT_AN_ARTIFACT,
@@ -31,7 +31,7 @@ from .artifact import (
 from .atomic import replacing
 from .digests import sha256_file
 from .errors import BuildError, Problem, RecipeError
-from .host import run
+from .host import machine_arch, run
 from .paths import dropin_name, nspawn_name
 from .steplog import run_fed
 from .tree import remove_tree
@@ -194,12 +194,32 @@ def _put(src: Path, dest: Path) -> None:
         shutil.copyfileobj(fh, out)
 
 
+def check_runs_here(art: Artifact, root: Path) -> None:
+    """Refuse an image of an architecture this host cannot run (natively or through an
+    emulator registered with binfmt_misc with the F flag): installed, it would fail at its
+    first start with an exec-format error. Only for ROOT ``/``: a tree under --root belongs to
+    another host (an arm64 board's disk) whose CPU this one cannot know. A manifest written
+    before manifests recorded the machine is not checked."""
+    machine = art.manifest.get("machine")
+    if machine is None or root.resolve() != Path("/"):
+        return
+    where = art.dir / "manifest.json"
+    if not isinstance(machine, str):
+        raise RecipeError(Problem(where, "machine", "is not a string", NOT_AN_ARTIFACT))
+    try:
+        emulation.check(machine, machine_arch(), purpose="run")
+    except emulation.EmulatorMissing as e:
+        raise RecipeError(Problem(where, "machine", f"{e}; nothing was installed",
+                                  "or install it into that host's tree with --root DIR")) from None
+
+
 def install(artifact_dir: Path, *, name: str | None, root: Path, force: bool,
             enable: bool, start: bool) -> list[str]:
     """Install; return what was done, one line each. All checks come before the first write."""
     if name is not None:
         check_machine_name(name, NAME_OPTION, None)
     art, sums = verify(artifact_dir)
+    check_runs_here(art, root)
     name = name or art.name
     tarball = art.tarball
     t = targets(root, name)
