@@ -24,11 +24,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import audit, cache
+from . import audit, cache, emulation
 from .atomic import read_json, write_bytes, write_json
 from .digests import digest, sha256_file
 from .errors import BuildError, NspawnbuildError
 from .feature import AnyFeature
+from .host import machine_arch
 from .imagefs import parse_owner, write_file
 from .lock import exclusive, hold_shared, release_shared
 from .namespaces import require_private_mount_namespace
@@ -69,9 +70,29 @@ def _say(message: str) -> None:
 
 # -- resolve ----------------------------------------------------------------------------------
 
+def check_host(recipe: AnyRecipe, *, notes: bool = True) -> emulation.Runner:
+    """How this host runs the image's programs, or :class:`~nspawnbuild.emulation.EmulatorMissing`
+    (exit 2) saying what to install: an image of another architecture needs an emulator
+    registered with binfmt_misc, and without one the build would fail deep inside the
+    bootstrap with an exec-format error."""
+    runner = emulation.check(recipe.distro.machine, machine_arch())
+    for note in runner.notes if notes else ():
+        _say(f"note: {recipe.name}: {note}")
+    return runner
+
+
 def plan(recipe: AnyRecipe) -> Plan:
-    """The plan of ``recipe``: the stage specs that key every later stage."""
-    return make_plan(recipe)
+    """The plan of ``recipe``: the stage specs that key every later stage.
+
+    Made only for a build (``nspawnbuild build`` and ``doit build`` both come here, before
+    any task runs), so the build host is checked here (:func:`check_host`). The manifest
+    records the image's machine name (``uname -m``) next to ``[base] arch``: install compares
+    it with the host it installs on.
+    """
+    check_host(recipe)
+    made = make_plan(recipe)
+    made.manifest["machine"] = recipe.distro.machine
+    return made
 
 
 def resolve(options: Options, name: str, documents: dict[str, Any]) -> None:
@@ -386,7 +407,7 @@ def manifest_document(spec: dict[str, Any], rootfs_record: dict[str, Any],
     return {
         "format": 1,
         **{k: spec[k] for k in ("name", "description", "recipe_digest", "source_date_epoch",
-                                "target_systemd", "base", "bootstrapper")},
+                                "target_systemd", "base", "machine", "bootstrapper")},
         "tool": {"name": "nspawnbuild", "version": spec["nspawnbuild"]},
         "packages": rootfs_record["packages"],
         "tree": {"bytes": packed["tree_bytes"], **packed["counts"]},

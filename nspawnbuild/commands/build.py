@@ -60,6 +60,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                            jobs=args.jobs)
     # validate before doit opens its state database, so bad input writes nothing
     recipes = tasks.load_or_exit(args.recipes)
+    check_hosts(recipes)
     if args.check_reproducible:
         status = 0
         for ref, recipe in zip(args.recipes, recipes, strict=True):
@@ -77,6 +78,24 @@ def cmd_build(args: argparse.Namespace) -> int:
         for summary in summaries:
             console.print(format_summary(summary), soft_wrap=True)
     return 0
+
+
+def check_hosts(recipes: Sequence[AnyRecipe]) -> None:
+    """This host can run every image's programs (natively or through a registered emulator),
+    or every recipe it cannot is printed with what to install, and the command exits 2 before
+    anything is written; the plan checks again for ``doit build``, which does not come here."""
+    from ..errors import NspawnbuildError, error_lines
+    from ..pipeline import check_host
+
+    errors = []
+    for recipe in recipes:
+        try:
+            check_host(recipe, notes=False)
+        except NspawnbuildError as e:
+            errors.append(f"{error_lines(e)} (recipe {recipe.name})")
+    if errors:
+        print("\n".join(errors), file=sys.stderr)
+        raise SystemExit(2)
 
 
 def run_tasks(options: Options, recipes: Sequence[AnyRecipe]) -> int:
