@@ -53,6 +53,13 @@ class Distro(ABC):
     init: ClassVar[str] = "systemd"
     #: bump when the way ``bootstrap()`` calls its tool changes: it is part of the cache key
     bootstrap_revision: ClassVar[int] = 1
+    #: the systemd version each release ships, by ``[base] release``: the default of
+    #: ``target_systemd`` (the hosts an image is for run its own release); a release missing
+    #: here (sid, a new one) gets the oldest supported host's, DEFAULT_TARGET_SYSTEMD
+    systemd_by_release: ClassVar[Mapping[str, int]] = {}
+    #: ``[base] arch`` values that differ from the kernel's machine name (``uname -m``), which
+    #: is what binfmt_misc and the host report: Debian's arm64 is the kernel's aarch64
+    machine_names: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, base: Mapping[str, Any]):
         # the recipe's [base] wins over the distro's defaults; the loader fills the same
@@ -67,6 +74,15 @@ class Distro(ABC):
     @property
     def arch(self) -> str:
         return str(self.base["arch"])
+
+    @property
+    def machine(self) -> str:
+        """The kernel's name (``uname -m``) of the architecture the image is built for."""
+        return self.machine_names.get(self.arch, self.arch)
+
+    def release_systemd(self) -> int | None:
+        """The systemd version the recipe's release ships, when the distro knows it."""
+        return self.systemd_by_release.get(self.release)
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:

@@ -79,7 +79,8 @@ def core_schema() -> dict[str, Any]:
             },
             "target_systemd": {
                 "type": "integer", "minimum": 230, "maximum": 999,
-                "description": "systemd version of the hosts the image is for (default 252).",
+                "description": "systemd version of the hosts the image is for (default: the "
+                               "systemd of the image's own release, else 252).",
             },
             "base": {
                 "type": "object",

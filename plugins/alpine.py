@@ -91,6 +91,9 @@ class Alpine(Distro):
         "variant": "the main and community repositories of the release are used",
     }
     default_release: ClassVar[str] = "3.22"
+    #: Alpine's names that are not the kernel's (its armhf is ARMv6)
+    machine_names: ClassVar[Mapping[str, str]] = {"x86": "i686", "armhf": "armv6l",
+                                                  "armv7": "armv7l"}
     traits: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         # the sshd init script runs ssh-keygen -A on its first start
         "ssh": {"service": "sshd", "generates_host_keys": True},

@@ -10,6 +10,7 @@ import functools
 import hashlib
 import os
 import platform
+import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -88,6 +89,23 @@ def host_arch() -> str:
         return {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
 
 
+#: apt's message for a pin it cannot satisfy: E: Version '535.309.01-*' for 'nvidia-smi' was not found
+MISSING_VERSION = re.compile(r"Version '([^']+)' for '([^']+)' was not found")
+
+
+def archive_versions(lists: Path, names: set[str]) -> dict[str, list[str]]:
+    """``{package: [versions]}`` for ``names`` from apt's downloaded Packages files (text,
+    Debian's control format), each list sorted and without repeats."""
+    found: dict[str, set[str]] = {}
+    for packages in sorted(lists.glob("*_Packages")):
+        for stanza in packages.read_text(errors="replace").split("\n\n"):
+            fields = dict(line.split(": ", 1) for line in stanza.splitlines()
+                          if ": " in line and not line[0].isspace())
+            if fields.get("Package") in names and "Version" in fields:
+                found.setdefault(fields["Package"], set()).add(fields["Version"])
+    return {name: sorted(versions) for name, versions in found.items()}
+
+
 def parse_dpkg_status(text: str) -> list[Package]:
     """Installed packages from /var/lib/dpkg/status (read, never executed)."""
     packages = []
@@ -110,7 +128,13 @@ class Debian(Distro):
     name = "debian"
     base_schema: ClassVar[dict[str, Any]] = {**ARCHIVE_SCHEMA, **KEYRING_SCHEMA, **VALID_UNTIL_SCHEMA,
                                              **SNAPSHOT_SCHEMA}
-    default_release: ClassVar[str] = "bookworm"
+    default_release: ClassVar[str] = "trixie"
+    #: each release's systemd (its package in the archive at release time)
+    systemd_by_release: ClassVar[Mapping[str, int]] = {"bullseye": 247, "bookworm": 252,
+                                                       "trixie": 257}
+    machine_names: ClassVar[Mapping[str, str]] = {
+        "amd64": "x86_64", "arm64": "aarch64", "armhf": "armv7l", "armel": "armv5tel",
+        "i386": "i686", "ppc64el": "ppc64le", "mips64el": "mips64"}
     default_components: ClassVar[list[str]] = ["main"]
     keyring_package: ClassVar[str] = "debian-archive-keyring"
     #: the archive's keyring on the build host, given to the bootstrapper explicitly when set
@@ -272,7 +296,7 @@ class Debian(Distro):
                 raise BuildError("[base] snapshot needs mmdebstrap (debootstrap takes a single "
                                  "mirror); install it with: apt-get install mmdebstrap")
             mirror = self.snapshot_sources()
-        expired_ok = base.get("snapshot") or base.get("check_valid_until") is False
+        expired_ok = bool(base.get("snapshot")) or base.get("check_valid_until") is False
         if base.get("check_valid_until") is False and tool != "mmdebstrap":
             raise BuildError("[base] check_valid_until = false needs mmdebstrap (it passes apt "
                              "the option); install it with: apt-get install mmdebstrap")
@@ -281,21 +305,7 @@ class Debian(Distro):
         private = dest.parent / f".keyrings-{dest.name}"
         remove_tree(private)
         if tool == "mmdebstrap":
-            argv = [
-                "mmdebstrap", "--mode=root", f"--variant={base['variant']}",
-                f"--architectures={base['arch']}",
-                f"--components={','.join(base['components'])}",
-                "--skip=output/dev",
-                # keep the package lists, so that post-steps can `apt-get install` from the
-                # same archive state as the bootstrap; the rootfs stage removes them
-                "--skip=cleanup/apt/lists",
-            ]
-            argv += self.keyring_args(private)
-            if expired_ok:  # kept in the image's apt.conf.d: post-steps use the same archive
-                argv.append('--aptopt=Acquire::Check-Valid-Until "false"')
-            if packages:
-                argv.append(f"--include={','.join(packages)}")
-            argv += [base["release"], str(dest), *mirror]
+            argv = self.mmdebstrap_argv(private, dest, packages, mirror, expired_ok)
         else:
             if base["variant"] not in DEBOOTSTRAP_VARIANTS:
                 raise BuildError(f"debootstrap has no variant '{base['variant']}' (it knows "
@@ -311,6 +321,11 @@ class Debian(Distro):
             log.run(isolated(argv), step=f"bootstrap ({tool})", env=env,
                     shown_command=" ".join(argv))
         except BuildError as e:
+            missing = dict((p, v) for v, p in MISSING_VERSION.findall(str(e)))
+            if missing and tool == "mmdebstrap":
+                remove_tree(private)
+                raise self._missing_versions(e, missing, dest, mirror, expired_ok, log,
+                                             env) from None
             if "is expired" not in str(e) or expired_ok:
                 raise
             raise BuildError(f"{e}\n  the archive's Release file is past its Valid-Until date "
@@ -319,6 +334,59 @@ class Debian(Distro):
                              "weakens apt's protection against replayed old archives") from None
         finally:
             remove_tree(private)
+
+    def mmdebstrap_argv(self, private: Path, dest: Path, packages: list[str], mirror: list[str],
+                        expired_ok: bool, *extra: str) -> list[str]:
+        """mmdebstrap's command line for ``dest``: the recipe's archive, keyrings, variant."""
+        base = self.base
+        argv = [
+            "mmdebstrap", "--mode=root", f"--variant={base['variant']}",
+            f"--architectures={base['arch']}",
+            f"--components={','.join(base['components'])}",
+            "--skip=output/dev",
+            # keep the package lists, so that post-steps can `apt-get install` from the
+            # same archive state as the bootstrap; the rootfs stage removes them
+            "--skip=cleanup/apt/lists", *extra,
+        ]
+        argv += self.keyring_args(private)
+        if expired_ok:  # kept in the image's apt.conf.d: post-steps use the same archive
+            argv.append('--aptopt=Acquire::Check-Valid-Until "false"')
+        if packages:
+            argv.append(f"--include={','.join(packages)}")
+        return argv + [base["release"], str(dest), *mirror]
+
+    def _missing_versions(self, error: BuildError, missing: Mapping[str, str], dest: Path,
+                          mirror: list[str], expired_ok: bool, log: StepLog,
+                          env: Mapping[str, str]) -> BuildError:
+        """The error for a pinned version the archive lacks, with the versions it has.
+
+        apt says only that ``nvidia-smi=535.309.01-*`` was not found; what the user needs is
+        what to pin instead. mmdebstrap's dry run leaves the archive's package lists (the same
+        archive, keyrings and components) in a scratch directory, read here as text."""
+        scratch = dest.parent / f".versions-{dest.name}"
+        private = dest.parent / f".keyrings-versions-{dest.name}"
+        remove_tree(scratch)
+        remove_tree(private)
+        try:
+            argv = self.mmdebstrap_argv(private, scratch, [], mirror, expired_ok, "--dry-run",
+                                        "--skip=cleanup/apt/cache")
+            argv[argv.index(f"--variant={self.base['variant']}")] = "--variant=custom"
+            log.run(isolated(argv), step="list the archive's versions", env=dict(env),
+                    shown_command=" ".join(argv))
+            have = archive_versions(scratch / "var/lib/apt/lists", set(missing))
+        except BuildError:
+            have = {}
+        finally:
+            remove_tree(scratch)
+            remove_tree(private)
+        where = f"{self.release} ({', '.join(self.base['components'])})"
+        lines = [f"the archive has no version {want} of {name}; {where} has: "
+                 + (", ".join(have.get(name, [])) or "none (the package is not there)")
+                 for name, want in sorted(missing.items())]
+        return BuildError(f"{error}\n  " + "\n  ".join(lines) + "\n  pin one of these "
+                          "versions where the recipe pins the package (its packages list, or "
+                          "a feature's version such as [features.gpu-nvidia] driver_version), "
+                          "or enable the component that has it")
 
     def install_command(self, packages: list[str]) -> list[str]:
         return ["sh", "-ec", "apt-get update && apt-get install -y --no-install-recommends "
@@ -350,6 +418,7 @@ class Ubuntu(Debian):
     # the archive keys without the snapshot ones: Ubuntu has no snapshot archive of that shape
     base_schema: ClassVar[dict[str, Any]] = {**ARCHIVE_SCHEMA, **KEYRING_SCHEMA, **VALID_UNTIL_SCHEMA}
     default_release = "noble"
+    systemd_by_release: ClassVar[Mapping[str, int]] = {"focal": 245, "jammy": 249, "noble": 255}
     default_components = ["main", "universe"]
     keyring_package = "ubuntu-keyring"
     keyring: ClassVar[str | None] = "/usr/share/keyrings/ubuntu-archive-keyring.gpg"

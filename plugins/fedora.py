@@ -113,6 +113,9 @@ class Fedora(Distro):
         "variant": "a Debian bootstrap variant; list packages instead",
     }
     default_release: ClassVar[str] = "42"
+    #: each release's systemd as it shipped
+    systemd_by_release: ClassVar[Mapping[str, int]] = {"39": 254, "40": 255, "41": 256,
+                                                       "42": 257, "43": 258}
     release_package: ClassVar[str] = "fedora-release"
     traits: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         # sshd-keygen@.service makes the host keys on first start

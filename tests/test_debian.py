@@ -61,7 +61,7 @@ def test_falls_back_to_debootstrap(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     log = FakeLog()
     d.bootstrap(tmp_path / "root", ["dbus"], 1700000000, log, tmp_path / "cache")  # type: ignore[arg-type]
     assert log.argv[0] == "debootstrap" and "--include=dbus" in log.argv
-    assert "--variant=minbase" in log.argv and log.argv[-2] == "bookworm"
+    assert "--variant=minbase" in log.argv and log.argv[-2] == "trixie"
 
     d = Debian({"distro": "debian", "variant": "apt"})
     with pytest.raises(BuildError, match="debootstrap has no variant 'apt'"):

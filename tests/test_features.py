@@ -260,10 +260,13 @@ def test_binds_owneridmap_needs_systemd_256(tmp_path: Path) -> None:
         host = "/srv/b"
         idmap = "owneridmap"
     """
-    text = refused(tmp_path, body, "features.binds.mounts.1.idmap", "owneridmap",
+    bookworm = body.replace('distro = "debian"', 'distro = "debian"\nrelease = "bookworm"')
+    text = refused(tmp_path, bookworm, "features.binds.mounts.1.idmap", "owneridmap",
                    "systemd 256", "target_systemd is 252")
-    assert ":8:" in text  # the line of `idmap = "owneridmap"`
-    r = load(tmp_path, "target_systemd = 256\n" + textwrap.dedent(body))
+    assert ":9:" in text  # the line of `idmap = "owneridmap"`
+    r = load(tmp_path, "target_systemd = 256\n" + textwrap.dedent(bookworm))
+    assert values(nspawn_text(r), "Bind")[1] == "/srv/b:/srv/b:rbind,owneridmap"
+    r = load(tmp_path, textwrap.dedent(body))  # trixie, the default: its systemd is 257
     assert values(nspawn_text(r), "Bind")[1] == "/srv/b:/srv/b:rbind,owneridmap"
 
 
@@ -565,8 +568,8 @@ def test_private_key_in_authorized_keys_file_is_refused(tmp_path: Path) -> None:
     (NVIDIA + 'devices = "all"\n', "features.gpu-nvidia.count"),
     (BASE + '[features.limits]\nio_read_bandwidth_max = ["100M"]\n',
      "features.limits.io_read_bandwidth_max"),
-    (BASE + '[[features.binds.mounts]]\nhost = "/srv/a"\nidmap = "owneridmap"\n',
-     "features.binds.mounts.0.idmap"),
+    (BASE + 'release = "bookworm"\n[[features.binds.mounts]]\nhost = "/srv/a"\n'
+     'idmap = "owneridmap"\n', "features.binds.mounts.0.idmap"),
     (BASE + '[features.basics]\nroot_password_hash = "hunter2"\n',
      "features.basics.root_password_hash"),
     (BASE + '[features.private-users]\nmode = 65535\n', "features.private-users.mode"),

@@ -8,6 +8,7 @@ creates. Everything is checked from the host over ssh, with the test's own key p
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -69,21 +70,27 @@ def netns() -> Iterator[str]:
         subprocess.run(["ip", "netns", "delete", name], check=False)
 
 
-BASES = {"debian": BASE_RECIPE, "ubuntu": ROOT / "recipes" / "ubuntu-base.toml"}
+#: case: (recipe, release pinned by the test or None for the recipe's default, the release
+#: the image must be: its os-release ID and VERSION_CODENAME)
+BASES = {"debian": (BASE_RECIPE, None, "debian trixie"),
+         "debian-bookworm": (BASE_RECIPE, "bookworm", "debian bookworm"),
+         "ubuntu": (ROOT / "recipes" / "ubuntu-base.toml", None, "ubuntu noble")}
 
 
-@pytest.mark.parametrize("distro", sorted(BASES))
+@pytest.mark.parametrize("case", sorted(BASES))
 def test_image_boots_and_serves_ssh_with_the_recipes_settings(env: Env, netns: str, cgroup: str,
-                                                               distro: str) -> None:
+                                                               case: str) -> None:
+    base_recipe, pinned, want_release = BASES[case]
     key = env.tmp / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "nsbtest", "-f",
                     str(key)], check=True)
     pub = (env.tmp / "id_ed25519.pub").read_text().strip()
     machine = f"nsbb-{uuid.uuid4().hex[:6]}"  # short: the host-side veth is ve-NAME
     recipe = env.tmp / "booted.toml"
-    recipe.write_text(f"""extends = "{BASES[distro]}"
+    pin = f'[base]\nrelease = "{pinned}"\n' if pinned else ""
+    recipe.write_text(f"""extends = "{base_recipe}"
 name = "{machine}"
-
+{pin}
 [features.ssh]
 authorized_keys = ["{pub}"]
 
@@ -148,8 +155,14 @@ authorized_keys = ["{pub}"]
                     "date +%Z; ls /etc/ssh/ssh_host_ed25519_key; locale -a")
         assert facts.returncode == 0, facts.stderr
         lines = facts.stdout.split()
-        release = ssh(netns, key, "root", ". /etc/os-release; echo $ID")
-        assert release.stdout.strip() == distro, release.stdout + release.stderr
+        release = ssh(netns, key, "root", ". /etc/os-release; echo $ID $VERSION_CODENAME; "
+                      "systemctl --version | head -n 1")
+        assert release.returncode == 0, release.stderr
+        os_release, systemd = release.stdout.splitlines()
+        assert os_release == want_release
+        # the manifest's target_systemd is the release's own systemd (the table in the plugin)
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert systemd.split()[:2] == ["systemd", str(manifest["target_systemd"])], systemd
         assert lines[0] == machine
         assert lines[1] == "de_DE.UTF-8"
         assert lines[2] in ("CET", "CEST")

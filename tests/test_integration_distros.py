@@ -1,5 +1,6 @@
-"""Ubuntu from a Debian host: a keyring the recipe names that is missing is bad input (exit 2)
-that says how to get Ubuntu's; the build itself is in the boot test (test_integration_boot)."""
+"""Releases and archives: Ubuntu from a Debian host (a keyring the recipe names that is
+missing is bad input that says how to get Ubuntu's; the build itself is in the boot test), an
+expired Release file, and a pinned version the archive does not have."""
 
 from __future__ import annotations
 
@@ -40,3 +41,19 @@ def test_an_expired_release_file_is_refused_unless_the_recipe_accepts_it(env: En
     built = env.nspawnbuild("build", str(recipe))  # the post-step's apt accepts it too
     assert built.returncode == 0, built.stdout + built.stderr
     assert (env.out / "sidcheck" / "manifest.json").is_file()
+
+
+def test_a_driver_pin_the_archive_lacks_lists_the_versions_it_has(env: Env) -> None:
+    """Debian 12's NVIDIA driver pinned on Debian 13: the build fails at the bootstrap, and
+    says which versions trixie has (read from the archive, not from a table here)."""
+    recipe = env.tmp / "oldpin.toml"
+    recipe.write_text(f'extends = "{ROOT / "recipes" / "ollama-gpu.toml"}"\nname = "oldpin"\n'
+                      '[features.gpu-nvidia]\ndriver_version = "535.309.01"\n')
+    r = env.nspawnbuild("build", str(recipe))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    listed = [line for line in r.stderr.splitlines()
+              if "the archive has no version 535.309.01-* of nvidia-smi" in line]
+    assert listed and "has: 550." in listed[0], r.stderr
+    assert "driver_version" in r.stderr
+    assert not (env.out / "oldpin" / "oldpin.tar.zst").exists()
+    assert not [p for p in (env.cache / "bootstrap").iterdir() if ".tmp-" in p.name]

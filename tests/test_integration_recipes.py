@@ -35,13 +35,15 @@ def test_ollama_gpu_builds_without_a_gpu_or_the_web(env: Env) -> None:
     out = env.out / "ollama-gpu"
     manifest = json.loads((out / "manifest.json").read_text())
     versions = {p["name"]: p["version"] for p in manifest["packages"]}
-    assert versions["nvidia-smi"].startswith("535.309.01-")
-    assert versions["libcuda1"].startswith("535.309.01-")
+    # trixie's driver (the recipe's pin), on the default release
+    assert manifest["base"]["release"] == "trixie" and manifest["target_systemd"] == 257
+    assert versions["nvidia-smi"].startswith("550.163.01-")
+    assert versions["libcuda1"].startswith("550.163.01-")
     nspawn = (out / "ollama-gpu.nspawn").read_text()
     assert "Bind=/dev/nvidiactl\n" in nspawn and "Bridge=br0\n" in nspawn
     assert "Bind=/srv/ollama:/var/lib/ollama:rbind,idmap\n" in nspawn
     dropin = (out / "systemd-nspawn@ollama-gpu.service.d" / "50-nspawnbuild.conf").read_text()
-    assert "DeviceAllow=/dev/nvidia0 rw\n" in dropin and "want=535.309.01;" in dropin
+    assert "DeviceAllow=/dev/nvidia0 rw\n" in dropin and "want=550.163.01;" in dropin
     members = tar_members(out / "ollama-gpu.tar.zst")
     wants = "./etc/systemd/system/multi-user.target.wants/"
     for unit in ("ollama.service", "nspawnbuild-firstboot.service", "ssh.service"):
@@ -50,16 +52,30 @@ def test_ollama_gpu_builds_without_a_gpu_or_the_web(env: Env) -> None:
     assert not [n for n in members if n.startswith("./etc/ssh/ssh_host_")]
 
 
-def test_postgres_builds_without_shared_secrets(env: Env) -> None:
-    r = env.nspawnbuild("build", "postgres", cwd=ROOT)
+@pytest.mark.parametrize("release,major", [(None, "17"), ("bookworm", "15")])
+def test_postgres_builds_without_shared_secrets(env: Env, release: str | None,
+                                                major: str) -> None:
+    """On the default release (trixie: PostgreSQL 17) and pinned to bookworm (15): the recipe
+    finds the cluster's directory in the image, it names no version."""
+    name = "postgres"
+    if release:
+        name = f"postgres-{release}"
+        recipe = env.tmp / f"{name}.toml"
+        recipe.write_text(f'extends = "{ROOT / "recipes" / "postgres.toml"}"\nname = "{name}"\n'
+                          f'[base]\nrelease = "{release}"\n')
+    r = env.nspawnbuild("build", str(recipe) if release else "postgres", cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
-    out = env.out / "postgres"
+    out = env.out / name
     manifest = json.loads((out / "manifest.json").read_text())
-    assert any(p["name"] == "postgresql-15" for p in manifest["packages"])
-    members = tar_members(out / "postgres.tar.zst")
+    assert any(p["name"] == f"postgresql-{major}" for p in manifest["packages"])
+    members = tar_members(out / f"{name}.tar.zst")
     assert "./etc/ssl/private/ssl-cert-snakeoil.key" not in members
-    assert "./etc/postgresql/15/main/conf.d/50-listen.conf" in members
-    assert "Port=tcp:5432:5432\n" in (out / "postgres.nspawn").read_text()
+    assert f"./etc/postgresql/{major}/main/conf.d/50-listen.conf" in members
+    assert not [m for m in members if m.startswith("./etc/postgresql/")
+                and not m.startswith(f"./etc/postgresql/{major}/")]
+    conf = members[f"./etc/postgresql/{major}/main/conf.d/50-listen.conf"]
+    assert conf.uname == "postgres" and conf.size > 0
+    assert "Port=tcp:5432:5432\n" in (out / f"{name}.nspawn").read_text()
 
 
 @pytest.fixture(scope="module")

@@ -76,9 +76,9 @@ def test_defaults_are_filled_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     r = load_recipe(write(tmp_path / "min.toml", '[base]\ndistro = "debian"\n'))
     assert r.name == "min"
     assert r.epoch == DEFAULT_EPOCH
-    assert r.target_systemd == 252
+    assert r.target_systemd == 257  # trixie's systemd
     assert r.output == Output("zstd", 9) and r.data["output"] == {"compression": "zstd", "level": 9}
-    assert r.base["release"] == "bookworm" and list(r.base["components"]) == ["main"]
+    assert r.base["release"] == "trixie" and list(r.base["components"]) == ["main"]
     assert r.base["variant"] == "minbase" and r.base["arch"]
     assert "mirror" not in r.base  # no mirror: the bootstrapper's own default
 
@@ -105,7 +105,7 @@ def test_digest_ignores_formatting_but_not_content(tmp_path: Path) -> None:
               .replace("packages_note = 1\n", ""))
     b = write(tmp_path / "b" / "x.toml", '# comment\n\n[base]\n  distro   =   "debian"\n')
     assert load_recipe(a).digest() == load_recipe(b).digest()
-    write(b, '[base]\ndistro = "debian"\nrelease = "trixie"\n')
+    write(b, '[base]\ndistro = "debian"\nrelease = "bookworm"\n')
     assert load_recipe(a).digest() != load_recipe(b).digest()
 
 
@@ -123,7 +123,7 @@ def test_templates_render_with_the_recipe_as_context(tmp_path: Path) -> None:
     write(tmp_path / "motd.j2", "Welcome to {{ name }} ({{ recipe.base.release }})\n")
     path = write(tmp_path / "t.toml", 'description = "x"\n[base]\ndistro = "debian"\n'
                  '[[files]]\nsrc = "motd.j2"\ndest = "/etc/motd"\ntemplate = true\n')
-    assert load_recipe(path).files[0].content == b"Welcome to t (bookworm)\n"
+    assert load_recipe(path).files[0].content == b"Welcome to t (trixie)\n"
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ from typing import Final
 #: ``epoch`` unless the recipe or SOURCE_DATE_EPOCH sets one: 2024-01-01T00:00:00Z
 #: (see README "Reproducibility")
 DEFAULT_EPOCH: Final = 1704067200
-#: ``target_systemd``: the systemd of Debian bookworm, the oldest host the images are for
+#: ``target_systemd`` when the distro does not know its release's systemd (sid, a new release,
+#: Alpine): Debian bookworm's, the oldest host the images are for
 DEFAULT_TARGET_SYSTEMD: Final = 252
 #: ``[output] level`` for each compression unless the recipe sets one (README "Compression")
 DEFAULT_LEVELS: Final = {"zstd": 9, "xz": 6, "gzip": 9, "none": 0}

@@ -101,7 +101,8 @@ def load_recipe(ref: str | Path, cwd: Path | None = None) -> Recipe[AnyFeature]:
     if "epoch" not in data:
         data["epoch"] = int(env_epoch) if env_epoch.isdigit() and int(env_epoch) >= MIN_ENV_EPOCH \
             else DEFAULT_EPOCH
-    data.setdefault("target_systemd", DEFAULT_TARGET_SYSTEMD)
+    # the hosts an image is for run its own release: that release's systemd, else the oldest
+    data.setdefault("target_systemd", distro.release_systemd() or DEFAULT_TARGET_SYSTEMD)
     data.setdefault("description", "")
     base = data["base"]
     for key, value in distro.base.items():  # the distro's defaults, after the recipe's keys
