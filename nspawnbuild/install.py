@@ -19,7 +19,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from . import emulation, tarread
+from . import cgroups, emulation, tarread
 from .artifact import (
     MAX_MANIFEST_BYTES,
     NOT_AN_ARTIFACT,
@@ -213,6 +213,20 @@ def check_runs_here(art: Artifact, root: Path) -> None:
                                   "or install it into that host's tree with --root DIR")) from None
 
 
+def check_boots_here(art: Artifact, root: Path) -> None:
+    """Refuse an image whose systemd does not boot on this host's cgroup hierarchy (systemd
+    258 and newer need the unified one): installed, it would stop at its first start. Only for
+    ROOT ``/``, for the same reason as :func:`check_runs_here`."""
+    if root.resolve() != Path("/"):
+        return
+    packages = art.manifest.get("packages")
+    why = cgroups.refusal(packages if isinstance(packages, list) else [],
+                          cgroups.MOUNTINFO.read_text())
+    if why:
+        raise RecipeError(Problem(art.dir / "manifest.json", "packages",
+                                  f"{why}; nothing was installed", cgroups.FIX))
+
+
 def install(artifact_dir: Path, *, name: str | None, root: Path, force: bool,
             enable: bool, start: bool) -> list[str]:
     """Install; return what was done, one line each. All checks come before the first write."""
@@ -220,6 +234,7 @@ def install(artifact_dir: Path, *, name: str | None, root: Path, force: bool,
         check_machine_name(name, NAME_OPTION, None)
     art, sums = verify(artifact_dir)
     check_runs_here(art, root)
+    check_boots_here(art, root)
     name = name or art.name
     tarball = art.tarball
     t = targets(root, name)
