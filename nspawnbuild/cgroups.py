@@ -2,8 +2,9 @@
 
 systemd 258 dropped the legacy (v1) and hybrid cgroup hierarchies: a container whose systemd
 is 258 or newer stops at boot with "Detected unsupported legacy cgroup hierarchy" on a host
-that mounts cgroup v1 (here, Debian 12 with systemd.unified_cgroup_hierarchy=0; measured: the
-image of Debian sid, systemd 262, refused; trixie's 257 booted). Installing such an image
+that mounts cgroup v1 (measured on this project's hybrid Debian 12 host: Debian sid's systemd
+262 printed "Detected unsupported legacy cgroup hierarchy, refusing execution." and exited;
+trixie's 257 booted). Installing such an image
 would succeed and fail at its first start, so install says so before anything is written.
 """
 
@@ -58,6 +59,6 @@ def refusal(packages: Iterable[Any], mountinfo: str) -> str | None:
 
 
 FIX = ("boot this host with the unified hierarchy (remove systemd.unified_cgroup_hierarchy=0 "
-       "from the kernel command line, or add systemd.unified_cgroup_hierarchy=1: "
+       "and systemd.legacy_systemd_cgroup_controller=1 from the kernel command line: "
        "GRUB_CMDLINE_LINUX in /etc/default/grub, update-grub, reboot), or build the image for "
        f"a release whose systemd is older than {UNIFIED_ONLY_SINCE} ([base] release)")

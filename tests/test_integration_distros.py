@@ -4,9 +4,14 @@ expired Release file, and a pinned version the archive does not have."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from conftest import ROOT, Env
+from nspawnbuild import cgroups
+from nspawnbuild.tree import remove_tree
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +45,29 @@ def test_an_expired_release_file_is_refused_unless_the_recipe_accepts_it(env: En
                                                  'release = "sid"\ncheck_valid_until = false\n'))
     built = env.nspawnbuild("build", str(recipe))  # the post-step's apt accepts it too
     assert built.returncode == 0, built.stdout + built.stderr
-    assert (env.out / "sidcheck" / "manifest.json").is_file()
+    manifest = json.loads((env.out / "sidcheck" / "manifest.json").read_text())
+
+    # sid's systemd (262 when this was written) no longer boots on a v1/hybrid host: install
+    # says so before it writes anything
+    version = cgroups.image_systemd(manifest["packages"])
+    assert version and version >= cgroups.UNIFIED_ONLY_SINCE, version
+    layout = cgroups.hierarchy(cgroups.MOUNTINFO.read_text())
+    if layout == "unified":  # a v2-only host boots it: nothing to refuse, nothing installed here
+        assert cgroups.refusal(manifest["packages"], cgroups.MOUNTINFO.read_text()) is None
+        return
+    machine = Path("/var/lib/machines/sidcheck")
+    assert not machine.exists()
+    try:
+        refused = env.nspawnbuild("install", str(env.out / "sidcheck"))
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+        assert f"the image's systemd is {version}" in refused.stderr
+        assert f"{layout} cgroup hierarchy" in refused.stderr and "nothing was installed" in \
+            refused.stderr
+        assert not machine.exists() and not Path("/etc/systemd/nspawn/sidcheck.nspawn").exists()
+    finally:  # a regression must not leave a machine on the test host
+        remove_tree(machine)
+        Path("/etc/systemd/nspawn/sidcheck.nspawn").unlink(missing_ok=True)
+        remove_tree(Path("/etc/systemd/system/systemd-nspawn@sidcheck.service.d"))
 
 
 def test_a_driver_pin_the_archive_lacks_lists_the_versions_it_has(env: Env) -> None:

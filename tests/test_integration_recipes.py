@@ -71,10 +71,12 @@ def test_postgres_builds_without_shared_secrets(env: Env, release: str | None,
     members = tar_members(out / f"{name}.tar.zst")
     assert "./etc/ssl/private/ssl-cert-snakeoil.key" not in members
     assert f"./etc/postgresql/{major}/main/conf.d/50-listen.conf" in members
-    assert not [m for m in members if m.startswith("./etc/postgresql/")
-                and not m.startswith(f"./etc/postgresql/{major}/")]
+    # one cluster directory, the installed version's (none made by the recipe for another)
+    assert {m.split("/")[3] for m in members if m.startswith("./etc/postgresql/")} == {major}
     conf = members[f"./etc/postgresql/{major}/main/conf.d/50-listen.conf"]
-    assert conf.uname == "postgres" and conf.size > 0
+    # owned by postgres: the uid of the cluster's data directory (the tarball keeps numeric ids)
+    data = members[f"./var/lib/postgresql/{major}/main"]
+    assert conf.uid == data.uid and conf.uid != 0 and conf.size > 0
     assert "Port=tcp:5432:5432\n" in (out / f"{name}.nspawn").read_text()
 
 
