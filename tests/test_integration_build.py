@@ -85,7 +85,10 @@ def test_manifest_describes_the_image(built: Env) -> None:
     assert len(m["recipe_digest"]) == 64
     assert m["tool"]["name"] == "nspawnbuild" and m["tool"]["version"]
     assert m["source_date_epoch"] == 1704067200
-    assert (m["base"]["distro"], m["base"]["release"]) == ("debian", "bookworm")
+    # the default release, and the target systemd it implies
+    assert (m["base"]["distro"], m["base"]["release"]) == ("debian", "trixie")
+    assert m["target_systemd"] == 257 and m["packages"] and next(
+        p["version"] for p in m["packages"] if p["name"] == "systemd").startswith("257.")
     assert m["base"]["arch"] == subprocess.run(["dpkg", "--print-architecture"],
                                                capture_output=True, text=True).stdout.strip()
     names = {p["name"]: p["version"] for p in m["packages"]}
@@ -229,7 +232,7 @@ def test_post_steps_run_inside_the_image_without_host_files(env: Env) -> None:
 [[post]]
 run = '''
 test ! -e {secret}
-test "$(cat /etc/debian_version | cut -c1-2)" = "12"
+test "$(cut -d. -f1 /etc/debian_version)" = "13"
 hostname > /etc/build-hostname
 '''
 
