@@ -27,6 +27,7 @@ COMMANDS = (
     host.add_install,
     artifacts.add_inspect,
     artifacts.add_diff,
+    artifacts.add_verify,
     host.add_shell,
     host.add_boot,
     recipes.add_show,

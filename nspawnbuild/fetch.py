@@ -322,6 +322,34 @@ def _mismatch(url: str, expected: str, actual: str, size: int) -> str:
 class _DownloadFailed(Exception):
     """The server or the network failed; the message says how, in a few words."""
 
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        #: the HTTP status the server answered, when it answered one
+        self.status = status
+
+
+class DownloadFailed(BuildError):
+    """A download by :func:`download` failed: ``str()`` says what and how, ``status`` is the
+    HTTP status when the server answered one (404: the file is not there)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+def download(url: str, dest: Path, limits: Limits, timeout: float = TIMEOUT) -> tuple[str, int]:
+    """Download ``url`` (http or https) into ``dest`` whole or not at all, within ``limits``
+    (the same downloader, watchdog and bounds as a recipe's sources, without the cache): its
+    (sha256, size). A download that fails or passes a limit leaves nothing at ``dest`` and
+    raises :class:`DownloadFailed` (or :class:`LimitExceeded`)."""
+    if urllib.parse.urlsplit(url).scheme.lower() not in ("http", "https"):
+        raise DownloadFailed(f"cannot download {url}: only http:// and https:// are fetched")
+    with replacing(dest, mode=0o600) as tmp:
+        try:
+            return _download(url, tmp, timeout, limits)
+        except _DownloadFailed as e:
+            raise DownloadFailed(f"cannot download {url}: {e}", e.status) from None
+
 
 def _new_part(tmp: Path) -> int:
     """The descriptor of the download's temporary file, which ``atomic.replacing`` has just
@@ -456,7 +484,8 @@ def _download(url: str, tmp: Path, timeout: float, limits: Limits) -> tuple[str,
                 finally:
                     watchdog.stop()
         except urllib.error.HTTPError as e:
-            raise _DownloadFailed(f"the server answered HTTP {e.code} {e.reason}") from None
+            raise _DownloadFailed(f"the server answered HTTP {e.code} {e.reason}",
+                                  e.code) from None
         except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
             if watchdog.fired:
                 raise _too_slow(url, limits, received[0]) from None

@@ -87,38 +87,75 @@ def _mismatch(path: Path, expected: str, actual: str) -> BuildError:
                       "the artifacts are damaged or were changed")
 
 
-def _check_file(artifact_dir: Path, name: str, expected: str) -> None:
-    """One listed file: inside the directory (symlinks followed) and matching its digest."""
+@dataclass(frozen=True)
+class FileCheck:
+    """One file SHA256SUMS lists, checked: its actual digest, or why it has none."""
+
+    name: str
+    path: Path
+    expected: str
+    #: None: the file could not be read (``error`` says why)
+    actual: str | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.actual == self.expected
+
+    def failure(self) -> BuildError:
+        """What install raises for it (exit 1: the artifacts are damaged or incomplete)."""
+        if self.actual is None:
+            return BuildError(f"{self.path}: {self.error}; the artifacts are incomplete")
+        return _mismatch(self.path, self.expected, self.actual)
+
+
+def check_file(artifact_dir: Path, name: str, expected: str) -> FileCheck:
+    """One listed file: inside the directory (symlinks followed, else RecipeError) and its
+    digest compared with ``expected``."""
     path = confined(artifact_dir / name, artifact_dir.resolve(),
                     "an artifact's files are inside its directory; " + NOT_AN_ARTIFACT)
     try:
-        actual = sha256_file(path)
+        return FileCheck(name, path, expected, sha256_file(path))
     except OSError as e:
-        raise BuildError(f"{path}: {e.strerror}; the artifacts are incomplete") from None
-    if actual != expected:
-        raise _mismatch(path, expected, actual)
+        return FileCheck(name, path, expected, None, e.strerror)
+
+
+def check_listed(artifact_dir: Path, sums: dict[str, str], *,
+                 keep_going: bool = False) -> tuple[Artifact | None, list[FileCheck]]:
+    """Every file ``sums`` lists, checked, manifest.json first: the artifact is parsed from the
+    very manifest bytes whose digest matched, and SHA256SUMS must list the files it names
+    (RecipeError otherwise: they would be used unverified). A manifest that does not match
+    ends the checks (None, its check) unless ``keep_going`` (``nspawnbuild verify`` reports
+    every file)."""
+    sums_file = artifact_dir / "SHA256SUMS"
+    _require_listed(sums, sums_file, ["manifest.json"])
+    manifest_file = confined(artifact_dir / "manifest.json", artifact_dir.resolve(),
+                             NOT_AN_ARTIFACT)
+    art = None
+    try:
+        data = read_bounded(manifest_file, MAX_MANIFEST_BYTES)
+        first = FileCheck("manifest.json", manifest_file, sums["manifest.json"],
+                          hashlib.sha256(data).hexdigest())
+    except OSError as e:
+        first = FileCheck("manifest.json", manifest_file, sums["manifest.json"], None, e.strerror)
+    if first.ok:
+        art = Artifact.parse(artifact_dir, data)
+        _require_listed(sums, sums_file, [art.manifest["artifacts"][w]["file"] for w in ARTIFACTS])
+    elif not keep_going:
+        return None, [first]
+    return art, [first] + [check_file(artifact_dir, name, digest)
+                           for name, digest in sums.items() if name != "manifest.json"]
 
 
 def verify(artifact_dir: Path) -> tuple[Artifact, dict[str, str]]:
     """Check SHA256SUMS lists every artifact and that every file it lists matches; return the
     artifact (from the very manifest bytes that were checked) and ``{file: sha256}``."""
-    sums_file = artifact_dir / "SHA256SUMS"
-    sums = read_sums(sums_file)
-    _require_listed(sums, sums_file, ["manifest.json"])
-    manifest_file = confined(artifact_dir / "manifest.json", artifact_dir.resolve(),
-                             NOT_AN_ARTIFACT)
-    try:
-        data = read_bounded(manifest_file, MAX_MANIFEST_BYTES)
-    except OSError as e:
-        raise BuildError(f"{manifest_file}: {e.strerror}; the artifacts are incomplete") from None
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != sums["manifest.json"]:
-        raise _mismatch(manifest_file, sums["manifest.json"], actual)
-    art = Artifact.parse(artifact_dir, data)
-    _require_listed(sums, sums_file, [art.manifest["artifacts"][w]["file"] for w in ARTIFACTS])
-    for name, digest in sums.items():
-        if name != "manifest.json":
-            _check_file(artifact_dir, name, digest)
+    sums = read_sums(artifact_dir / "SHA256SUMS")
+    art, checks = check_listed(artifact_dir, sums)
+    for check in checks:
+        if not check.ok:
+            raise check.failure()
+    assert art is not None  # a manifest that matched was parsed
     return art, sums
 
 

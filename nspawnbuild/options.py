@@ -6,7 +6,10 @@ pipeline and the reporter as an argument, so that no stage reads a setting from 
 
 The documented variables ``NSPAWNBUILD_OUT``, ``NSPAWNBUILD_WORK`` and ``NSPAWNBUILD_CACHE``
 (and ``XDG_CACHE_HOME`` for the cache's default) are read here and nowhere else: an option
-given on the command line wins over the variable, the variable over the default.
+given on the command line wins over the variable, the variable over the default. So are the
+signing variables (``NSPAWNBUILD_SIGN_KEY``, ``NSPAWNBUILD_SIGN_PASSPHRASE_FILE``, and
+``GNUPGHOME`` for the keyring a key id is looked up in): a CI secret reaches the build as one
+:class:`Signing` value, never by a stage reading the environment.
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ from .paths import Layout
 OUT_VARIABLE = "NSPAWNBUILD_OUT"
 WORK_VARIABLE = "NSPAWNBUILD_WORK"
 CACHE_VARIABLE = "NSPAWNBUILD_CACHE"
+#: the signing key when neither --sign nor --no-sign is given (a CI secret: a key file's path)
+SIGN_KEY_VARIABLE = "NSPAWNBUILD_SIGN_KEY"
+#: a file holding the signing key's passphrase, when --sign-passphrase-file is not given
+SIGN_PASSPHRASE_VARIABLE = "NSPAWNBUILD_SIGN_PASSPHRASE_FILE"
 
 
 def default_cache(environ: Mapping[str, str] | None = None) -> Path:
@@ -46,6 +53,41 @@ def layout_from_environment(environ: Mapping[str, str] | None = None, *,
 
 
 @dataclass(frozen=True)
+class Signing:
+    """What the run was told about signing, before any key is looked up (``signing.resolve``
+    does that, per recipe): the run's key wins over a recipe's ``[output] sign``."""
+
+    #: the key from ``--sign`` or :data:`SIGN_KEY_VARIABLE`; None: each recipe's own
+    key: str | None = None
+    #: where :attr:`key` came from, for messages: ``--sign`` or the variable's name
+    origin: str = "--sign"
+    #: ``--no-sign``: publish no signature, whatever a recipe says
+    disabled: bool = False
+    #: a file holding the key's passphrase (absolute)
+    passphrase_file: Path | None = None
+    #: the caller's keyring a key id is looked up in (``GNUPGHOME``, else ``~/.gnupg``); None:
+    #: gpg's own default
+    gnupghome: Path | None = None
+    #: the directory a relative key file of :attr:`key` is found from (the caller's)
+    base: Path = Path("/")
+
+
+def signing_from_environment(environ: Mapping[str, str] | None = None, *,
+                             sign: str | None = None, no_sign: bool = False,
+                             passphrase_file: str | Path | None = None) -> Signing:
+    """The run's signing request: ``--sign`` over :data:`SIGN_KEY_VARIABLE` (an empty variable
+    is no variable), ``--no-sign`` over both and over the recipes."""
+    env = os.environ if environ is None else environ
+    key, origin = (sign, "--sign") if sign else (env.get(SIGN_KEY_VARIABLE) or None,
+                                                 SIGN_KEY_VARIABLE)
+    phrase = passphrase_file or env.get(SIGN_PASSPHRASE_VARIABLE) or None
+    home = env.get("GNUPGHOME") or str(Path.home() / ".gnupg")
+    return Signing(key=None if no_sign else key, origin=origin, disabled=no_sign,
+                   passphrase_file=Path(phrase).absolute() if phrase else None,
+                   gnupghome=Path(home).absolute(), base=Path.cwd())
+
+
+@dataclass(frozen=True)
 class Options:
     """Everything a build needs to know besides its recipes; made once per run, never changed."""
 
@@ -56,13 +98,20 @@ class Options:
     quiet: bool = False
     #: how many tasks may run at once (``-j N``: several recipes in parallel)
     jobs: int = 1
+    #: how the published sets are signed (``--sign``, ``--no-sign``, the variables)
+    signing: Signing = Signing()
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None, *,
                          out: str | Path | None = None, work: str | Path | None = None,
                          cache: str | Path | None = None, keep_rootfs: bool = False,
-                         quiet: bool = False, jobs: int = 1) -> Options:
-        """Options from the given values, with the directories that are not given taken from
-        the user variables (``environ``, default ``os.environ``) or their defaults."""
+                         quiet: bool = False, jobs: int = 1, sign: str | None = None,
+                         no_sign: bool = False,
+                         sign_passphrase_file: str | Path | None = None) -> Options:
+        """Options from the given values, with the directories and the signing key that are
+        not given taken from the user variables (``environ``, default ``os.environ``) or
+        their defaults."""
         layout = layout_from_environment(environ, out=out, work=work, cache=cache)
-        return cls(layout, keep_rootfs=keep_rootfs, quiet=quiet, jobs=jobs)
+        signing = signing_from_environment(environ, sign=sign, no_sign=no_sign,
+                                           passphrase_file=sign_passphrase_file)
+        return cls(layout, keep_rootfs=keep_rootfs, quiet=quiet, jobs=jobs, signing=signing)

@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import audit, cache, emulation
-from .atomic import read_json, write_bytes, write_json
+from . import audit, cache, emulation, signing
+from .atomic import read_json, replacing, write_bytes, write_json
 from .digests import digest, sha256_file
 from .errors import BuildError, NspawnbuildError
 from .feature import AnyFeature
@@ -93,6 +93,29 @@ def plan(recipe: AnyRecipe) -> Plan:
     made = make_plan(recipe)
     made.manifest["machine"] = recipe.distro.machine
     return made
+
+
+def signing_key(options: Options, recipe: AnyRecipe) -> signing.SigningKey | None:
+    """The key that signs ``recipe``'s set, found and tried (:func:`signing.resolve`), or
+    None: ``--no-sign``, else ``--sign``/``NSPAWNBUILD_SIGN_KEY``, else ``[output] sign``.
+
+    Made for a build before any task runs (like :func:`plan`), so a key that cannot sign is
+    exit 2 with nothing written. A key file a recipe names must be inside the recipe's
+    directory, as every file a recipe reads; ``--sign`` and the variable may name any."""
+    req = options.signing
+    if req.disabled:
+        return None
+    if req.key:
+        return signing.resolve(req.key, signing.Origin(Path(req.origin)), base=req.base,
+                               homedir=req.gnupghome, passphrase_file=req.passphrase_file)
+    spec = recipe.output.sign
+    if not spec:
+        return None
+    at = recipe.sources.problem("output.sign", "")
+    return signing.resolve(spec, signing.Origin(at.file or recipe.path, "output.sign", at.line),
+                           base=recipe.output.sign_dir or recipe.path.parent,
+                           homedir=req.gnupghome, passphrase_file=req.passphrase_file,
+                           confined=True)
 
 
 def resolve(options: Options, name: str, documents: dict[str, Any]) -> None:
@@ -427,8 +450,23 @@ def sums_text(digests: dict[str, str]) -> bytes:
     return "".join(f"{h}  {f}\n" for f, h in sorted(digests.items())).encode()
 
 
-def manifest(options: Options, name: str) -> None:
-    """Write manifest.json and SHA256SUMS, then publish the whole set into out/NAME."""
+def sign_sums(stage: Path, key: signing.SigningKey | None) -> Path | None:
+    """``SHA256SUMS.gpg`` of the staged SHA256SUMS, made by ``key`` (None: no signature, and
+    a stale one is removed). It is not listed in SHA256SUMS (it signs that file, as the sets
+    systemd publishes do) and changes no other file, so every digest stays the same whether
+    and by whom the set is signed."""
+    signature = stage / signing.SIGNATURE
+    if key is None:
+        signature.unlink(missing_ok=True)
+        return None
+    with replacing(signature) as tmp:
+        signing.sign(key, stage / "SHA256SUMS", tmp)
+    return signature
+
+
+def manifest(options: Options, name: str, key: signing.SigningKey | None = None) -> None:
+    """Write manifest.json and SHA256SUMS (and SHA256SUMS.gpg with ``key``), then publish the
+    whole set into out/NAME at once."""
     layout = options.layout
     spec = read_json(layout.plan_file(name, "manifest"))
     work = layout.work_dir(name)
@@ -449,4 +487,7 @@ def manifest(options: Options, name: str) -> None:
     digests["manifest.json"] = sha256_file(stage / "manifest.json")
     write_bytes(stage / "SHA256SUMS", sums_text(digests))
     artifacts["SHA256SUMS"] = stage / "SHA256SUMS"
+    signature = sign_sums(stage, key)
+    if signature is not None:
+        artifacts[signing.SIGNATURE] = signature
     publish(artifacts, layout.out_dir(name))

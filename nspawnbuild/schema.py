@@ -202,6 +202,16 @@ def core_schema() -> dict[str, Any]:
                 "properties": {
                     "compression": {"enum": list(COMPRESSION_LEVELS)},
                     "level": {"type": "integer", "minimum": 0, "maximum": 22},
+                    "sign": {
+                        "type": "string", "minLength": 1, "maxLength": 4096,
+                        "pattern": r"^[^\x00-\x1f]+$",
+                        "x-hint": "a key id, fingerprint or user id in the builder's gpg "
+                                  "keyring, or the path of an exported secret key file",
+                        "description": "Sign SHA256SUMS (SHA256SUMS.gpg) with this key: a key "
+                                       "id, fingerprint or user id in the keyring, or an "
+                                       "exported secret key file beside the recipe; --sign, "
+                                       "NSPAWNBUILD_SIGN_KEY and --no-sign override it.",
+                    },
                 },
             },
         },

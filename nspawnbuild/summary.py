@@ -15,6 +15,7 @@ from rich.text import Text
 
 from .install import read_sums
 from .paths import BUILD_LOG, dropin_name, nspawn_name
+from .signing import SIGNATURE
 from .sizes import human_size
 
 
@@ -27,8 +28,10 @@ def build_summary(out: Path) -> dict[str, Any]:
     digests = read_sums(out / "SHA256SUMS")
     for f in files:
         f["sha256"] = digests.get(str(f["file"]))
+    signed = (out / SIGNATURE).is_file()
     return {"name": manifest["name"], "dir": str(out), "files": files,
-            "tarball": manifest["artifacts"]["tarball"]["file"], "log": str(out / BUILD_LOG)}
+            "tarball": manifest["artifacts"]["tarball"]["file"], "log": str(out / BUILD_LOG),
+            "signature": SIGNATURE if signed else None}
 
 
 def format_summary(summary: dict[str, Any]) -> Text:
@@ -42,6 +45,9 @@ def format_summary(summary: dict[str, Any]) -> Text:
         text.append(f"  {f['file']:{width}} ").append(f"{human_size(f['size']):>10}", style="cyan")
         text.append(f"  {f['sha256'] or ''}\n", style="dim")
     text.append(f"  build log: {summary['log']}\n", style="dim")
+    if summary.get("signature"):
+        text.append(f"  signed: {summary['signature']}; check it with: nspawnbuild verify {out} "
+                    "--keyring PUBLIC-KEYS.gpg\n", style="dim")
     zstd = str(tarball).endswith(".zst")
     dropin = dropin_name(name)
     text.append("install on a host (as root):\n", style="bold")

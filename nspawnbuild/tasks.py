@@ -37,6 +37,7 @@ from .recipe.find import list_recipes
 from .recipe.load import load_recipe
 from .recipe.model import Recipe
 from .reporter import reporter_for
+from .signing import SIGNATURE, SigningKey
 
 STAGES = pipeline.STAGES
 AnyRecipe = Recipe[AnyFeature]
@@ -139,14 +140,17 @@ def action_configure(options: Options, name: str) -> None:
 
 
 @_guarded
-def action_manifest(options: Options, name: str) -> None:
-    pipeline.manifest(options, name)
+def action_manifest(options: Options, name: str, key: SigningKey | None) -> None:
+    pipeline.manifest(options, name, key)
 
 
 # -- task creation ----------------------------------------------------------------------------
 
-def recipe_tasks(options: Options, recipe: AnyRecipe, plan: Plan) -> Iterator[TaskDict]:
-    """The six tasks of one recipe, wired by their files."""
+def recipe_tasks(options: Options, recipe: AnyRecipe, plan: Plan,
+                 key: SigningKey | None = None) -> Iterator[TaskDict]:
+    """The six tasks of one recipe, wired by their files. The signing ``key`` is the manifest
+    task's alone: its fingerprint is an up-to-date check (another key, or none, re-signs or
+    drops SHA256SUMS.gpg; the same key does nothing), and the signature one of its targets."""
     layout = options.layout
     name = recipe.name
     work = layout.work_dir(name)
@@ -159,6 +163,8 @@ def recipe_tasks(options: Options, recipe: AnyRecipe, plan: Plan) -> Iterator[Ta
     published = [str(out / tarball_name(name, plan.pack["compression"])),
                  str(out / nspawn_name(name)), str(out / dropin_name(name)),
                  str(out / "manifest.json"), str(out / "SHA256SUMS")]
+    if key is not None:
+        published.append(str(out / SIGNATURE))
 
     yield {"basename": "resolve", "name": name, "doc": f"resolve and validate recipe {name}",
            "actions": [(action_resolve, [options, name, docs])],
@@ -186,9 +192,11 @@ def recipe_tasks(options: Options, recipe: AnyRecipe, plan: Plan) -> Iterator[Ta
            "file_dep": [plan_files["config"]], "targets": [nspawn, dropin], "verbosity": 0}
     yield {"basename": "manifest", "name": name,
            "doc": f"manifest.json and SHA256SUMS; publish all artifacts into {out}",
-           "actions": [(action_manifest, [options, name])],
+           "actions": [(action_manifest, [options, name, key])],
            "file_dep": [plan_files["manifest"], rootfs_json, pack_json, tarball, nspawn, dropin],
-           "targets": published, "verbosity": 0}
+           "targets": published,
+           "uptodate": [config_changed(digest({"sign": key.state() if key else None}))],
+           "verbosity": 0}
 
 
 def load_or_exit(refs: Sequence[str]) -> list[AnyRecipe]:
@@ -205,9 +213,35 @@ def load_or_exit(refs: Sequence[str]) -> list[AnyRecipe]:
     return recipes
 
 
-def build_tasks(options: Options, recipes: Sequence[AnyRecipe]) -> Iterator[TaskDict]:
-    """The tasks of every recipe, and a ``build:NAME`` task that stands for all six."""
+def signing_keys(options: Options, recipes: Sequence[AnyRecipe]) -> dict[str, SigningKey | None]:
+    """``{recipe name: its signing key}``, every key found and tried once (one ``--sign`` for
+    many recipes is one lookup); every key that cannot sign is printed and the run exits 2,
+    before doit runs anything."""
+    keys: dict[str, SigningKey | None] = {}
+    seen: dict[tuple[str | None, str | None], SigningKey | None] = {}
+    problems = []
+    for recipe in recipes:
+        which = (options.signing.key or recipe.output.sign,
+                 None if options.signing.key else str(recipe.output.sign_dir))
+        try:
+            if which not in seen:
+                seen[which] = pipeline.signing_key(options, recipe)
+            keys[recipe.name] = seen[which]
+        except NspawnbuildError as e:
+            problems.append(error_lines(e))
+    if problems:
+        print("\n".join(dict.fromkeys(problems)), file=sys.stderr)
+        raise SystemExit(2)
+    return keys
+
+
+def build_tasks(options: Options, recipes: Sequence[AnyRecipe],
+                keys: dict[str, SigningKey | None] | None = None) -> Iterator[TaskDict]:
+    """The tasks of every recipe, and a ``build:NAME`` task that stands for all six; ``keys``
+    are the signing keys ``nspawnbuild build`` already found (else they are found here)."""
     layout = options.layout
+    if keys is None:
+        keys = signing_keys(options, recipes)
     for recipe in recipes:
         try:
             # one build of a recipe at a time: held until this process ends
@@ -216,18 +250,19 @@ def build_tasks(options: Options, recipes: Sequence[AnyRecipe]) -> Iterator[Task
         except NspawnbuildError as e:
             print(error_lines(e), file=sys.stderr)
             raise SystemExit(e.exit_code) from None
-        yield from recipe_tasks(options, recipe, plan)
+        yield from recipe_tasks(options, recipe, plan, keys.get(recipe.name))
         yield {"name": recipe.name, "doc": f"build {recipe.name} into {layout.out_dir(recipe.name)}",
                "actions": None, "task_dep": [f"manifest:{recipe.name}"]}
 
 
-def task_creator(options: Options,
-                 recipes: Callable[[], Sequence[AnyRecipe]]) -> Callable[[], Iterator[TaskDict]]:
+def task_creator(options: Options, recipes: Callable[[], Sequence[AnyRecipe]],
+                 keys: dict[str, SigningKey | None] | None = None,
+                 ) -> Callable[[], Iterator[TaskDict]]:
     """The ``task_build`` function doit collects, for this run's options; ``recipes`` is called
     when doit loads the tasks (``doit list`` loads them too)."""
     def task_build() -> Iterator[TaskDict]:
         """Build recipes: ``doit build recipe=NAME[,NAME...]`` (default: every recipe found)."""
-        yield from build_tasks(options, recipes())
+        yield from build_tasks(options, recipes(), keys)
     return task_build
 
 
@@ -242,9 +277,11 @@ def selected_recipes() -> list[str]:
 
 
 def dodo_options() -> Options:
-    """The options of ``doit build``: ``keep_rootfs=1`` from doit's command line, the
-    directories from the user variables (NSPAWNBUILD_OUT, _WORK, _CACHE) or their defaults."""
-    return Options.from_environment(keep_rootfs=bool(get_var("keep_rootfs", "")))
+    """The options of ``doit build``: ``keep_rootfs=1`` and ``sign=KEY`` from doit's command
+    line, the directories and the signing key from the user variables (NSPAWNBUILD_OUT, _WORK,
+    _CACHE, _SIGN_KEY) or their defaults."""
+    return Options.from_environment(keep_rootfs=bool(get_var("keep_rootfs", "")),
+                                    sign=get_var("sign", None) or None)
 
 
 def dodo_task_build(options: Options) -> Callable[[], Iterator[TaskDict]]:

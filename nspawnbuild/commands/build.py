@@ -14,6 +14,7 @@ from ..options import Options, default_cache
 from .common import AddCommand, options_from
 
 if TYPE_CHECKING:  # the handlers import the build machinery when they run (see commands/)
+    from ..signing import SigningKey
     from ..tasks import AnyRecipe
 
 EPILOG_BUILD = """examples:
@@ -21,6 +22,8 @@ EPILOG_BUILD = """examples:
   nspawnbuild build ./my-image.toml --out /srv/images
   nspawnbuild build -j 2 debian-base postgres      # two recipes in parallel
   nspawnbuild build --keep-rootfs web              # keep the tree when a post-step fails
+  nspawnbuild build --sign images@example.org web  # SHA256SUMS.gpg, by a key of your keyring
+  NSPAWNBUILD_SIGN_KEY=ci-key.asc nspawnbuild build web   # by an exported secret key (CI)
   nspawnbuild build --json debian-base | jq -r '.[0].files[] | .sha256 + "  " + .file'
 
 the full log of each build is out/NAME/build.log
@@ -43,6 +46,16 @@ def add_build(command: AddCommand) -> None:
     p.add_argument("--keep-rootfs", action="store_true",
                    help="when the rootfs step fails, keep its tree (.nspawnbuild/recipes/NAME/"
                         "rootfs.failed, a copy) to look inside")
+    p.add_argument("--sign", metavar="KEY",
+                   help="sign SHA256SUMS (writes SHA256SUMS.gpg): a key id, fingerprint or user "
+                        "id in the gpg keyring ($GNUPGHOME, else ~/.gnupg), or the path of an "
+                        "exported secret key file (default: $NSPAWNBUILD_SIGN_KEY, else the "
+                        "recipe's [output] sign)")
+    p.add_argument("--no-sign", action="store_true",
+                   help="publish no signature, whatever the recipe or the variable says")
+    p.add_argument("--sign-passphrase-file", metavar="FILE",
+                   help="a file holding the signing key's passphrase (default: "
+                        "$NSPAWNBUILD_SIGN_PASSPHRASE_FILE)")
     p.add_argument("--quiet", action="store_true", help="print errors only")
     p.add_argument("--json", action="store_true",
                    help="print what was published as JSON (for scripts), nothing else")
@@ -57,7 +70,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     from ..summary import build_summary, format_summary
 
     options = options_from(args, keep_rootfs=args.keep_rootfs, quiet=args.quiet or args.json,
-                           jobs=args.jobs)
+                           jobs=args.jobs, sign=args.sign, no_sign=args.no_sign,
+                           sign_passphrase_file=args.sign_passphrase_file)
     # validate before doit opens its state database, so bad input writes nothing
     recipes = tasks.load_or_exit(args.recipes)
     check_hosts(recipes)
@@ -68,7 +82,8 @@ def cmd_build(args: argparse.Namespace) -> int:
                                       recipe.name, recipe.epoch, options.layout.work / "repro",
                                       keep=args.keep)
         return status
-    if run_tasks(options, recipes) != 0:
+    keys = tasks.signing_keys(options, recipes)  # a key that cannot sign: exit 2, no work
+    if run_tasks(options, recipes, keys) != 0:
         return 1
     summaries = [build_summary(options.layout.out_dir(r.name)) for r in recipes]
     if args.json:
@@ -98,15 +113,17 @@ def check_hosts(recipes: Sequence[AnyRecipe]) -> None:
         raise SystemExit(2)
 
 
-def run_tasks(options: Options, recipes: Sequence[AnyRecipe]) -> int:
-    """Run the build tasks of ``recipes`` with an embedded doit; its exit code."""
+def run_tasks(options: Options, recipes: Sequence[AnyRecipe],
+              keys: dict[str, SigningKey | None] | None = None) -> int:
+    """Run the build tasks of ``recipes`` with an embedded doit (signed with ``keys``, found
+    beforehand); its exit code."""
     from doit.cmd_base import ModuleTaskLoader
     from doit.doit_cmd import DoitMain
 
     from .. import tasks
 
     loaded = list(recipes)
-    loader = ModuleTaskLoader({"task_build": tasks.task_creator(options, lambda: loaded),
+    loader = ModuleTaskLoader({"task_build": tasks.task_creator(options, lambda: loaded, keys),
                                "DOIT_CONFIG": tasks.doit_config(options)})
     argv = ["build"]
     if options.jobs > 1:

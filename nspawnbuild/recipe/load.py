@@ -191,7 +191,10 @@ def _output(data: dict[str, Any], problems: Problems) -> Output:
     if not lo <= out["level"] <= hi:
         problems.at(["output", "level"], f"level {out['level']} is out of range for "
                     f"{out['compression']}", f"use {lo} to {hi}")
-    return Output(out["compression"], out["level"])
+    sign = out.get("sign")
+    # a relative key file is found beside the recipe that names it, as [[files]] src is
+    sign_dir = problems.sources.declaring_file("output.sign").parent if sign else None
+    return Output(out["compression"], out["level"], sign=sign, sign_dir=sign_dir)
 
 
 def _settings(kind: str, data: Mapping[str, Any], problems: Problems) -> list[Setting]:

@@ -106,12 +106,18 @@ class PostStep:
 
 @dataclass(frozen=True)
 class Output:
-    """``[output]``: how the tarball is compressed."""
+    """``[output]``: how the tarball is compressed, and the key that signs the published set."""
 
     compression: str
     level: int
+    #: ``sign``: a key id, fingerprint or user id, or a key file's path (``nspawnbuild.signing``)
+    sign: str | None = None
+    #: the directory of the recipe file that set ``sign``: a relative key file is found there
+    sign_dir: Path | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        """What shapes the tarball (the pack stage's key, the manifest's record); the signing
+        key is not in it: a signature changes no artifact, only adds SHA256SUMS.gpg."""
         return {"compression": self.compression, "level": self.level}
 
 
@@ -170,5 +176,15 @@ class Recipe(Generic[F]):
 
         Whitespace, comments, key order and the recipe's location do not change it.
         """
-        doc = {"recipe": self.data, "files": [f.sha256 for f in self.files]}
+        doc = {"recipe": unsigned(self.data), "files": [f.sha256 for f in self.files]}
         return hashlib.sha256(canonical_json(doc)).hexdigest()
+
+
+def unsigned(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``data`` without ``[output] sign``: the key that signs a set is not part of what the
+    set is (the digest is in manifest.json and the .nspawn), so the artifacts stay
+    byte-identical whether and by whom they are signed."""
+    output = data.get("output")
+    if not isinstance(output, Mapping) or "sign" not in output:
+        return data
+    return {**data, "output": {k: v for k, v in output.items() if k != "sign"}}
