@@ -74,11 +74,13 @@ class Signing:
 
 def signing_from_environment(environ: Mapping[str, str] | None = None, *,
                              sign: str | None = None, no_sign: bool = False,
-                             passphrase_file: str | Path | None = None) -> Signing:
-    """The run's signing request: ``--sign`` over :data:`SIGN_KEY_VARIABLE` (an empty variable
-    is no variable), ``--no-sign`` over both and over the recipes."""
+                             passphrase_file: str | Path | None = None,
+                             sign_origin: str = "--sign") -> Signing:
+    """The run's signing request: ``--sign`` (``sign=`` for doit, as ``sign_origin`` says)
+    over :data:`SIGN_KEY_VARIABLE` (an empty variable is no variable), ``--no-sign`` over both
+    and over the recipes."""
     env = os.environ if environ is None else environ
-    key, origin = (sign, "--sign") if sign else (env.get(SIGN_KEY_VARIABLE) or None,
+    key, origin = (sign, sign_origin) if sign else (env.get(SIGN_KEY_VARIABLE) or None,
                                                  SIGN_KEY_VARIABLE)
     phrase = passphrase_file or env.get(SIGN_PASSPHRASE_VARIABLE) or None
     home = env.get("GNUPGHOME") or str(Path.home() / ".gnupg")
@@ -107,11 +109,13 @@ class Options:
                          cache: str | Path | None = None, keep_rootfs: bool = False,
                          quiet: bool = False, jobs: int = 1, sign: str | None = None,
                          no_sign: bool = False,
-                         sign_passphrase_file: str | Path | None = None) -> Options:
+                         sign_passphrase_file: str | Path | None = None,
+                         sign_origin: str = "--sign") -> Options:
         """Options from the given values, with the directories and the signing key that are
         not given taken from the user variables (``environ``, default ``os.environ``) or
         their defaults."""
         layout = layout_from_environment(environ, out=out, work=work, cache=cache)
         signing = signing_from_environment(environ, sign=sign, no_sign=no_sign,
-                                           passphrase_file=sign_passphrase_file)
+                                           passphrase_file=sign_passphrase_file,
+                                           sign_origin=sign_origin)
         return cls(layout, keep_rootfs=keep_rootfs, quiet=quiet, jobs=jobs, signing=signing)

@@ -52,6 +52,8 @@ MAX_KEY_BYTES = 16 << 20
 #: seconds one gpg call may take (it never waits for a person: --batch, loopback pinentry)
 GPG_TIMEOUT = 120
 LIST_KEYS = "gpg --list-secret-keys"
+#: what gpg says on its way that explains no failure (a new keyring's files being made)
+_NOISE = re.compile(r"(keybox|trustdb|directory) .*created|trustdb created|WARNING: unsafe")
 EXPORT_HINT = ("gpg --armor --export-secret-keys KEYID > signing-key.asc exports one for "
                "--sign FILE or NSPAWNBUILD_SIGN_KEY")
 PASSPHRASE_HINT = ("the key needs a passphrase: give a file holding it with "
@@ -131,8 +133,9 @@ def _gpg(argv: Sequence[str], homedir: Path | None, *, stdin: bytes | None = Non
 
 def _said(done: subprocess.CompletedProcess[bytes]) -> str:
     """gpg's own complaint, in one line (its last few lines of stderr)."""
-    lines = [ln.strip() for ln in done.stderr.decode("utf-8", "replace").splitlines()
-             if ln.strip()]
+    lines = [ln.strip().removeprefix("gpg: ") for ln in
+             done.stderr.decode("utf-8", "replace").splitlines()
+             if ln.strip() and not _NOISE.search(ln)]
     return "; ".join(lines[-3:]) or f"gpg exited with {done.returncode}"
 
 

@@ -281,7 +281,7 @@ def dodo_options() -> Options:
     line, the directories and the signing key from the user variables (NSPAWNBUILD_OUT, _WORK,
     _CACHE, _SIGN_KEY) or their defaults."""
     return Options.from_environment(keep_rootfs=bool(get_var("keep_rootfs", "")),
-                                    sign=get_var("sign", None) or None)
+                                    sign=get_var("sign", None) or None, sign_origin="sign=")
 
 
 def dodo_task_build(options: Options) -> Callable[[], Iterator[TaskDict]]:

@@ -225,6 +225,8 @@ def test_sign_comes_from_the_option_then_the_variable_then_the_recipe(
     assert s.base == tmp_path
     s = Options.from_environment(env, sign="KEYID", sign_passphrase_file="p2").signing
     assert (s.key, s.origin, s.passphrase_file) == ("KEYID", "--sign", tmp_path / "p2")
+    assert Options.from_environment(env, sign="K", sign_origin="sign=").signing.origin == \
+        "sign="  # doit build recipe=NAME sign=KEY
     s = Options.from_environment(env, sign="KEYID", no_sign=True).signing
     assert (s.key, s.disabled) == (None, True)
     s = Options.from_environment({SIGN_KEY_VARIABLE: "", "HOME": str(tmp_path)}).signing
