@@ -200,7 +200,11 @@ def core_schema() -> dict[str, Any]:
             "output": {
                 "type": "object", "additionalProperties": False,
                 "properties": {
-                    "compression": {"enum": list(COMPRESSION_LEVELS)},
+                    "compression": {
+                        "enum": list(COMPRESSION_LEVELS),
+                        "description": "The tarball's compression (default: what the target "
+                                       "hosts can pull: zstd when target_systemd is 258 or "
+                                       "more, else gzip)."},
                     "level": {"type": "integer", "minimum": 0, "maximum": 22},
                     "sign": {
                         "type": "string", "minLength": 1, "maxLength": 4096,

@@ -15,6 +15,7 @@ from rich.text import Text
 
 from .install import read_sums
 from .paths import BUILD_LOG, dropin_name, nspawn_name
+from .recipe.defaults import ZSTD_IMPORT_SINCE
 from .signing import SIGNATURE
 from .sizes import human_size
 
@@ -29,9 +30,21 @@ def build_summary(out: Path) -> dict[str, Any]:
     for f in files:
         f["sha256"] = digests.get(str(f["file"]))
     signed = (out / SIGNATURE).is_file()
+    tarball = manifest["artifacts"]["tarball"]["file"]
     return {"name": manifest["name"], "dir": str(out), "files": files,
-            "tarball": manifest["artifacts"]["tarball"]["file"], "log": str(out / BUILD_LOG),
-            "signature": SIGNATURE if signed else None}
+            "tarball": tarball, "log": str(out / BUILD_LOG),
+            "signature": SIGNATURE if signed else None,
+            "pull_min_systemd": ZSTD_IMPORT_SINCE if str(tarball).endswith(".zst") else None}
+
+
+def pull_line(summary: dict[str, Any]) -> str:
+    """Which hosts can ``machinectl pull-tar`` the tarball: systemd's import reads gzip and xz
+    in every version, zstd only from 258."""
+    since = summary.get("pull_min_systemd")
+    if since is None:
+        return "machinectl pull-tar: every systemd host can pull it (with SHA256SUMS beside it)"
+    return (f"machinectl pull-tar: only hosts with systemd {since} or newer can pull it (zstd); "
+            "for older ones set [output] compression = \"gzip\" or \"xz\"")
 
 
 def format_summary(summary: dict[str, Any]) -> Text:
@@ -45,6 +58,7 @@ def format_summary(summary: dict[str, Any]) -> Text:
         text.append(f"  {f['file']:{width}} ").append(f"{human_size(f['size']):>10}", style="cyan")
         text.append(f"  {f['sha256'] or ''}\n", style="dim")
     text.append(f"  build log: {summary['log']}\n", style="dim")
+    text.append(f"  {pull_line(summary)}\n", style="dim")
     if summary.get("signature"):
         text.append(f"  signed: {summary['signature']}; check it with: nspawnbuild verify {out} "
                     "--keyring PUBLIC-KEYS.gpg\n", style="dim")

@@ -134,7 +134,7 @@ class Debian(Distro):
                                                        "trixie": 257}
     machine_names: ClassVar[Mapping[str, str]] = {
         "amd64": "x86_64", "arm64": "aarch64", "armhf": "armv7l", "armel": "armv5tel",
-        "i386": "i686", "ppc64el": "ppc64le", "mips64el": "mips64"}
+        "i386": "i686", "ppc64el": "ppc64le", "mips64el": "mips64", "loong64": "loongarch64"}
     default_components: ClassVar[list[str]] = ["main"]
     keyring_package: ClassVar[str] = "debian-archive-keyring"
     #: the archive's keyring on the build host, given to the bootstrapper explicitly when set

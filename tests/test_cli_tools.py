@@ -101,7 +101,8 @@ def test_parallel_build_of_two_recipes_reports_json(env: Env) -> None:
     assert [s["name"] for s in summaries] == ["para-a", "para-b"]
     for s in summaries:
         files = {f["file"]: f for f in s["files"]}
-        assert files[f"{s['name']}.tar.zst"]["sha256"] and files["manifest.json"]["size"] > 0
+        assert files[s["tarball"]]["sha256"] and files["manifest.json"]["size"] > 0
+        assert s["tarball"].endswith(".tar.gz") and s["pull_min_systemd"] is None
         check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=s["dir"],
                                capture_output=True)
         assert check.returncode == 0

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import sentinels
-from conftest import ROOT, Env, unpack
+from conftest import ROOT, Env, tarball_of, unpack
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +37,7 @@ def step(run: str, name: str = "probe") -> str:
 
 
 def tarball(env: Env, name: str) -> Path:
-    return env.out / name / f"{name}.tar.zst"
+    return tarball_of(env.out / name)
 
 
 def sha(path: Path) -> str:
@@ -204,7 +204,7 @@ def test_concurrent_builds_on_one_base_equal_their_solo_builds(
         r = env.nspawnbuild("build", str(path), NSPAWNBUILD_OUT=str(env.tmp / "solo"),
                             NSPAWNBUILD_WORK=str(env.tmp / "solo-work"))
         assert r.returncode == 0, r.stdout + r.stderr
-        solo[name] = sha(env.tmp / "solo" / name / f"{name}.tar.zst")
+        solo[name] = sha(tarball_of(env.tmp / "solo" / name))
     procs = [subprocess.Popen([str(ROOT / ".venv/bin/nspawnbuild"), "build", str(env.tmp / f"{n}.toml")],
                               cwd=env.tmp, env=env.environ(), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for n in bodies]

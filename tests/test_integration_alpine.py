@@ -25,9 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import zstandard
 
-from conftest import ROOT, Env, unpack
+from conftest import ROOT, Env, tar_stream, tarball_of, unpack
 
 sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
 from apkrepo import AlpineRepo, ApkPackage, build_apk_static, build_repo, busybox  # noqa: E402
@@ -152,8 +151,7 @@ cat /usr/share/hello-alpine.txt > /etc/hello-copy
 
 
 def tree_files(tarball: Path) -> dict[str, tarfile.TarInfo]:
-    with open(tarball, "rb") as fh, zstandard.ZstdDecompressor().stream_reader(fh) as raw, \
-            tarfile.open(fileobj=raw, mode="r|") as tar:
+    with tar_stream(tarball) as tar:
         return {m.name: m for m in tar}
 
 
@@ -163,7 +161,7 @@ def test_alpine_image_with_the_real_apk(env: Env, mirror: str, apk_static: Path,
                                             repo.keys_dir, FEATURES)), **NO_PROXY)
     assert r.returncode == 0, r.stdout + r.stderr
     out = env.out / "alpine-test"
-    rootfs = unpack(out / "alpine-test.tar.zst", env.tmp / "tree")
+    rootfs = unpack(tarball_of(out), env.tmp / "tree")
 
     manifest = json.loads((out / "manifest.json").read_text())
     versions = {p["name"]: p["version"] for p in manifest["packages"]}
@@ -188,7 +186,7 @@ def test_alpine_image_with_the_real_apk(env: Env, mirror: str, apk_static: Path,
     assert (rootfs / "etc/apk/repositories").read_text() == (
         f"{mirror}/alpine/v3.22/main\n{mirror}/alpine/v3.22/community\n")
 
-    files = tree_files(out / "alpine-test.tar.zst")
+    files = tree_files(tarball_of(out))
     assert "./etc/apk/keys/nspawnbuild-test-0001.rsa.pub" in files
     assert not [n for n in files if n.endswith("apk.static") or "/.apk-" in n]  # no helper left
     assert not [n for n in files if n.startswith("./var/cache/apk/") and files[n].isfile()]

@@ -17,16 +17,14 @@ import re
 import shutil
 import signal
 import subprocess
-import tarfile
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-import zstandard
 from test_integration_boot import cgroup, netns  # noqa: F401 (fixtures)
 
-from conftest import BIN, ROOT, Env, import_tarball
+from conftest import BIN, ROOT, Env, import_tarball, tar_stream, tarball_of
 
 pytestmark = pytest.mark.integration
 
@@ -52,11 +50,10 @@ dpkg --print-architecture >> /etc/nsb-machine
 
 
 def elf_machines(tarball: Path, names: set[str]) -> dict[str, tuple[int, int, int]]:
-    """``{member: (ELF class, data, e_machine)}`` of the named members of a .tar.zst, plus the
+    """``{member: (ELF class, data, e_machine)}`` of the named members of a tarball, plus the
     content of ./etc/nsb-machine under its own name (e_machine -1)."""
     found: dict[str, tuple[int, int, int]] = {}
-    with open(tarball, "rb") as fh, zstandard.ZstdDecompressor().stream_reader(fh) as raw, \
-            tarfile.open(fileobj=raw, mode="r|") as tar:
+    with tar_stream(tarball) as tar:
         for m in tar:
             if m.isfile() and m.name in names:
                 f = tar.extractfile(m)
@@ -67,8 +64,7 @@ def elf_machines(tarball: Path, names: set[str]) -> dict[str, tuple[int, int, in
 
 
 def tar_text(tarball: Path, name: str) -> str:
-    with open(tarball, "rb") as fh, zstandard.ZstdDecompressor().stream_reader(fh) as raw, \
-            tarfile.open(fileobj=raw, mode="r|") as tar:
+    with tar_stream(tarball) as tar:
         for m in tar:
             if m.name == name:
                 f = tar.extractfile(m)
@@ -115,7 +111,7 @@ def test_arm64_image_is_built_under_emulation_and_boots_as_far_as_qemu_user_allo
     r = env.nspawnbuild("build", str(recipe))
     assert r.returncode == 0, r.stdout + r.stderr
     out = env.out / machine
-    tarball = out / f"{machine}.tar.zst"
+    tarball = tarball_of(out)
 
     # the post-step ran as aarch64 (it fails otherwise), under dpkg's arm64
     assert tar_text(tarball, "./etc/nsb-machine") == "aarch64\narm64\n"

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from test_integration_build import BASE_RECIPE, tar_members
 
-from conftest import ROOT, Env, import_tarball
+from conftest import ROOT, Env, import_tarball, tarball_of
 
 pytestmark = pytest.mark.integration
 
@@ -113,11 +113,11 @@ authorized_keys = ["{pub}"]
     r = env.nspawnbuild("build", str(recipe))
     assert r.returncode == 0, r.stdout + r.stderr
     out = env.out / machine
-    members = tar_members(out / f"{machine}.tar.zst")
+    members = tar_members(tarball_of(out))
     assert not [n for n in members if n.startswith("./etc/ssh/ssh_host_")]
 
     images = env.tmp / "machines"
-    import_tarball(out / f"{machine}.tar.zst", images, machine)
+    import_tarball(tarball_of(out), images, machine)
 
     trusted = Path("/run/systemd/nspawn") / f"{machine}.nspawn"
     trusted.parent.mkdir(parents=True, exist_ok=True)

@@ -13,9 +13,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-import zstandard
 
-from conftest import ROOT, Env, unpack
+from conftest import ROOT, Env, tar_stream, tarball_of, unpack
 
 sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
 from rpmrepo import FEDORA_LIKE, RpmRepo, build_repo  # noqa: E402
@@ -43,8 +42,7 @@ timezone = "Europe/Berlin"
 
 
 def members(tarball: Path) -> dict[str, tarfile.TarInfo]:
-    with open(tarball, "rb") as fh, zstandard.ZstdDecompressor().stream_reader(fh) as raw, \
-            tarfile.open(fileobj=raw, mode="r|") as tar:
+    with tar_stream(tarball) as tar:
         return {m.name: m for m in tar}
 
 
@@ -66,14 +64,14 @@ def test_fedora_image_from_a_signed_local_repository(env: Env, signed_repo: RpmR
                         "glibc-langpack-de": ("2.40-9.fc44", "noarch"),
                         "tzdata": ("2025b-1.fc44", "noarch")}
 
-    tree = members(out / "fedtest.tar.zst")
+    tree = members(tarball_of(out))
     assert "./usr/share/hello/hello.txt" in tree and "./usr/lib/os-release" in tree
     assert "./usr/lib/sysimage/rpm/rpmdb.sqlite" in tree  # Fedora's path, not Debian's ~/.rpmdb
     assert not [n for n in tree if n.startswith("./var/cache/dnf/") and n != "./var/cache/dnf/"]
     assert not [n for n in tree if n.startswith("./var/log/") and n.endswith(".log")]
     assert tree["./etc/hostname"].size == len("fedtest\n")
     assert tree["./etc/localtime"].linkname == "../usr/share/zoneinfo/Europe/Berlin"
-    rootfs = unpack(out / "fedtest.tar.zst", env.tmp / "tree")
+    rootfs = unpack(tarball_of(out), env.tmp / "tree")
     assert (rootfs / "etc/locale.conf").read_text() == "LANG=de_DE.UTF-8\n"  # no locale-gen
     assert "Timezone=off" in (out / "fedtest.nspawn").read_text()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from test_integration_build import NAME, built, tar_members  # noqa: F401  (fixture)
 
-from conftest import ROOT, Env, import_tarball
+from conftest import ROOT, Env, import_tarball, tarball_of
 from nspawnbuild.plan import make_plan
 from nspawnbuild.recipe.load import load_recipe
 from nspawnbuild.render import render_dropin, render_nspawn
@@ -44,7 +44,7 @@ def test_ollama_gpu_builds_without_a_gpu_or_the_web(env: Env) -> None:
     assert "Bind=/srv/ollama:/var/lib/ollama:rbind,idmap\n" in nspawn
     dropin = (out / "systemd-nspawn@ollama-gpu.service.d" / "50-nspawnbuild.conf").read_text()
     assert "DeviceAllow=/dev/nvidia0 rw\n" in dropin and "want=550.163.01;" in dropin
-    members = tar_members(out / "ollama-gpu.tar.zst")
+    members = tar_members(tarball_of(out))
     wants = "./etc/systemd/system/multi-user.target.wants/"
     for unit in ("ollama.service", "nspawnbuild-firstboot.service", "ssh.service"):
         assert wants + unit in members, unit
@@ -68,7 +68,7 @@ def test_postgres_builds_without_shared_secrets(env: Env, release: str | None,
     out = env.out / name
     manifest = json.loads((out / "manifest.json").read_text())
     assert any(p["name"] == f"postgresql-{major}" for p in manifest["packages"])
-    members = tar_members(out / f"{name}.tar.zst")
+    members = tar_members(tarball_of(out))
     assert "./etc/ssl/private/ssl-cert-snakeoil.key" not in members
     assert f"./etc/postgresql/{major}/main/conf.d/50-listen.conf" in members
     # one cluster directory, the installed version's (none made by the recipe for another)
@@ -82,7 +82,7 @@ def test_postgres_builds_without_shared_secrets(env: Env, release: str | None,
 
 @pytest.fixture(scope="module")
 def imported_tree(built: Env, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
-    return import_tarball(built.out / NAME / f"{NAME}.tar.zst",
+    return import_tarball(tarball_of(built.out / NAME),
                           tmp_path_factory.mktemp("images"), "tree")
 
 

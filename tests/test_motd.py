@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, Env, unpack
+from conftest import ROOT, Env, tarball_of, unpack
 from nspawnbuild.errors import RecipeError
 from nspawnbuild.feature import AnyFeature
 from nspawnbuild.plugins import get_registry, registered_entry_points
@@ -135,7 +135,7 @@ def test_build_writes_etc_motd(env: Env) -> None:
                       '[features.motd]\ntext = """\nWelcome to the motd test.\nSecond line."""\n')
     r = env.nspawnbuild("build", str(recipe))
     assert r.returncode == 0, r.stdout + r.stderr
-    tree = unpack(env.out / "motd" / "motd.tar.zst", env.tmp / "tree")
+    tree = unpack(tarball_of(env.out / "motd"), env.tmp / "tree")
     motd = tree / "etc" / "motd"
     assert motd.read_text() == "Welcome to the motd test.\nSecond line.\n"
     assert stat.S_IMODE(motd.lstat().st_mode) == 0o644 and not motd.is_symlink()

@@ -77,7 +77,7 @@ def test_defaults_are_filled_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert r.name == "min"
     assert r.epoch == DEFAULT_EPOCH
     assert r.target_systemd == 257  # trixie's systemd
-    assert r.output == Output("zstd", 9) and r.data["output"] == {"compression": "zstd", "level": 9}
+    assert r.output == Output("gzip", 6) and r.data["output"] == {"compression": "gzip", "level": 6}
     assert r.base["release"] == "trixie" and list(r.base["components"]) == ["main"]
     assert r.base["variant"] == "minbase" and r.base["arch"]
     assert "mirror" not in r.base  # no mirror: the bootstrapper's own default

@@ -25,9 +25,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import zstandard
 
-from conftest import ROOT, Env, artifact_digests
+from conftest import ROOT, Env, artifact_digests, tar_stream, tarball_of
 from nspawnbuild.errors import BuildError, RecipeError
 from nspawnbuild.fetch import cache_path, fetch
 from nspawnbuild.imagefs import copy_file
@@ -399,8 +398,7 @@ def make_tarball(members: dict[str, tuple[bytes, int]]) -> bytes:
 
 
 def image_files(tarball: Path, prefixes: tuple[str, ...]) -> dict[str, tuple[tarfile.TarInfo, bytes]]:
-    with open(tarball, "rb") as fh, zstandard.ZstdDecompressor().stream_reader(fh) as raw, \
-            tarfile.open(fileobj=raw, mode="r|") as tar:
+    with tar_stream(tarball) as tar:
         found = {}
         for m in tar:
             if m.name.startswith(prefixes):
@@ -445,9 +443,9 @@ strip_components = 1
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["name"] == name
     assert manifest["artifacts"]["tarball"]["sha256"] == hashlib.sha256(
-        (out / f"{name}.tar.zst").read_bytes()).hexdigest()
+        (tarball_of(out)).read_bytes()).hexdigest()
 
-    files = image_files(out / f"{name}.tar.zst", ("./usr/local/bin/tool", "./opt/tool",
+    files = image_files(tarball_of(out), ("./usr/local/bin/tool", "./opt/tool",
                                                  f".{GUEST_PATH}"))
     info, data = files["./usr/local/bin/tool"]
     assert data == tool and stat.S_IMODE(info.mode) == 0o755 and (info.uid, info.gid) == (0, 0)

@@ -33,11 +33,11 @@ from ..plugins import Registry, get_registry
 from ..schema import COMPRESSION_LEVELS, MACHINE_NAME_HINT, MACHINE_NAME_PATTERN, full_schema
 from ..settings import Setting, suggest, table_to_settings
 from .defaults import (
-    DEFAULT_COMPRESSION,
     DEFAULT_EPOCH,
     DEFAULT_LEVELS,
     DEFAULT_TARGET_SYSTEMD,
     MIN_ENV_EPOCH,
+    default_compression,
 )
 from .entries import load_files, load_sources
 from .find import find_recipe
@@ -88,7 +88,9 @@ def load_recipe(ref: str | Path, cwd: Path | None = None) -> Recipe[AnyFeature]:
     if "name" not in data and not _NAME_RE.match(name):
         problems.at(["name"], f"the name defaults to the file stem '{name}', which is not a "
                     "valid machine name", f"set name = \"...\" in the recipe; {MACHINE_NAME_HINT}")
-    output = _output(data, problems)
+    # the hosts an image is for run its own release: that release's systemd, else the oldest
+    target = data.get("target_systemd", distro.release_systemd() or DEFAULT_TARGET_SYSTEMD)
+    output = _output(data, problems, target)
     nspawn = _settings("nspawn", data, problems)
     unit = _settings("unit", data, problems)
     entries = load_files(data, problems)
@@ -101,8 +103,7 @@ def load_recipe(ref: str | Path, cwd: Path | None = None) -> Recipe[AnyFeature]:
     if "epoch" not in data:
         data["epoch"] = int(env_epoch) if env_epoch.isdigit() and int(env_epoch) >= MIN_ENV_EPOCH \
             else DEFAULT_EPOCH
-    # the hosts an image is for run its own release: that release's systemd, else the oldest
-    data.setdefault("target_systemd", distro.release_systemd() or DEFAULT_TARGET_SYSTEMD)
+    data["target_systemd"] = target
     data.setdefault("description", "")
     base = data["base"]
     for key, value in distro.base.items():  # the distro's defaults, after the recipe's keys
@@ -182,10 +183,11 @@ def feature_schemas(registry: Registry) -> dict[str, dict[str, Any]]:
             if cls.table}
 
 
-def _output(data: dict[str, Any], problems: Problems) -> Output:
-    """``[output]`` with its defaults filled into ``data``; a level out of range is reported."""
+def _output(data: dict[str, Any], problems: Problems, target_systemd: int) -> Output:
+    """``[output]`` with its defaults filled into ``data`` (the compression the target hosts can
+    pull); a level out of range is reported."""
     out = data.setdefault("output", {})
-    out.setdefault("compression", DEFAULT_COMPRESSION)
+    out.setdefault("compression", default_compression(target_systemd))
     lo, hi = COMPRESSION_LEVELS[out["compression"]]
     out.setdefault("level", DEFAULT_LEVELS[out["compression"]])
     if not lo <= out["level"] <= hi:
