@@ -28,6 +28,7 @@ COMMANDS = (
     artifacts.add_inspect,
     artifacts.add_diff,
     artifacts.add_verify,
+    artifacts.add_publish,
     host.add_shell,
     host.add_boot,
     recipes.add_show,

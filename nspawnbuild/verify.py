@@ -20,7 +20,8 @@ import hashlib
 import json
 import tempfile
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -119,10 +120,23 @@ def _get(base: str, name: str, dest: Path, limit: int) -> None:
 def verify_url(url: str, keyring: Path, *, max_size: int = DEFAULT_MAX_SIZE) -> Outcome:
     """Download the set at ``url`` into a private temporary directory and check it there; a
     ``file://`` URL is checked in place."""
+    with fetched(url, keyring, max_size=max_size) as (_, outcome):
+        return outcome
+
+
+@contextmanager
+def fetched(url: str, keyring: Path, *,
+            max_size: int = DEFAULT_MAX_SIZE) -> Iterator[tuple[Path, Outcome]]:
+    """The set at ``url``, checked, as ``(directory, outcome)``: a private temporary directory
+    holding what was downloaded (removed on leaving), or a ``file://`` URL's own directory.
+    The files are downloaded only once the signature is good; ``install URL`` installs from
+    the directory when ``outcome.ok``."""
     scheme = urllib.parse.urlsplit(url).scheme.lower()
     if scheme == "file":
         path = Path(local_path(url))
-        return verify_dir(path if path.is_dir() else path.parent, keyring, where=url)
+        directory = path if path.is_dir() else path.parent
+        yield directory, verify_dir(directory, keyring, where=url)
+        return
     if scheme not in ("http", "https"):
         raise RecipeError(Problem(Path(url), None, "not a directory or an http://, https:// or "
                                   "file:// URL", "give out/NAME or the URL it is served at"))
@@ -142,9 +156,10 @@ def verify_url(url: str, keyring: Path, *, max_size: int = DEFAULT_MAX_SIZE) -> 
                                           "(out/NAME served as it is)")) from None
         verdict = _signature(tmp, keyring, base)
         if not verdict.good:
-            return Outcome(verdict)
-        return verify_dir(tmp, keyring, where=base, verdict=verdict,
-                          not_fetched=_fetch_listed(base, tmp))
+            yield tmp, Outcome(verdict)
+            return
+        yield tmp, verify_dir(tmp, keyring, where=base, verdict=verdict,
+                              not_fetched=_fetch_listed(base, tmp))
     finally:
         remove_tree(tmp)
 

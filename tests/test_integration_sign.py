@@ -251,3 +251,33 @@ def test_verify_url_agrees_with_systemd_pull(built: tuple[Env, Path, Path], serv
         assert r.returncode == 1 and words in r.stdout, (name, r.stdout, r.stderr)
     r = e.nspawnbuild("verify", f"{server}/unsigned/", "--keyring", pub)
     assert r.returncode == 2 and "the set is not signed" in r.stderr, r.stderr
+
+
+def test_install_url_installs_the_signed_set_and_refuses_the_others(
+        built: tuple[Env, Path, Path], server: str, keys: dict[str, Key], tmp_path: Path) -> None:
+    """``install URL``: downloaded, the signature checked, then installed like a directory;
+    every tampered or unsigned set is refused before anything is written."""
+    e = built[0]
+    pub = str(keys["alice"].public)
+    root = tmp_path / "host"
+    r = e.nspawnbuild("install", f"{server}/good/", "--root", str(root), "--keyring", pub)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "signature  good" in r.stdout and "verified the signature of" in r.stdout
+    assert (root / "var/lib/machines" / NAME / "etc/os-release").is_file()
+    assert (root / "etc/systemd/nspawn" / f"{NAME}.nspawn").read_bytes() == \
+        (built[2] / f"{NAME}.nspawn").read_bytes()  # the trusted place, not beside the image
+    dropin = root / "etc/systemd/system" / f"systemd-nspawn@{NAME}.service.d/50-nspawnbuild.conf"
+    assert dropin.is_file()
+
+    expect = {"sums-edited": (1, "BAD signature"), "nspawn-changed": (1, "does not match"),
+              "tarball-changed": (1, "does not match"), "other-key": (1, "not in the keyring"),
+              "unsigned": (2, "the set is not signed")}
+    for name, (code, words) in expect.items():
+        other = tmp_path / name
+        r = e.nspawnbuild("install", f"{server}/{name}/", "--root", str(other), "--keyring", pub)
+        assert r.returncode == code and words in r.stdout + r.stderr, (name, r.stdout, r.stderr)
+        assert "Traceback" not in r.stderr and not other.exists(), name
+    # no --keyring: the host's import keyring (Debian's vendor keys here) does not hold alice's
+    r = e.nspawnbuild("install", f"{server}/good/", "--root", str(tmp_path / "vendor"))
+    assert r.returncode == 1 and "not in the keyring" in r.stdout, r.stdout + r.stderr
+    assert not (tmp_path / "vendor").exists()

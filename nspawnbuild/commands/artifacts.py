@@ -133,3 +133,28 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return 1
     print(f"verified: {target}: a good signature and all {len(outcome.checks)} files match")
     return 0
+
+
+def add_publish(command: AddCommand) -> None:
+    p = command("publish", help="copy a built set into a tree a static web server serves "
+                                "(DEST/NAME/BUILD/ and DEST/NAME/latest)",
+                epilog="examples:\n  nspawnbuild publish out/web /srv/images\n"
+                       "  nspawnbuild publish out/web /srv/images --keep 3\n"
+                       "  then on a host: machinectl pull-tar "
+                       "https://HOST/images/web/latest/web.tar.gz web")
+    p.add_argument("artifact_dir", metavar="ARTIFACT_DIR", help="a directory a build wrote, out/NAME")
+    p.add_argument("dest", metavar="DEST", help="the directory the web server (or sync) serves")
+    p.add_argument("--keep", type=int, metavar="N",
+                   help="keep only the N newest builds of this machine (default: all)")
+    p.set_defaults(func=cmd_publish)
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from ..release import publish_tree
+
+    if args.keep is not None and args.keep < 1:
+        print("error: --keep: at least 1 (the build just published)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for line in publish_tree(Path(args.artifact_dir), Path(args.dest), keep=args.keep):
+        print(line)
+    return 0

@@ -12,8 +12,14 @@ from .common import AddCommand, options_from
 def add_install(command: AddCommand) -> None:
     p = command("install", help="install built artifacts on this host (or under --root)",
                 epilog="examples:\n  nspawnbuild install out/ollama-gpu --enable --start\n"
-                       "  nspawnbuild install out/debian-base --root /mnt/target --name web1")
-    p.add_argument("artifact_dir", metavar="ARTIFACT_DIR", help="a directory a build wrote, out/NAME")
+                       "  nspawnbuild install out/debian-base --root /mnt/target --name web1\n"
+                       "  nspawnbuild install https://HOST/images/web/ --start")
+    p.add_argument("artifact_dir", metavar="DIR|URL",
+                   help="a directory a build wrote (out/NAME), or the http://, https:// or "
+                        "file:// URL of a signed set, which is downloaded and verified first")
+    p.add_argument("--keyring", metavar="FILE",
+                   help="for a URL: the signers' public keys (default: the host's import "
+                        "keyring, as machinectl pull-tar uses)")
     p.add_argument("--name", help="machine name on the host (default: the recipe's)")
     p.add_argument("--root", default="/", help="install into this directory tree instead of /")
     p.add_argument("--force", action="store_true", help="replace an existing machine")
@@ -24,9 +30,17 @@ def add_install(command: AddCommand) -> None:
 
 def cmd_install(args: argparse.Namespace) -> int:
     from ..install import install
+    from ..pull import install_url, is_url
 
-    for line in install(Path(args.artifact_dir), name=args.name, root=Path(args.root),
-                        force=args.force, enable=args.enable, start=args.start):
+    root = Path(args.root)
+    if is_url(args.artifact_dir):
+        done = install_url(args.artifact_dir, keyring=Path(args.keyring) if args.keyring else None,
+                           name=args.name, root=root, force=args.force, enable=args.enable,
+                           start=args.start, say=print)
+    else:
+        done = install(Path(args.artifact_dir), name=args.name, root=root, force=args.force,
+                       enable=args.enable, start=args.start)
+    for line in done:
         print(line)
     return 0
 
