@@ -1,0 +1,1 @@
+"""The VM test's target hosts: their recipes and the harness that builds and boots them."""
