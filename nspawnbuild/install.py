@@ -14,6 +14,7 @@ written stays below ROOT/var/lib/machines or ROOT/etc/systemd with symlinks foll
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -220,6 +221,58 @@ def import_tarball(tarball: Path, image_root: Path, name: str, *,
     return image_root / name
 
 
+def processes_in(tree: Path) -> list[int]:
+    """PIDs whose root directory is ``tree``: a container running from it (or a chroot).
+
+    Compared by device and inode, not by path: inside a container's own mount namespace
+    ``/proc/PID/root`` reads as ``/``, but it is the very directory of the image."""
+    try:
+        want = tree.stat()
+    except OSError:
+        return []
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            got = (entry / "root").stat()
+        except OSError:  # gone, or a kernel thread
+            continue
+        if (got.st_dev, got.st_ino) == (want.st_dev, want.st_ino):
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def check_not_running(image: Path, name: str) -> None:
+    """Refuse to replace a tree a container still runs from: removing it under the container
+    empties its root (its shell and stop then fail, the unit hangs)."""
+    pids = processes_in(image)
+    if pids:
+        shown = ", ".join(map(str, pids[:5])) + (" ..." if len(pids) > 5 else "")
+        raise RecipeError(Problem(image, None, f"machine '{name}' is running from it (PID "
+                                  f"{shown}); installing over it would pull its root from "
+                                  "under it, so nothing was changed",
+                                  f"stop it first (machinectl stop {name}), then install again"))
+
+
+def _swap_in(staged: Path, image: Path, done: list[str]) -> None:
+    """Put the newly imported ``staged`` tree at ``image``: the old tree is moved aside and
+    removed only once the new one is in its place, so a failure leaves one of the two."""
+    old = image.with_name(f".{image.name}.old-{os.getpid()}")
+    had_old = image.exists() or image.is_symlink()
+    if had_old:
+        os.rename(image, old)
+    try:
+        os.rename(staged, image)
+    except BaseException:
+        if had_old:
+            os.rename(old, image)
+        raise
+    if had_old:
+        remove_tree(old)
+        done.append(f"replaced the old {image} (kept until the new one was in place)")
+
+
 def systemd_runs(root: Path) -> bool:
     return root == Path("/") and Path("/run/systemd/system").is_dir()
 
@@ -279,14 +332,21 @@ def install(artifact_dir: Path, *, name: str | None, root: Path, force: bool,
         raise BuildError(f"machine '{name}' already exists "
                          f"({t.image if t.image.exists() else t.nspawn}); "
                          "use --force to replace it, or --name to install under another name")
+    check_not_running(t.image, name)
     members = check_tarball(tarball)
     done = [f"verified {len(sums)} files against SHA256SUMS",
             f"read the {members} headers of {tarball.name}"]
-    if t.image.exists() or t.image.is_symlink():
-        remove_tree(t.image)
-        done.append(f"removed the old {t.image}")
     t.image.parent.mkdir(parents=True, exist_ok=True)
-    import_tarball(tarball, t.image.parent, name, headers_checked=True)
+    # imported beside the machines, under an image root of its own (no machine name taken),
+    # then swapped in: the old tree stays until the new one is complete
+    staging = t.image.parent / f".{name}.new-{os.getpid()}"
+    remove_tree(staging)
+    try:
+        staged = import_tarball(tarball, staging, name, headers_checked=True)
+        check_not_running(t.image, name)  # started while the import ran
+        _swap_in(staged, t.image, done)
+    finally:
+        remove_tree(staging)
     done.append(f"imported {tarball.name} as {t.image}")
     for src, dest in ((art.path("nspawn"), t.nspawn), (art.path("dropin"), t.dropin)):
         _put(src, dest)

@@ -84,3 +84,14 @@ def test_a_driver_pin_the_archive_lacks_lists_the_versions_it_has(env: Env) -> N
     assert "driver_version" in r.stderr
     assert not list(env.out.glob("oldpin/*.tar*"))
     assert not [p for p in (env.cache / "bootstrap").iterdir() if ".tmp-" in p.name]
+
+
+def test_the_ubuntu_example_builds_on_its_default_release(env: Env) -> None:
+    """recipes/ubuntu-base.toml as it is (noble); the boot test boots a child of it."""
+    r = env.nspawnbuild("build", "ubuntu-base", cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    manifest = json.loads((env.out / "ubuntu-base" / "manifest.json").read_text())
+    assert manifest["base"]["release"] == "noble" and manifest["target_systemd"] == 255
+    version = next(p["version"] for p in manifest["packages"] if p["name"] == "systemd")
+    assert version.startswith("255."), version
+    assert manifest["artifacts"]["tarball"]["file"] == "ubuntu-base.tar.gz"  # pullable by 255
