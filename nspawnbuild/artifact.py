@@ -23,7 +23,7 @@ import jsonschema
 
 from . import tarread
 from .errors import EXIT_BAD_INPUT, NspawnbuildError, Problem, RecipeError
-from .schema import MACHINE_NAME_HINT, MACHINE_NAME_PATTERN
+from .schema import MACHINE_NAME_HINT, MACHINE_NAME_PATTERN, STATE_PATH_PATTERN
 from .sizes import human_size
 
 BAR = 30
@@ -54,6 +54,13 @@ MANIFEST_SCHEMA = _object(
     artifacts=_object(tarball=_object(file=_FILE, size=_INT, compression=_STR),
                       nspawn=_object(file=_FILE), dropin=_object(file=_FILE)),
 )
+
+
+#: optional: the directories install carries from an old tree to the new (a manifest comes
+#: from anywhere: each is checked as the recipe schema checks it)
+MANIFEST_SCHEMA["properties"]["state"] = {
+    "type": "array", "maxItems": 64,
+    "items": {"type": "string", "maxLength": 4096, "pattern": STATE_PATH_PATTERN}}
 
 
 def read_bounded(path: Path, limit: int) -> bytes:

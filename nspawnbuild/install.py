@@ -17,6 +17,8 @@ import hashlib
 import os
 import re
 import shutil
+import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -32,13 +34,18 @@ from .artifact import (
 from .atomic import replacing
 from .digests import sha256_file
 from .errors import BuildError, Problem, RecipeError
-from .host import machine_arch, run
+from .host import machine_arch, run, succeeds
+from .imagefs import resolve_in_root
 from .paths import dropin_name, nspawn_name
 from .steplog import run_fed
 from .tree import remove_tree
 
 IMPORT = "/lib/systemd/systemd-import"
 MAX_SUMS_BYTES = 1 << 20
+#: seconds a machine's unit may take to stop (or to start, for the job itself)
+STOP_TIMEOUT = 90
+#: seconds a newly started machine must stay active to count as started
+START_SETTLE = 5
 #: ``sha256sum`` output: digest, a space, a space (text) or '*' (binary), the name
 _SUM_LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](.+)")
 ARTIFACTS = ("tarball", "nspawn", "dropin")
@@ -255,12 +262,14 @@ def check_not_running(image: Path, name: str) -> None:
                                   f"stop it first (machinectl stop {name}), then install again"))
 
 
-def _swap_in(staged: Path, image: Path, done: list[str]) -> None:
-    """Put the newly imported ``staged`` tree at ``image``: the old tree is moved aside and
-    removed only once the new one is in its place, so a failure leaves one of the two."""
+def _swap_in(staged: Path, image: Path) -> Path | None:
+    """Put the newly imported ``staged`` tree at ``image``; the old tree, moved aside, is
+    returned (the caller removes it once the new one is in service): a failure at any point
+    leaves one of the two at ``image``."""
     old = image.with_name(f".{image.name}.old-{os.getpid()}")
     had_old = image.exists() or image.is_symlink()
     if had_old:
+        remove_tree(old)
         os.rename(image, old)
     try:
         os.rename(staged, image)
@@ -268,9 +277,61 @@ def _swap_in(staged: Path, image: Path, done: list[str]) -> None:
         if had_old:
             os.rename(old, image)
         raise
-    if had_old:
-        remove_tree(old)
-        done.append(f"replaced the old {image} (kept until the new one was in place)")
+    return old if had_old else None
+
+
+def _carry_state(paths: list[str], old: Path, new: Path, done: list[str]) -> list[tuple[Path, Path]]:
+    """Move the directories the recipe names as state (``state = [...]``, in the manifest) from
+    the old tree into the new one, replacing the image's fresh copies; ``(from, to)`` pairs,
+    for :func:`_return_state`. Paths resolve inside each tree (symlinks in the tree are the
+    tree's: they cannot lead out of it)."""
+    moved = []
+    for rel in paths:
+        src, dst = resolve_in_root(old, rel), resolve_in_root(new, rel)
+        if not (src.exists() or src.is_symlink()):
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        remove_tree(dst)
+        os.rename(src, dst)
+        moved.append((src, dst))
+        done.append(f"kept the machine's state {rel} (moved from the old tree)")
+    return moved
+
+
+def _return_state(moved: list[tuple[Path, Path]]) -> None:
+    for src, dst in reversed(moved):
+        os.rename(dst, src)
+
+
+def _unit(name: str) -> str:
+    return f"systemd-nspawn@{name}.service"
+
+
+def _stop(name: str, image: Path) -> None:
+    """Stop the machine's unit and wait until no process runs from its tree."""
+    run(["systemctl", "stop", _unit(name)], f"stop machine {name} (systemctl stop {_unit(name)})")
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while processes_in(image):
+        if time.monotonic() > deadline:
+            raise BuildError(f"machine '{name}' still runs from {image} {STOP_TIMEOUT} s after "
+                             f"systemctl stop; nothing was changed: stop it (machinectl terminate "
+                             f"{name}) and install again")
+        time.sleep(0.5)
+
+
+def _started(name: str) -> str | None:
+    """Start the machine's unit; None when it is still active after START_SETTLE seconds,
+    else what systemd says about it."""
+    unit = _unit(name)
+    done = subprocess.run(["systemctl", "start", unit], capture_output=True, text=True,
+                          check=False, timeout=STOP_TIMEOUT)
+    if done.returncode == 0:
+        time.sleep(START_SETTLE)
+        if succeeds(["systemctl", "is-active", "--quiet", unit]):
+            return None
+    status = subprocess.run(["systemctl", "status", "--no-pager", "--lines=5", unit],
+                            capture_output=True, text=True, check=False)
+    return (done.stderr.strip() or status.stdout.strip() or "it did not stay active")[-600:]
 
 
 def systemd_runs(root: Path) -> bool:
@@ -318,8 +379,14 @@ def check_boots_here(art: Artifact, root: Path) -> None:
 
 
 def install(artifact_dir: Path, *, name: str | None, root: Path, force: bool,
-            enable: bool, start: bool) -> list[str]:
-    """Install; return what was done, one line each. All checks come before the first write."""
+            enable: bool, start: bool, restart: bool = False) -> list[str]:
+    """Install; return what was done, one line each. All checks come before the first write.
+
+    Over an installed machine (``--force``), the new tree is imported beside it and swapped
+    in, with the directories the recipe names as state moved over from the old one. A running
+    machine is refused unless ``restart``: then its unit is stopped, the new image put in place
+    and started, and, when it does not stay up, the old image, state and settings are put back
+    and started again."""
     if name is not None:
         check_machine_name(name, NAME_OPTION, None)
     art, sums = verify(artifact_dir)
@@ -328,36 +395,58 @@ def install(artifact_dir: Path, *, name: str | None, root: Path, force: bool,
     name = name or art.name
     tarball = art.tarball
     t = targets(root, name)
-    if (t.image.exists() or t.image.is_symlink() or t.nspawn.exists()) and not force:
+    managed = systemd_runs(root)
+    if restart and not managed:
+        raise RecipeError(Problem(Path("--restart"), None, "needs systemd running on this host "
+                                  "(it stops and starts the machine's unit)",
+                                  "stop the machine yourself, then install --force"))
+    if (t.image.exists() or t.image.is_symlink() or t.nspawn.exists()) and not (force or restart):
         raise BuildError(f"machine '{name}' already exists "
                          f"({t.image if t.image.exists() else t.nspawn}); "
                          "use --force to replace it, or --name to install under another name")
-    check_not_running(t.image, name)
+    running = bool(processes_in(t.image))
+    if not restart:
+        check_not_running(t.image, name)
     members = check_tarball(tarball)
     done = [f"verified {len(sums)} files against SHA256SUMS",
             f"read the {members} headers of {tarball.name}"]
     t.image.parent.mkdir(parents=True, exist_ok=True)
     # imported beside the machines, under an image root of its own (no machine name taken),
-    # then swapped in: the old tree stays until the new one is complete
+    # then swapped in: the old tree stays until the new one is in service
     staging = t.image.parent / f".{name}.new-{os.getpid()}"
     remove_tree(staging)
     try:
         staged = import_tarball(tarball, staging, name, headers_checked=True)
+        done.append(f"imported {tarball.name}")
+        settings = {dest: dest.read_bytes() if dest.is_file() else None
+                    for dest in (t.nspawn, t.dropin)}
+        if running:
+            _stop(name, t.image)
+            done.append(f"stopped machine {name}")
         check_not_running(t.image, name)  # started while the import ran
-        _swap_in(staged, t.image, done)
+        state = [str(p) for p in art.manifest.get("state", [])]
+        moved = _carry_state(state, t.image, staged, done) if t.image.is_dir() else []
+        old = _swap_in(staged, t.image)
     finally:
         remove_tree(staging)
-    done.append(f"imported {tarball.name} as {t.image}")
+    done.append(f"installed the image as {t.image}")
     for src, dest in ((art.path("nspawn"), t.nspawn), (art.path("dropin"), t.dropin)):
         _put(src, dest)
         done.append(f"installed {dest}")
-    if systemd_runs(root):
+    if managed:
         run(["systemctl", "daemon-reload"], "reload systemd's units (systemctl daemon-reload)")
         done.append("systemctl daemon-reload")
-        for flag, verb in ((enable, "enable"), (start, "start")):
-            if flag:
-                run(["machinectl", verb, name], f"{verb} machine {name} (machinectl {verb})")
-                done.append(f"machinectl {verb} {name}")
+        if enable:
+            run(["machinectl", "enable", name], f"enable machine {name} (machinectl enable)")
+            done.append(f"machinectl enable {name}")
+        if start or (restart and running):
+            failure = _started(name)
+            if failure is not None:
+                _roll_back(name, t, old, moved, settings, restart_old=running)
+                raise BuildError(f"the new image of machine '{name}' did not start: {failure}\n"
+                                 "  the old image, its state and settings were put back"
+                                 + (" and started again" if running and old else ""))
+            done.append(f"started machine {name} (systemctl start {_unit(name)})")
     else:
         if enable:
             t.wants.mkdir(parents=True, exist_ok=True)
@@ -367,4 +456,30 @@ def install(artifact_dir: Path, *, name: str | None, root: Path, force: bool,
             done.append(f"enabled: {link}")
         if start:
             done.append("not started: systemd is not running for this root")
+    if old is not None:
+        remove_tree(old)
+        done.append("removed the old image (kept until the new one was in place)")
     return done
+
+
+def _roll_back(name: str, t: Targets, old: Path | None, moved: list[tuple[Path, Path]],
+               settings: dict[Path, bytes | None], *, restart_old: bool) -> None:
+    """Put the old image, its state and its settings back after the new one failed to start;
+    start the old one again when it was running."""
+    subprocess.run(["systemctl", "stop", _unit(name)], capture_output=True, check=False)
+    _return_state(moved)
+    failed = t.image.with_name(f".{name}.failed-{os.getpid()}")
+    os.rename(t.image, failed)
+    if old is not None:
+        os.rename(old, t.image)
+    remove_tree(failed)
+    for dest, data in settings.items():
+        if data is None:
+            dest.unlink(missing_ok=True)
+        else:
+            with replacing(dest, mode=0o644) as tmp:
+                tmp.write_bytes(data)
+    run(["systemctl", "daemon-reload"], "reload systemd's units (systemctl daemon-reload)")
+    if restart_old and old is not None:
+        subprocess.run(["systemctl", "start", _unit(name)], capture_output=True, check=False,
+                       timeout=STOP_TIMEOUT)

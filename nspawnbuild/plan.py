@@ -154,4 +154,6 @@ def make_plan(recipe: Recipe[AnyFeature], registry: Registry | None = None) -> P
         "compression": recipe.output.as_dict(),
         "audit_allow": list(recipe.audit_allow),
     }
+    if recipe.data.get("state"):  # only when named: every other manifest stays as it was
+        manifest["state"] = list(recipe.data["state"])
     return Plan(recipe.name, bootstrap, rootfs, pack, config, manifest)

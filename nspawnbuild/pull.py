@@ -28,7 +28,7 @@ def is_url(target: str) -> bool:
 
 
 def install_url(url: str, *, keyring: Path | None, name: str | None, root: Path, force: bool,
-                enable: bool, start: bool, say: Say) -> list[str]:
+                enable: bool, start: bool, say: Say, restart: bool = False) -> list[str]:
     """Pull the signed set at ``url``, verify it, install it; what was done, one line each."""
     ring = keyring or default_keyring()
     with fetched(url, ring) as (directory, outcome):
@@ -38,4 +38,4 @@ def install_url(url: str, *, keyring: Path | None, name: str | None, root: Path,
                              + "; nothing was installed")
         done = [f"verified the signature of {url} with {ring}"]
         return done + install(directory, name=name, root=root, force=force, enable=enable,
-                              start=start)
+                              start=start, restart=restart)

@@ -23,6 +23,8 @@ MACHINE_NAME_HINT = (
 )
 PACKAGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9+._~:=-]*$"
 ABSOLUTE_PATH_PATTERN = r"^/(?!.*(^|/)\.\.?(/|$))[^\x00-\x1f]*$"
+#: a directory of the image's own data (``state``): absolute, not ``/`` itself
+STATE_PATH_PATTERN = r"^/(?!.*(^|/)\.\.?(/|$))(?!/)[^\x00-\x1f]+$"
 SOURCE_URL_PATTERN = r"^(https?|file)://[^\s\x00-\x1f\x7f]+$"
 SHA256_PATTERN = r"^[0-9A-Fa-f]{64}$"
 SCALAR = {"type": ["string", "integer", "boolean"]}
@@ -76,6 +78,15 @@ def core_schema() -> dict[str, Any]:
                 "type": "integer", "minimum": 86400, "maximum": 4102444800,
                 "x-hint": "a Unix time in seconds, e.g. 1704067200 for 2024-01-01",
                 "description": "SOURCE_DATE_EPOCH: mtimes in the image are clamped to it.",
+            },
+            "state": {
+                "type": "array", "uniqueItems": True, "maxItems": 64,
+                "items": {"type": "string", "maxLength": 4096, "pattern": STATE_PATH_PATTERN,
+                          "x-hint": "an absolute path inside the image, such as "
+                                    "/var/lib/postgresql, without . or .. components"},
+                "description": "Directories that are the machine's own data: install over an "
+                               "installed machine moves them from the old tree into the new "
+                               "one instead of taking the image's.",
             },
             "target_systemd": {
                 "type": "integer", "minimum": 230, "maximum": 999,

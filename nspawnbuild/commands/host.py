@@ -22,7 +22,12 @@ def add_install(command: AddCommand) -> None:
                         "keyring, as machinectl pull-tar uses)")
     p.add_argument("--name", help="machine name on the host (default: the recipe's)")
     p.add_argument("--root", default="/", help="install into this directory tree instead of /")
-    p.add_argument("--force", action="store_true", help="replace an existing machine")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing machine (refused while it runs; its state "
+                        "directories are kept)")
+    p.add_argument("--restart", action="store_true",
+                   help="replace a running machine: stop it, install, start it again (the old "
+                        "image is put back when the new one does not start)")
     p.add_argument("--enable", action="store_true", help="start the machine at boot")
     p.add_argument("--start", action="store_true", help="start it now (needs systemd running)")
     p.set_defaults(func=cmd_install)
@@ -36,10 +41,10 @@ def cmd_install(args: argparse.Namespace) -> int:
     if is_url(args.artifact_dir):
         done = install_url(args.artifact_dir, keyring=Path(args.keyring) if args.keyring else None,
                            name=args.name, root=root, force=args.force, enable=args.enable,
-                           start=args.start, say=print)
+                           start=args.start, restart=args.restart, say=print)
     else:
         done = install(Path(args.artifact_dir), name=args.name, root=root, force=args.force,
-                       enable=args.enable, start=args.start)
+                       enable=args.enable, start=args.start, restart=args.restart)
     for line in done:
         print(line)
     return 0
