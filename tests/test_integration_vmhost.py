@@ -1,0 +1,324 @@
+"""Real target hosts: Debian 12 (systemd 252) and Debian 13 (systemd 257, importctl) booted as
+QEMU VMs (tests/vm/harness.py), where machined and importd run as a host's PID 1 runs them.
+
+On each, over ssh as root: the README's install commands as written (taken from the README at
+run time, only the artifact directory replaced), ``nspawnbuild install DIR --start`` with
+nspawnbuild itself run inside the VM, ``machinectl pull-tar`` from a loopback HTTP server on
+the build host with ``--verify=checksum`` and with the default ``--verify=signature`` (a
+signed set accepted, a forged one refused), and a veth container with a static address reached
+over ssh from the VM host. Each scenario checks what the host reports, not only exit codes.
+
+Not covered yet: ``nspawnbuild install URL`` (not written yet; see ``scenario_install_url``,
+which no test calls), the update path, and hosts with systemd 255 or >= 258.
+
+Network: the Debian mirror for the builds; then loopback on the build host, and inside the VM
+only 192.0.2.128/25 (slirp, see the harness) and the veth link 192.0.2.0/25.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import io
+import re
+import shutil
+import subprocess
+import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_signing import Key, make_key
+from vm import harness
+
+from conftest import ROOT, Env
+
+pytestmark = [pytest.mark.integration, pytest.mark.vm]
+
+GUEST = "vmguest"  # the veth image, signed, xz (pullable by systemd < 258)
+GUEST_ADDRESS, VE_ADDRESS = "192.0.2.10", "192.0.2.1"  # container, and the VM host's ve- side
+README_IMAGE = "debian-base"  # the README's commands are written for recipes/debian-base.toml
+PAYLOAD = "/mnt/payload"
+
+def readme_install_commands() -> str:
+    """The first ``sh`` block of the README's "Installing an image on a host", as written."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Installing an image on a host\n", 1)[1].split("\n## ", 1)[0]
+    m = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert m, "README: no sh block under 'Installing an image on a host'"
+    return m.group(1)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("vmhost")
+
+
+@pytest.fixture(scope="module")
+def ssh_key(work: Path) -> Path:
+    """This run's key pair: root's in the VM hosts (through the payload) and in the guest."""
+    key = work / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "nsb-vmtest", "-f",
+                    str(key)], check=True)
+    return key
+
+
+@pytest.fixture(scope="module")
+def signer(work: Path) -> Iterator[Key]:
+    key = make_key(work, "signer")
+    yield key
+    subprocess.run(["gpgconf", "--homedir", str(key.home), "--kill", "all"], check=False)
+
+
+@pytest.fixture(scope="module")
+def artifacts(work: Path, ssh_key: Path, signer: Key) -> Path:
+    """out/: debian-base as the README builds it, and the guest image (ssh with this run's key,
+    veth with a static address, xz, signed). Their bootstraps are cached with the host images,
+    so that a second run only builds the stages after the bootstrap."""
+    e = Env(work, work / "out", work / "work", harness.vm_cache_dir() / "bootstrap")
+    r = e.nspawnbuild("build", str(ROOT / "recipes" / f"{README_IMAGE}.toml"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    pub = ssh_key.with_suffix(".pub").read_text().strip()
+    recipe = work / f"{GUEST}.toml"
+    recipe.write_text(f"""extends = "{ROOT / 'recipes' / 'debian-base.toml'}"
+name = "{GUEST}"
+
+[features.ssh]
+authorized_keys = ["{pub}"]
+
+[features.network]
+mode = "veth"
+address = ["{GUEST_ADDRESS}/25"]
+
+[output]
+compression = "xz"
+""")
+    r = e.nspawnbuild("build", "--sign", str(signer.secret), str(recipe))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (e.out / GUEST / "SHA256SUMS.gpg").is_file(), r.stdout
+    for d in (e.out / README_IMAGE, e.out / GUEST):
+        (d / "build.log").unlink(missing_ok=True)
+    shutil.rmtree(work / "work", ignore_errors=True)  # only out/ is needed from here on
+    return e.out
+
+
+def _forged(good: Path, dest: Path) -> Path:
+    """The guest's set with another (small) tarball and SHA256SUMS rewritten to match it, the
+    signature left as it was: only the signature can tell."""
+    shutil.copytree(good, dest)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:xz") as tar:
+        data = b"ID=impostor\n"
+        info = tarfile.TarInfo("./etc/os-release")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    tarball = dest / f"{GUEST}.tar.xz"
+    tarball.write_bytes(buf.getvalue())
+    digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    sums = dest / "SHA256SUMS"
+    sums.write_text("".join(f"{digest}  {tarball.name}\n" if line.endswith(f"  {tarball.name}")
+                            else line + "\n" for line in sums.read_text().splitlines()))
+    return dest
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base's name)
+        pass
+
+
+@pytest.fixture(scope="module")
+def server(artifacts: Path, work: Path) -> Iterator[int]:
+    """The sets on a loopback HTTP server, as a static web server would serve out/NAME; the
+    VM reaches it at the slirp host address. Yields its port."""
+    top = work / "served"
+    # one URL per pull: importd 252 keeps each download as .tar-URL and fails a second pull of
+    # the same URL from a server without ETag ("Failed to rename ... File exists")
+    for d in ("checksum", "signed"):
+        shutil.copytree(artifacts / GUEST, top / d)
+    _forged(artifacts / GUEST, top / "forged")
+    handler = functools.partial(_QuietHandler, directory=str(top))
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield int(srv.server_address[1])
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture(scope="module")
+def payload(work: Path, artifacts: Path, ssh_key: Path, signer: Key) -> Path:
+    """The VM's second disk: nspawnbuild and plugins, the artifacts, this run's keys."""
+    top = work / "payload"
+    harness.payload_python(top / "python")
+    shutil.copytree(artifacts, top / "out")
+    shutil.copy(ssh_key.with_suffix(".pub"), top / "authorized_keys")
+    shutil.copy(ssh_key, top / "id_ed25519")
+    (top / "id_ed25519").chmod(0o600)
+    shutil.copy(signer.public, top / "signer.gpg")
+    image = work / "payload.img"
+    harness.make_ext4(top, image, "payload", 64 << 20)
+    return image
+
+
+@pytest.fixture(scope="module", params=sorted(harness.HOSTS))
+def vm(request: pytest.FixtureRequest, work: Path, payload: Path,
+       ssh_key: Path) -> Iterator[tuple[harness.HostSpec, harness.VM]]:
+    """One booted VM per kind of host, for all the scenarios on it; killed afterwards."""
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.fail("qemu-system-x86_64 is not installed: apt-get install qemu-system-x86")
+    spec = harness.HOSTS[request.param]
+    started = time.monotonic()
+    image = harness.host_image(spec, work / f"build-{spec.name}")
+    print(f"{spec.name}: image ready in {time.monotonic() - started:.0f}s")
+    run = work / f"run-{spec.name}"
+    run.mkdir()
+    started = time.monotonic()
+    with harness.running(image, payload, ssh_key, run) as machine:
+        print(f"{spec.name}: booted in {time.monotonic() - started:.0f}s")
+        yield spec, machine
+
+
+def wait_running(vm: harness.VM, name: str, timeout: int = 180) -> None:
+    """Until machined says ``name`` is running, its unit is active and the container's own bus
+    answers (machined says "running" as soon as nspawn registers it, before the container's
+    dbus is up); the unit's status and journal in the assertion if not."""
+    vm.must(f"""
+        for i in $(seq {timeout // 2}); do
+            state=$(machinectl show {name} -p State --value 2>/dev/null || true)
+            if [ "$state" = running ] && systemctl is-active -q systemd-nspawn@{name} &&
+                    systemd-run -M {name} --wait --pipe -q /bin/true 2>/dev/null; then
+                exit 0
+            fi
+            sleep 2
+        done
+        systemctl status systemd-nspawn@{name} --no-pager -l || true
+        journalctl -u systemd-nspawn@{name} --no-pager -n 40 || true
+        exit 1""", timeout=timeout + 60)
+
+
+def check_container(vm: harness.VM, name: str) -> None:
+    """A command runs in the started container (machined's systemd-run into it), which is the
+    image's Debian, and its trusted .nspawn applied: PrivateUsers=pick maps root elsewhere."""
+    wait_running(vm, name)
+    os_release = vm.must(f"systemd-run -M {name} --wait --pipe -q cat /etc/os-release")
+    assert "ID=debian" in os_release, os_release
+    assert vm.ssh(f"systemd-run -M {name} --wait --pipe -q /bin/false").returncode != 0
+    leader = vm.must(f"machinectl show {name} -p Leader --value").strip()
+    uid_map = vm.must(f"cat /proc/{leader}/uid_map").split()
+    assert uid_map[0] == "0" and uid_map[1] != "0", f"PrivateUsers=pick not applied: {uid_map}"
+
+
+def stop_and_enable(vm: harness.VM, name: str) -> None:
+    vm.must(f"machinectl stop {name}")
+    vm.must(f"for i in $(seq 60); do systemctl is-active -q systemd-nspawn@{name} || exit 0; "
+            "sleep 2; done; exit 1", timeout=180)
+    vm.must(f"machinectl enable {name}")
+    assert vm.must(f"systemctl is-enabled systemd-nspawn@{name}").strip() == "enabled"
+
+
+def test_the_host_is_the_systemd_it_claims(vm: tuple[harness.HostSpec, harness.VM]) -> None:
+    """The VM is the release and systemd the scenarios are meant for, with the unified cgroup
+    hierarchy Debian boots with, and nspawnbuild runs inside it from the payload."""
+    spec, machine = vm
+    facts = machine.must(". /etc/os-release; echo $VERSION_CODENAME; systemctl --version | "
+                         "head -n1; stat -fc %T /sys/fs/cgroup; systemctl is-active "
+                         "systemd-machined systemd-importd.socket || true; nspawnbuild --version")
+    lines = facts.splitlines()
+    assert lines[0] == spec.codename, facts
+    assert lines[1].split()[:2] == ["systemd", str(spec.systemd)], facts
+    assert lines[2] == "cgroup2fs", facts
+    assert "nspawnbuild" in lines[-1], facts
+    if spec.systemd >= 256:
+        machine.must("command -v importctl")
+
+
+def test_readme_install_commands_as_written(vm: tuple[harness.HostSpec, harness.VM]) -> None:
+    """The README's commands, the text as it is now, with only the artifact directory moved to
+    the payload; then start, a command inside, stop and enable."""
+    _, machine = vm
+    commands = readme_install_commands()
+    assert f"out/{README_IMAGE}" in commands, commands
+    script = commands.replace(f"out/{README_IMAGE}", f"{PAYLOAD}/out/{README_IMAGE}")
+    machine.must(script, timeout=600)
+    assert machine.must(f"test -f /etc/systemd/nspawn/{README_IMAGE}.nspawn && echo ok").strip() == "ok"
+    check_container(machine, README_IMAGE)
+    stop_and_enable(machine, README_IMAGE)
+
+
+def install_guest(machine: harness.VM) -> str:
+    """``nspawnbuild install DIR --enable --start`` of the guest image, run by nspawnbuild
+    inside the VM, unless an earlier scenario installed it (an import costs a minute here)."""
+    if machine.ssh(f"test -d /var/lib/machines/{GUEST}").returncode == 0:
+        machine.must(f"machinectl start {GUEST} || true")
+        return ""
+    return machine.must(f"nspawnbuild install {PAYLOAD}/out/{GUEST} --enable --start",
+                        timeout=600)
+
+
+def test_nspawnbuild_install_dir_start(vm: tuple[harness.HostSpec, harness.VM]) -> None:
+    """nspawnbuild itself, inside the VM, installs the guest's directory (xz) and starts it."""
+    _, machine = vm
+    name = GUEST
+    said = install_guest(machine)  # its wording is install's own; the state is what counts
+    assert machine.must(f"test -f /etc/systemd/nspawn/{name}.nspawn && "
+                        f"test -d /var/lib/machines/{name} && echo ok").strip() == "ok", said
+    check_container(machine, name)
+    assert machine.must(f"systemctl is-enabled systemd-nspawn@{name}").strip() == "enabled"
+
+
+def test_pull_tar_with_checksum_and_with_signature(vm: tuple[harness.HostSpec, harness.VM],
+                                                   server: int) -> None:
+    """pull-tar from the build host's loopback server: --verify=checksum takes the unsigned
+    check; the default --verify=signature takes the signed set with the signer's key installed
+    as README says and refuses a forged one (another tarball, SHA256SUMS rewritten)."""
+    spec, machine = vm
+    url = f"http://{harness.SLIRP_HOST}:{server}"
+    # Debian 13's importctl is what machinectl's import verbs forward to on systemd >= 256
+    puller = ("importctl pull-tar --class=machine" if spec.systemd >= 256
+              else "machinectl pull-tar")
+    machine.must(f"{puller} --verify=checksum {url}/checksum/{GUEST}.tar.xz by-checksum",
+                 timeout=600)
+    machine.must("test -f /var/lib/machines/by-checksum/etc/os-release && "
+                 "test -f /var/lib/machines/by-checksum.nspawn")
+
+    machine.must(f"install -m 0644 {PAYLOAD}/signer.gpg /etc/systemd/import-pubring.gpg")
+    said = machine.must(f"machinectl pull-tar {url}/signed/{GUEST}.tar.xz signed 2>&1", timeout=600)
+    assert "Signature verification succeeded" in said, said
+    assert machine.must("test -f /var/lib/machines/signed/etc/os-release && echo ok").strip() == "ok", said
+    forged = machine.ssh(f"machinectl pull-tar {url}/forged/{GUEST}.tar.xz forged", timeout=600)
+    assert forged.returncode != 0, forged.stdout + forged.stderr
+    assert machine.ssh("test -e /var/lib/machines/forged").returncode != 0
+    said = forged.stdout + forged.stderr + machine.must("journalctl --no-pager -n 80")
+    assert "Signature verification failed" in said, said
+
+
+def test_veth_guest_reached_over_ssh_from_the_host(vm: tuple[harness.HostSpec, harness.VM]) -> None:
+    """The veth image installed and started; the VM host gives its ve- link an address in the
+    guest's subnet and logs in with this run's key; the guest answers with its own name."""
+    _, machine = vm
+    install_guest(machine)
+    wait_running(machine, GUEST)
+    link = f"ve-{GUEST}"
+    machine.must(f"ip addr add {VE_ADDRESS}/25 dev {link} && ip link set {link} up")
+    hostname = machine.must(f"""
+        for i in $(seq 60); do
+            if out=$(ssh -i {PAYLOAD}/id_ed25519 -o BatchMode=yes -o StrictHostKeyChecking=no \\
+                     -o UserKnownHostsFile=/dev/null -o ConnectTimeout=5 -o LogLevel=ERROR \\
+                     root@{GUEST_ADDRESS} 'hostname; ip -4 -o addr show host0'); then
+                echo "$out"; exit 0
+            fi
+            sleep 3
+        done
+        ip addr show {link}; exit 1""", timeout=300)
+    assert hostname.splitlines()[0] == GUEST, hostname
+    assert f"{GUEST_ADDRESS}/25" in hostname, hostname
+
+
+def scenario_install_url(vm: harness.VM, url: str) -> None:
+    """NOT A TEST (no test calls it): ``nspawnbuild install URL`` with a signed set and the
+    default verification, once the command exists (issue 13, part 3). Then: the container runs
+    with its .nspawn in /etc/systemd/nspawn and its drop-in installed, as check_container says,
+    and a forged set is refused."""
+    raise NotImplementedError("nspawnbuild install URL does not exist yet")
