@@ -8,8 +8,10 @@ the build host with ``--verify=checksum`` and with the default ``--verify=signat
 signed set accepted, a forged one refused), and a veth container with a static address reached
 over ssh from the VM host. Each scenario checks what the host reports, not only exit codes.
 
-Not covered yet: ``nspawnbuild install URL`` (not written yet; see ``scenario_install_url``,
-which no test calls), the update path, and hosts with systemd 255 or >= 258.
+Then ``nspawnbuild install URL`` of the signed set with the host's import keyring (a forged
+set refused), and the update path: ``--force`` refused while the machine runs, ``--restart``
+replacing it with its ``state`` kept, and a new set that does not start rolled back to the old
+image, which runs again. Not covered: hosts with systemd 255 or >= 258.
 
 Network: the Debian mirror for the builds; then loopback on the build host, and inside the VM
 only 192.0.2.128/25 (slirp, see the harness) and the veth link 192.0.2.0/25.
@@ -38,7 +40,9 @@ from conftest import ROOT, Env
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
 
-GUEST = "vmguest"  # the veth image, signed, xz (pullable by systemd < 258)
+GUEST = "vmguest"  # the veth image, signed, gzip (the default: pullable by systemd < 258)
+TARBALL = f"{GUEST}.tar.gz"
+STATE = "/var/lib/app"  # the guest recipe's state = [...]
 GUEST_ADDRESS, VE_ADDRESS = "192.0.2.10", "192.0.2.1"  # container, and the VM host's ve- side
 README_IMAGE = "debian-base"  # the README's commands are written for recipes/debian-base.toml
 PAYLOAD = "/mnt/payload"
@@ -76,7 +80,7 @@ def signer(work: Path) -> Iterator[Key]:
 @pytest.fixture(scope="module")
 def artifacts(work: Path, ssh_key: Path, signer: Key) -> Path:
     """out/: debian-base as the README builds it, and the guest image (ssh with this run's key,
-    veth with a static address, xz, signed). Their bootstraps are cached with the host images,
+    veth with a static address, gzip, signed, state). Their bootstraps are cached with the host images,
     so that a second run only builds the stages after the bootstrap."""
     e = Env(work, work / "out", work / "work", harness.vm_cache_dir() / "bootstrap")
     r = e.nspawnbuild("build", str(ROOT / "recipes" / f"{README_IMAGE}.toml"))
@@ -85,6 +89,7 @@ def artifacts(work: Path, ssh_key: Path, signer: Key) -> Path:
     recipe = work / f"{GUEST}.toml"
     recipe.write_text(f"""extends = "{ROOT / 'recipes' / 'debian-base.toml'}"
 name = "{GUEST}"
+state = ["{STATE}"]
 
 [features.ssh]
 authorized_keys = ["{pub}"]
@@ -92,9 +97,6 @@ authorized_keys = ["{pub}"]
 [features.network]
 mode = "veth"
 address = ["{GUEST_ADDRESS}/25"]
-
-[output]
-compression = "xz"
 """)
     r = e.nspawnbuild("build", "--sign", str(signer.secret), str(recipe))
     assert r.returncode == 0, r.stdout + r.stderr
@@ -110,12 +112,12 @@ def _forged(good: Path, dest: Path) -> Path:
     signature left as it was: only the signature can tell."""
     shutil.copytree(good, dest)
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:xz") as tar:
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         data = b"ID=impostor\n"
         info = tarfile.TarInfo("./etc/os-release")
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
-    tarball = dest / f"{GUEST}.tar.xz"
+    tarball = dest / TARBALL
     tarball.write_bytes(buf.getvalue())
     digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
     sums = dest / "SHA256SUMS"
@@ -157,6 +159,17 @@ def payload(work: Path, artifacts: Path, ssh_key: Path, signer: Key) -> Path:
     shutil.copy(ssh_key, top / "id_ed25519")
     (top / "id_ed25519").chmod(0o600)
     shutil.copy(signer.public, top / "signer.gpg")
+    # the guest's set with a .nspawn whose bind source does not exist: nspawn refuses to start
+    # it, so install --restart must roll back to the running image
+    broken = top / "out" / "broken"
+    shutil.copytree(artifacts / GUEST, broken)
+    (broken / "SHA256SUMS.gpg").unlink()
+    nspawn = broken / f"{GUEST}.nspawn"
+    nspawn.write_text(nspawn.read_text() + "\n[Files]\nBind=/nonexistent-nsb-test:/mnt\n")
+    sums = broken / "SHA256SUMS"
+    digest = hashlib.sha256(nspawn.read_bytes()).hexdigest()
+    sums.write_text("".join(f"{digest}  {nspawn.name}\n" if line.endswith(f"  {nspawn.name}")
+                            else line + "\n" for line in sums.read_text().splitlines()))
     image = work / "payload.img"
     harness.make_ext4(top, image, "payload", 64 << 20)
     return image
@@ -258,7 +271,7 @@ def install_guest(machine: harness.VM) -> str:
 
 
 def test_nspawnbuild_install_dir_start(vm: tuple[harness.HostSpec, harness.VM]) -> None:
-    """nspawnbuild itself, inside the VM, installs the guest's directory (xz) and starts it."""
+    """nspawnbuild itself, inside the VM, installs the guest's directory (gzip) and starts it."""
     _, machine = vm
     name = GUEST
     said = install_guest(machine)  # its wording is install's own; the state is what counts
@@ -278,16 +291,16 @@ def test_pull_tar_with_checksum_and_with_signature(vm: tuple[harness.HostSpec, h
     # Debian 13's importctl is what machinectl's import verbs forward to on systemd >= 256
     puller = ("importctl pull-tar --class=machine" if spec.systemd >= 256
               else "machinectl pull-tar")
-    machine.must(f"{puller} --verify=checksum {url}/checksum/{GUEST}.tar.xz by-checksum",
+    machine.must(f"{puller} --verify=checksum {url}/checksum/{TARBALL} by-checksum",
                  timeout=600)
     machine.must("test -f /var/lib/machines/by-checksum/etc/os-release && "
                  "test -f /var/lib/machines/by-checksum.nspawn")
 
     machine.must(f"install -m 0644 {PAYLOAD}/signer.gpg /etc/systemd/import-pubring.gpg")
-    said = machine.must(f"machinectl pull-tar {url}/signed/{GUEST}.tar.xz signed 2>&1", timeout=600)
+    said = machine.must(f"machinectl pull-tar {url}/signed/{TARBALL} signed 2>&1", timeout=600)
     assert "Signature verification succeeded" in said, said
     assert machine.must("test -f /var/lib/machines/signed/etc/os-release && echo ok").strip() == "ok", said
-    forged = machine.ssh(f"machinectl pull-tar {url}/forged/{GUEST}.tar.xz forged", timeout=600)
+    forged = machine.ssh(f"machinectl pull-tar {url}/forged/{TARBALL} forged", timeout=600)
     assert forged.returncode != 0, forged.stdout + forged.stderr
     assert machine.ssh("test -e /var/lib/machines/forged").returncode != 0
     said = forged.stdout + forged.stderr + machine.must("journalctl --no-pager -n 80")
@@ -316,9 +329,53 @@ def test_veth_guest_reached_over_ssh_from_the_host(vm: tuple[harness.HostSpec, h
     assert f"{GUEST_ADDRESS}/25" in hostname, hostname
 
 
-def scenario_install_url(vm: harness.VM, url: str) -> None:
-    """NOT A TEST (no test calls it): ``nspawnbuild install URL`` with a signed set and the
-    default verification, once the command exists (issue 13, part 3). Then: the container runs
-    with its .nspawn in /etc/systemd/nspawn and its drop-in installed, as check_container says,
-    and a forged set is refused."""
-    raise NotImplementedError("nspawnbuild install URL does not exist yet")
+def test_install_url_with_the_hosts_import_keyring(vm: tuple[harness.HostSpec, harness.VM],
+                                                   server: int) -> None:
+    """nspawnbuild install URL inside the VM: the signed set, verified with the host's import
+    keyring (the signer's key installed as README says), installed with its trusted .nspawn and
+    drop-in, started; the forged set refused with nothing installed."""
+    _, machine = vm
+    url = f"http://{harness.SLIRP_HOST}:{server}"
+    machine.must(f"install -m 0644 {PAYLOAD}/signer.gpg /etc/systemd/import-pubring.gpg")
+    said = machine.must(f"nspawnbuild install {url}/signed/ --name byurl --start", timeout=600)
+    assert "signature  good" in said, said
+    assert machine.must("test -f /etc/systemd/nspawn/byurl.nspawn && test -f "
+                        "/etc/systemd/system/systemd-nspawn@byurl.service.d/50-nspawnbuild.conf"
+                        " && echo ok").strip() == "ok", said
+    check_container(machine, "byurl")
+    machine.must("machinectl stop byurl")
+    forged = machine.ssh(f"nspawnbuild install {url}/forged/ --name forged2", timeout=600)
+    assert forged.returncode == 1, forged.stdout + forged.stderr
+    assert "refused to install" in forged.stderr and "the signature" in forged.stderr, \
+        forged.stdout + forged.stderr
+    assert machine.ssh("test -e /var/lib/machines/forged2").returncode != 0
+
+
+def test_restart_replaces_a_running_machine_keeps_its_state_and_rolls_back(
+        vm: tuple[harness.HostSpec, harness.VM]) -> None:
+    """The update path on a real host: --force is refused while the guest runs; --restart
+    stops it, swaps the new tree in with the recipe's state kept, starts it; a set that does
+    not start is rolled back to the old image, which runs again with its settings."""
+    _, machine = vm
+    install_guest(machine)
+    wait_running(machine, GUEST)
+    tree = f"/var/lib/machines/{GUEST}"
+    machine.must(f"mkdir -p {tree}{STATE} && echo mine > {tree}{STATE}/data && "
+                 f"echo scratch > {tree}/etc/not-state")
+    refused = machine.ssh(f"nspawnbuild install {PAYLOAD}/out/{GUEST} --force", timeout=300)
+    assert refused.returncode == 2 and "is running from it" in refused.stderr, refused.stderr
+    said = machine.must(f"nspawnbuild install {PAYLOAD}/out/{GUEST} --restart", timeout=900)
+    assert f"stopped machine {GUEST}" in said and f"started machine {GUEST}" in said, said
+    assert f"kept the machine's state {STATE}" in said, said
+    wait_running(machine, GUEST)
+    assert machine.must(f"cat {tree}{STATE}/data").strip() == "mine"
+    assert machine.ssh(f"test -e {tree}/etc/not-state").returncode != 0  # a new tree
+    before = machine.must(f"cat /etc/systemd/nspawn/{GUEST}.nspawn")
+    broken = machine.ssh(f"nspawnbuild install {PAYLOAD}/out/broken --restart", timeout=900)
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert "did not start" in broken.stderr and "started again" in broken.stderr, broken.stderr
+    wait_running(machine, GUEST)  # the old image, running again
+    assert machine.must(f"cat /etc/systemd/nspawn/{GUEST}.nspawn") == before
+    assert machine.must(f"cat {tree}{STATE}/data").strip() == "mine"
+    left = [n for n in machine.must("ls -A /var/lib/machines").split() if n.startswith(f".{GUEST}")]
+    assert not left, left  # no staging, old or failed tree left beside the machines
