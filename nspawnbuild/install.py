@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import time
@@ -416,7 +417,9 @@ def install(artifact_dir: Path, *, name: str | None, root: Path, force: bool,
     staging = t.image.parent / f".{name}.new-{os.getpid()}"
     remove_tree(staging)
     try:
-        staged = import_tarball(tarball, staging, name, headers_checked=True)
+        # under a name of its own: systemd-import refuses a name any image root already has
+        temp = f"nspawnbuild-new-{secrets.token_hex(6)}"
+        staged = import_tarball(tarball, staging, temp, headers_checked=True)
         done.append(f"imported {tarball.name}")
         settings = {dest: dest.read_bytes() if dest.is_file() else None
                     for dest in (t.nspawn, t.dropin)}
