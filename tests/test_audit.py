@@ -105,7 +105,7 @@ def test_a_build_with_a_secret_fails_unless_the_recipe_allows_it(env: Env) -> No
     recipe = write_recipe(env.tmp / "leaky.toml", step)
     r = env.nspawnbuild("build", str(recipe))
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "the audit of leaky.tar.zst and its settings found secrets, host state" in r.stderr
+    assert "the audit of leaky.tar.gz and its settings found secrets, host state" in r.stderr
     assert "private-key: /opt/demo/key.pem" in r.stderr and "Traceback" not in r.stderr
     assert [p.name for p in (env.out / "leaky").iterdir()] == ["build.log"]  # no artifact
 

@@ -115,7 +115,7 @@ def test_sigkill_during_pack_keeps_the_published_artifacts(env: Env) -> None:
     write_recipe(recipe, '[[post]]\nrun = "echo 2 > /etc/v"\n')
     proc = start(env, recipe)
     stage = env.work / "recipes" / "killpack" / "stage"
-    wait_for("packing", lambda: any(stage.glob(".killpack.tar.zst.tmp-*")), proc)
+    wait_for("packing", lambda: any(stage.glob(".killpack.tar.*.tmp-*")), proc)
     proc.kill()
     proc.wait()
     assert_host_clean(env)
