@@ -281,11 +281,11 @@ def _swap_in(staged: Path, image: Path) -> Path | None:
     return old if had_old else None
 
 
-def _carry_state(paths: list[str], old: Path, new: Path, done: list[str]) -> list[tuple[Path, Path]]:
+def _carry_state(paths: list[str], old: Path, new: Path, done: list[str]) -> list[str]:
     """Move the directories the recipe names as state (``state = [...]``, in the manifest) from
-    the old tree into the new one, replacing the image's fresh copies; ``(from, to)`` pairs,
-    for :func:`_return_state`. Paths resolve inside each tree (symlinks in the tree are the
-    tree's: they cannot lead out of it)."""
+    the old tree into the new one, replacing the image's fresh copies; the paths moved, for
+    :func:`_return_state` (relative: the trees are renamed afterwards). Paths resolve inside
+    each tree (symlinks in the tree are the tree's: they cannot lead out of it)."""
     moved = []
     for rel in paths:
         src, dst = resolve_in_root(old, rel), resolve_in_root(new, rel)
@@ -294,14 +294,17 @@ def _carry_state(paths: list[str], old: Path, new: Path, done: list[str]) -> lis
         dst.parent.mkdir(parents=True, exist_ok=True)
         remove_tree(dst)
         os.rename(src, dst)
-        moved.append((src, dst))
+        moved.append(rel)
         done.append(f"kept the machine's state {rel} (moved from the old tree)")
     return moved
 
 
-def _return_state(moved: list[tuple[Path, Path]]) -> None:
-    for src, dst in reversed(moved):
-        os.rename(dst, src)
+def _return_state(moved: list[str], new: Path, old: Path) -> None:
+    """Move the state back from the new tree (now at the machine's path) to the old one."""
+    for rel in reversed(moved):
+        src, dst = resolve_in_root(new, rel), resolve_in_root(old, rel)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(src, dst)
 
 
 def _unit(name: str) -> str:
@@ -465,12 +468,13 @@ def install(artifact_dir: Path, *, name: str | None, root: Path, force: bool,
     return done
 
 
-def _roll_back(name: str, t: Targets, old: Path | None, moved: list[tuple[Path, Path]],
+def _roll_back(name: str, t: Targets, old: Path | None, moved: list[str],
                settings: dict[Path, bytes | None], *, restart_old: bool) -> None:
     """Put the old image, its state and its settings back after the new one failed to start;
     start the old one again when it was running."""
     subprocess.run(["systemctl", "stop", _unit(name)], capture_output=True, check=False)
-    _return_state(moved)
+    if old is not None:
+        _return_state(moved, t.image, old)
     failed = t.image.with_name(f".{name}.failed-{os.getpid()}")
     os.rename(t.image, failed)
     if old is not None:
