@@ -125,10 +125,11 @@ def test_rebuilds_keep_or_change_only_the_signature(built: tuple[Env, Path, Path
     assert artifact_digests(e.out).keys() == before.keys()  # nothing half-written
 
 
-def _other_tarball() -> bytes:
-    """A valid .tar.xz that is not the image: only its digest can tell."""
+def _other_tarball(mode: str = "w:xz") -> bytes:
+    """A valid tarball (xz, or what ``mode`` says) that is not the image: only its digest can
+    tell."""
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:xz") as tar:
+    with tarfile.open(fileobj=buf, mode=mode) as tar:
         data = b"ID=impostor\n"
         info = tarfile.TarInfo("./etc/os-release")
         info.size = len(data)

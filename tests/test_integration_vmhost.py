@@ -20,19 +20,17 @@ only 192.0.2.128/25 (slirp, see the harness) and the veth link 192.0.2.0/25.
 from __future__ import annotations
 
 import functools
-import hashlib
 import http.server
-import io
 import re
 import shutil
 import subprocess
-import tarfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_integration_sign import _other_tarball, _resum
 from test_signing import Key, make_key
 from vm import harness
 
@@ -111,18 +109,8 @@ def _forged(good: Path, dest: Path) -> Path:
     """The guest's set with another (small) tarball and SHA256SUMS rewritten to match it, the
     signature left as it was: only the signature can tell."""
     shutil.copytree(good, dest)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        data = b"ID=impostor\n"
-        info = tarfile.TarInfo("./etc/os-release")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    tarball = dest / TARBALL
-    tarball.write_bytes(buf.getvalue())
-    digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
-    sums = dest / "SHA256SUMS"
-    sums.write_text("".join(f"{digest}  {tarball.name}\n" if line.endswith(f"  {tarball.name}")
-                            else line + "\n" for line in sums.read_text().splitlines()))
+    (dest / TARBALL).write_bytes(_other_tarball("w:gz"))
+    _resum(dest, TARBALL)
     return dest
 
 
@@ -166,10 +154,7 @@ def payload(work: Path, artifacts: Path, ssh_key: Path, signer: Key) -> Path:
     (broken / "SHA256SUMS.gpg").unlink()
     nspawn = broken / f"{GUEST}.nspawn"
     nspawn.write_text(nspawn.read_text() + "\n[Files]\nBind=/nonexistent-nsb-test:/mnt\n")
-    sums = broken / "SHA256SUMS"
-    digest = hashlib.sha256(nspawn.read_bytes()).hexdigest()
-    sums.write_text("".join(f"{digest}  {nspawn.name}\n" if line.endswith(f"  {nspawn.name}")
-                            else line + "\n" for line in sums.read_text().splitlines()))
+    _resum(broken, nspawn.name)
     image = work / "payload.img"
     harness.make_ext4(top, image, "payload", 64 << 20)
     return image
