@@ -336,9 +336,6 @@ def test_install_url_with_the_hosts_import_keyring(vm: tuple[harness.HostSpec, h
     assert machine.ssh("test -e /var/lib/machines/forged2").returncode != 0
 
 
-@pytest.mark.xfail(strict=False, reason="KNOWN FAILURE, not a pass: install --restart failed on "
-                   "the Debian 12 VM in the last CI run, cause not yet read (issue 13); reported "
-                   "as xfailed, never counted as passing")
 def test_restart_replaces_a_running_machine_keeps_its_state_and_rolls_back(
         vm: tuple[harness.HostSpec, harness.VM]) -> None:
     """The update path on a real host: --force is refused while the guest runs; --restart
