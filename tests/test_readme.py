@@ -60,3 +60,23 @@ def test_every_key_of_base_files_post_sources_output_has_an_example() -> None:
     for table in ("files", "post", "sources"):
         missing = set(SCHEMA["properties"][table]["items"]["properties"]) - shown
         assert not missing, f"[[{table}]] keys without an example in the README: {missing}"
+
+
+def apt_packages(text: str) -> set[str]:
+    """The package names of every ``apt-get install`` in ``text``: lines continued with a
+    backslash joined, options and what follows ``&&``, ``>``, ``;`` or ``|`` dropped."""
+    joined = re.sub(r"\\\n", " ", text)
+    names: set[str] = set()
+    for command in re.findall(r"apt-get install ([^&>;|\n]*)", joined):
+        names |= {w for w in command.split() if not w.startswith("-")}
+    return names
+
+
+def test_the_readme_commands_install_every_package_ci_installs() -> None:
+    """CI runs on a fresh machine with .ci/run's packages; a new user has only the Quick
+    start's two commands: what CI needs and they lack fails here, not on the user's machine."""
+    quick_start = section("Quick start")
+    ci = apt_packages((ROOT / ".ci" / "run").read_text())
+    assert ci, "no apt-get install found in .ci/run"
+    missing = ci - apt_packages(quick_start)
+    assert not missing, f"the Quick start's commands do not install {sorted(missing)}"
