@@ -25,10 +25,22 @@ class Package:
     version: str
     arch: str = ""
     installed_size_kib: int = 0
+    #: the source package it was built from (Debian's Source, rpm's SOURCERPM name, apk's
+    #: origin); empty when the database does not say
+    source: str = ""
+    #: the license as the package database or the package's copyright file declares it, in
+    #: the distro's own words (the SBOM maps it to an SPDX expression); empty when unknown
+    license: str = ""
+    #: an identity of the package file as the package manager gives it (``sha256:HEX`` of a
+    #: .deb from the archive's Packages file), recorded in a lock file; empty when unknown
+    digest: str = ""
 
     def as_dict(self) -> dict[str, Any]:
+        """The manifest's entry: source, license and digest only when known."""
+        extra = {k: v for k, v in (("source", self.source), ("license", self.license),
+                                   ("digest", self.digest)) if v}
         return {"name": self.name, "version": self.version, "arch": self.arch,
-                "installed_size_kib": self.installed_size_kib}
+                "installed_size_kib": self.installed_size_kib, **extra}
 
 
 class Distro(ABC):
@@ -49,6 +61,9 @@ class Distro(ABC):
     #: ``[base]`` keys other distros take that this one refuses, with a hint each: the loader
     #: reports "NAME does not use KEY (HINT)" instead of a bare unknown key
     unused_keys: ClassVar[Mapping[str, str]] = {}
+    #: the package-URL type of its packages (``deb``, ``rpm``, ``apk``), for the SBOM; the
+    #: purl's namespace is the distro's name
+    purl_type: ClassVar[str] = "generic"
     #: the init system the guest runs; anything but "systemd" gets ``KillSignal=SIGTERM``
     init: ClassVar[str] = "systemd"
     #: bump when the way ``bootstrap()`` calls its tool changes: it is part of the cache key

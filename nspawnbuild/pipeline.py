@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import audit, cache, emulation, signing
+from . import audit, cache, emulation, sbom, signing
 from .atomic import read_json, replacing, write_bytes, write_json
 from .digests import digest, sha256_file
 from .errors import BuildError, NspawnbuildError
@@ -261,10 +261,12 @@ def finalize_features(ctx: RootfsContext, features: tuple[AnyFeature, ...]) -> N
 
 
 def finish_tree(root: Path, recipe: AnyRecipe) -> list[dict[str, Any]]:
-    """Scrub host state, drop the package manager's caches; return the installed packages."""
+    """Scrub host state, drop the package manager's caches; return the installed packages
+    (listed before the caches go: a distro reads package digests from its archive lists)."""
     scrub(root, recipe.name)
+    packages = [p.as_dict() for p in recipe.distro.list_packages(root)]
     recipe.distro.clean(root)
-    return [p.as_dict() for p in recipe.distro.list_packages(root)]
+    return packages
 
 
 def make_tree(root: Path, recipe: AnyRecipe, ctx: RootfsContext, sandbox: Sandbox,
@@ -340,6 +342,7 @@ def rootfs(options: Options, recipe: AnyRecipe) -> None:
             _discard(tree)
             raise
         write_json(work / "rootfs.json", {"spec": digest(spec), "packages": packages,
+                                          "purl_type": recipe.distro.purl_type,
                                           "bootstrap": {"key": key, "contents": contents}})
 
 
@@ -446,6 +449,18 @@ def manifest_document(spec: dict[str, Any], rootfs_record: dict[str, Any],
     }
 
 
+def sbom_document(spec: dict[str, Any], rootfs_record: dict[str, Any],
+                  packed: dict[str, Any]) -> dict[str, Any]:
+    """The SBOM of the build (:mod:`nspawnbuild.sbom`): the recorded packages and the tarball."""
+    base = spec["base"]
+    return sbom.document(name=spec["name"], description=spec.get("description") or "",
+                         distro=base["distro"], release=str(base["release"]), arch=base["arch"],
+                         epoch=spec["source_date_epoch"], tool_version=spec["nspawnbuild"],
+                         purl_type=rootfs_record.get("purl_type", "generic"),
+                         packages=rootfs_record["packages"],
+                         tarball={"file": packed["file"], "sha256": packed["sha256"]})
+
+
 def sums_text(digests: dict[str, str]) -> bytes:
     """SHA256SUMS in ``sha256sum``'s format, sorted by file."""
     return "".join(f"{h}  {f}\n" for f, h in sorted(digests.items())).encode()
@@ -482,8 +497,13 @@ def manifest(options: Options, name: str, key: signing.SigningKey | None = None)
         raise BuildError(f"{stage / packed['file']} changed since it was packed; rebuild it "
                          f"with: nspawnbuild build {name}")
     allowed = audit_artifacts(name, packed, nspawn, dropin, spec["audit_allow"])
-    write_json(stage / "manifest.json",
-               manifest_document(spec, rootfs_record, packed, digests, allowed))
+    spdx = sbom.file_name(name)
+    write_bytes(stage / spdx, sbom.render(sbom_document(spec, rootfs_record, packed)))
+    artifacts[spdx] = stage / spdx
+    digests[spdx] = sha256_file(stage / spdx)
+    document = manifest_document(spec, rootfs_record, packed, digests, allowed)
+    document["artifacts"]["sbom"] = {"file": spdx, "sha256": digests[spdx], "format": "spdx-2.3"}
+    write_json(stage / "manifest.json", document)
     artifacts["manifest.json"] = stage / "manifest.json"
     digests["manifest.json"] = sha256_file(stage / "manifest.json")
     write_bytes(stage / "SHA256SUMS", sums_text(digests))

@@ -60,8 +60,12 @@ def parse_apk_installed(text: str) -> list[Package]:
                 fields[line[0]] = line[2:]
         if "P" in fields and "V" in fields:
             size = fields.get("I", "0")
+            # L: the license (SPDX words), o: the origin (source) package, C: apk's identity
+            # checksum of the package (Q1 + base64 SHA-1)
             packages.append(Package(fields["P"], fields["V"], fields.get("A", ""),
-                                    int(size) // 1024 if size.isdigit() else 0))
+                                    int(size) // 1024 if size.isdigit() else 0,
+                                    source=fields.get("o", ""), license=fields.get("L", ""),
+                                    digest=f"apk:{fields['C']}" if fields.get("C") else ""))
     return sorted(packages)
 
 
@@ -69,6 +73,7 @@ class Alpine(Distro):
     """Alpine: the static apk with a pinned checksum; OpenRC, made ready for systemd-nspawn."""
 
     name = "alpine"
+    purl_type = "apk"
     init = "openrc"  # the .nspawn gets KillSignal=SIGTERM (OpenRC ignores SIGRTMIN+3)
     base_schema: ClassVar[dict[str, Any]] = {
         # the same entry as Debian's (the core schema held it for both before distros had

@@ -6,15 +6,17 @@ default for the suite.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
+import itertools
 import os
 import platform
 import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 from nspawnbuild import host
 from nspawnbuild.distro import Distro, Package
@@ -107,7 +109,9 @@ def archive_versions(lists: Path, names: set[str]) -> dict[str, list[str]]:
 
 
 def parse_dpkg_status(text: str) -> list[Package]:
-    """Installed packages from /var/lib/dpkg/status (read, never executed)."""
+    """Installed packages from /var/lib/dpkg/status (read, never executed); ``Source:`` (with
+    its version in parentheses when it differs) names the source package, else the package's
+    own name is its source's."""
     packages = []
     for stanza in text.split("\n\n"):
         fields: dict[str, str] = {}
@@ -116,16 +120,105 @@ def parse_dpkg_status(text: str) -> list[Package]:
                 key, _, value = line.partition(":")
                 fields[key] = value.strip()
         if fields.get("Status", "").endswith(" installed") and "Package" in fields:
+            source = fields.get("Source", "").split(" ")[0] or fields["Package"]
             packages.append(Package(fields["Package"], fields.get("Version", ""),
                                     fields.get("Architecture", ""),
-                                    int(fields.get("Installed-Size", "0") or 0)))
+                                    int(fields.get("Installed-Size", "0") or 0), source=source))
     return sorted(packages)
+
+
+#: a package name as dpkg allows it: it becomes a path below /usr/share/doc
+PACKAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]*$")
+#: the most of a copyright file that is read (the largest in Debian are a few MiB)
+MAX_COPYRIGHT = 8 << 20
+
+
+def copyright_licenses(text: str) -> str:
+    """The licenses a machine-readable (DEP-5) copyright file declares, in its own words:
+    the first line of each ``License:`` field of its header and ``Files:`` paragraphs, each
+    once, in the order they appear, joined with `` AND `` (a compound one in parentheses);
+    empty when the file is not machine-readable (free-form text declares nothing a tool can
+    read)."""
+    paragraphs = [p for p in re.split(r"\n[ \t]*\n", text.strip()) if p.strip()]
+    if not paragraphs or not re.search(r"^Format:.*copyright-format/1\.0", paragraphs[0],
+                                       re.MULTILINE | re.IGNORECASE):
+        return ""
+    found: list[str] = []
+    for i, paragraph in enumerate(paragraphs):
+        fields = {m.group(1).lower(): m.group(2).strip()
+                  for m in re.finditer(r"^([A-Za-z-]+):[ \t]*(.*)$", paragraph, re.MULTILINE)}
+        if "license" not in fields or not (i == 0 or "files" in fields):
+            continue
+        name = fields["license"]
+        if name and name not in found:
+            found.append(name)
+    return " AND ".join(f"({n})" if re.search(r"\s(and|or)\s", n, re.IGNORECASE) else n
+                        for n in found)
+
+
+def read_copyright(root: Path, package: str) -> str:
+    """The declared licenses of ``package`` from /usr/share/doc/PACKAGE/copyright in the image,
+    resolved inside the image (a symlink there cannot lead out of it); empty when the file is
+    absent (docs excluded), too large or not machine-readable."""
+    if not PACKAGE_NAME.match(package):
+        return ""
+    path = resolve_in_root(root, f"/usr/share/doc/{package}/copyright")
+    try:
+        with open(path, "rb", opener=_no_follow) as fh:
+            if not os.path.isfile(f"/proc/self/fd/{fh.fileno()}"):
+                return ""
+            data = fh.read(MAX_COPYRIGHT + 1)
+    except OSError:
+        return ""
+    if len(data) > MAX_COPYRIGHT:
+        return ""
+    return copyright_licenses(data.decode("utf-8", errors="replace"))
+
+
+def _no_follow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW)
+
+
+def _packages_digests(fh: BinaryIO, wanted: set[tuple[str, str, str]],
+                      found: dict[tuple[str, str, str], str]) -> None:
+    """Read one Packages file's stanzas into ``found`` (the first digest of a key wins)."""
+    fields: dict[str, str] = {}
+    for raw in itertools.chain(fh, [b"\n"]):
+        line = raw.decode("utf-8", errors="replace").rstrip("\n")
+        if not line.strip():
+            key = (fields.get("Package", ""), fields.get("Version", ""),
+                   fields.get("Architecture", ""))
+            if key in wanted and "SHA256" in fields:
+                found.setdefault(key, fields["SHA256"])
+            fields = {}
+        elif line[0] not in " \t" and ": " in line:
+            k, _, v = line.partition(": ")
+            if k in ("Package", "Version", "Architecture", "SHA256"):
+                fields[k] = v.strip()
+
+
+def archive_digests(lists: Path, wanted: set[tuple[str, str, str]]) -> dict[tuple[str, str, str], str]:
+    """``{(package, version, arch): sha256}`` of the .deb files apt's Packages lists give for
+    ``wanted``; the lists are read line by line (a release's main is tens of MiB), only
+    regular files, never through a symlink."""
+    found: dict[tuple[str, str, str], str] = {}
+    if not lists.is_dir() or lists.is_symlink():
+        return found
+    for path in sorted(lists.glob("*_Packages")):
+        try:
+            with open(path, "rb", opener=_no_follow) as fh:
+                if os.path.isfile(f"/proc/self/fd/{fh.fileno()}"):
+                    _packages_digests(fh, wanted, found)
+        except OSError:
+            continue
+    return found
 
 
 class Debian(Distro):
     """Debian: mmdebstrap (or debootstrap) from the archive or a snapshot of it, dpkg, apt."""
 
     name = "debian"
+    purl_type = "deb"
     base_schema: ClassVar[dict[str, Any]] = {**ARCHIVE_SCHEMA, **KEYRING_SCHEMA, **VALID_UNTIL_SCHEMA,
                                              **SNAPSHOT_SCHEMA}
     default_release: ClassVar[str] = "trixie"
@@ -393,7 +486,16 @@ class Debian(Distro):
                 + " ".join(packages)]
 
     def list_packages(self, root: Path) -> list[Package]:
-        return parse_dpkg_status(read_text_in_root(root, "/var/lib/dpkg/status") or "")
+        """dpkg's database, each package's license from its copyright file, and the .deb's
+        sha256 from apt's lists while they are in the tree (the rootfs stage lists packages
+        before it cleans them away)."""
+        packages = parse_dpkg_status(read_text_in_root(root, "/var/lib/dpkg/status") or "")
+        digests = archive_digests(resolve_in_root(root, "/var/lib/apt/lists"),
+                                  {(p.name, p.version, p.arch) for p in packages})
+        return [dataclasses.replace(p, license=read_copyright(root, p.name),
+                                    digest=(f"sha256:{digests[p.name, p.version, p.arch]}"
+                                            if (p.name, p.version, p.arch) in digests else ""))
+                for p in packages]
 
     def clean(self, root: Path) -> None:
         for pattern_dir, pattern in (("/var/lib/apt/lists", "*"), ("/var/cache/apt", "*.bin"),

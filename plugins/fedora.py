@@ -11,6 +11,7 @@ Fedora's metalinks for the release and its updates).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -78,21 +79,35 @@ best=True
 skip_if_unavailable=False
 """
 
-QUERY_FORMAT = r"%{NAME}\t%{EPOCHNUM}\t%{VERSION}-%{RELEASE}\t%{ARCH}\t%{SIZE}\n"
+QUERY_FORMAT = (r"%{NAME}\t%{EPOCHNUM}\t%{VERSION}-%{RELEASE}\t%{ARCH}\t%{SIZE}"
+                r"\t%{LICENSE}\t%{SOURCERPM}\t%{SHA256HEADER}\n")
+
+
+def source_name(sourcerpm: str) -> str:
+    """The source package's name from rpm's SOURCERPM (``bash-5.2.26-3.fc41.src.rpm``)."""
+    if not sourcerpm.endswith(".src.rpm") or sourcerpm.count("-") < 2:
+        return ""
+    return sourcerpm.removesuffix(".src.rpm").rsplit("-", 2)[0]
 
 
 def parse_rpm_query(text: str) -> list[Package]:
-    """Packages from ``rpm -qa --qf QUERY_FORMAT`` (gpg-pubkey entries are keys, not packages)."""
+    """Packages from ``rpm -qa --qf QUERY_FORMAT`` (gpg-pubkey entries are keys, not packages);
+    lines of the older five fields (no license, source, header digest) are read too."""
     packages = []
     for line in text.splitlines():
         parts = line.split("\t")
-        if len(parts) != 5 or parts[0] == "gpg-pubkey":
+        if len(parts) not in (5, 8) or parts[0] == "gpg-pubkey":
             continue
-        name, epoch, version, arch, size = parts
+        name, epoch, version, arch, size = parts[:5]
+        license_, sourcerpm, header = (parts[5:] if len(parts) == 8 else ["", "", ""])
         if epoch not in ("", "0", "(none)"):
             version = f"{epoch}:{version}"
         packages.append(Package(name, version, "" if arch == "(none)" else arch,
-                                int(size) // 1024 if size.isdigit() else 0))
+                                int(size) // 1024 if size.isdigit() else 0,
+                                source=source_name(sourcerpm),
+                                license="" if license_ == "(none)" else license_,
+                                digest=f"rpm-header-sha256:{header}"
+                                if re.fullmatch(r"[0-9a-f]{64}", header) else ""))
     return sorted(packages)
 
 
@@ -100,6 +115,7 @@ class Fedora(Distro):
     """Fedora: ``dnf --installroot`` with a configuration of our own, rpm for the manifest."""
 
     name = "fedora"
+    purl_type = "rpm"
     base_schema: ClassVar[dict[str, Any]] = {
         "repos": {"type": "array", "items": REPO_SCHEMA,
                   "description": "dnf repositories; default: the build host's repository files"},

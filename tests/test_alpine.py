@@ -34,8 +34,10 @@ I:798720
 
 def test_apk_database_parsing() -> None:
     assert [p.as_dict() for p in parse_apk_installed(INSTALLED)] == [
-        {"name": "busybox", "version": "1.37.0-r18", "arch": "x86_64", "installed_size_kib": 780},
-        {"name": "musl", "version": "1.2.5-r10", "arch": "x86_64", "installed_size_kib": 728}]
+        {"name": "busybox", "version": "1.37.0-r18", "arch": "x86_64", "installed_size_kib": 780,
+         "digest": "apk:Q1def="},
+        {"name": "musl", "version": "1.2.5-r10", "arch": "x86_64", "installed_size_kib": 728,
+         "digest": "apk:Q1abc="}]
 
 
 def alpine_text(body: str = "", base: str = "") -> str:

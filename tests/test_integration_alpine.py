@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, Env, tar_stream, tarball_of, unpack
+from sbomcheck import check_sbom
 
 sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
 from apkrepo import AlpineRepo, ApkPackage, build_apk_static, build_repo, busybox  # noqa: E402
@@ -170,6 +171,7 @@ def test_alpine_image_with_the_real_apk(env: Env, mirror: str, apk_static: Path,
     assert versions["musl-locales"] == "0.1.0-r1"  # asked for by [features.locales]
     assert manifest["bootstrapper"]["name"] == "apk.static"
     assert (rootfs / "etc/hello-copy").read_text() == "hello\n"
+    check_sbom(out)
 
     # OpenRC made to run under nspawn, and the features done the OpenRC way
     assert "#tty1::respawn" in (rootfs / "etc/inittab").read_text()

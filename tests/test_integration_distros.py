@@ -12,6 +12,7 @@ import pytest
 from conftest import ROOT, Env
 from nspawnbuild import cgroups
 from nspawnbuild.tree import remove_tree
+from sbomcheck import check_sbom
 
 pytestmark = pytest.mark.integration
 
@@ -95,3 +96,4 @@ def test_the_ubuntu_example_builds_on_its_default_release(env: Env) -> None:
     version = next(p["version"] for p in manifest["packages"] if p["name"] == "systemd")
     assert version.startswith("255."), version
     assert manifest["artifacts"]["tarball"]["file"] == "ubuntu-base.tar.gz"  # pullable by 255
+    check_sbom(env.out / "ubuntu-base")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, Env, tar_stream, tarball_of, unpack
+from sbomcheck import check_sbom
 
 sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
 from rpmrepo import FEDORA_LIKE, RpmRepo, build_repo  # noqa: E402
@@ -74,6 +75,7 @@ def test_fedora_image_from_a_signed_local_repository(env: Env, signed_repo: RpmR
     rootfs = unpack(tarball_of(out), env.tmp / "tree")
     assert (rootfs / "etc/locale.conf").read_text() == "LANG=de_DE.UTF-8\n"  # no locale-gen
     assert "Timezone=off" in (out / "fedtest.nspawn").read_text()
+    check_sbom(out)
 
     log = (out / "build.log").read_text()
     assert "--installroot=" in log and "--releasever=44" in log

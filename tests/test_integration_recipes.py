@@ -16,6 +16,7 @@ from nspawnbuild.plan import make_plan
 from nspawnbuild.recipe.load import load_recipe
 from nspawnbuild.render import render_dropin, render_nspawn
 from nspawnbuild.settings import Setting
+from sbomcheck import check_sbom
 
 pytestmark = pytest.mark.integration
 
@@ -50,6 +51,7 @@ def test_ollama_gpu_builds_without_a_gpu_or_the_web(env: Env) -> None:
         assert wants + unit in members, unit
     assert "./usr/local/libexec/nspawnbuild-firstboot" in members
     assert not [n for n in members if n.startswith("./etc/ssh/ssh_host_")]
+    check_sbom(out)
 
 
 @pytest.mark.parametrize("release,major", [(None, "17"), ("bookworm", "15")])
@@ -78,6 +80,7 @@ def test_postgres_builds_without_shared_secrets(env: Env, release: str | None,
     data = members[f"./var/lib/postgresql/{major}/main"]
     assert conf.uid == data.uid and conf.uid != 0 and conf.size > 0
     assert "Port=tcp:5432:5432\n" in (out / f"{name}.nspawn").read_text()
+    check_sbom(out)
 
 
 @pytest.fixture(scope="module")
