@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from . import cgroups, emulation, tarread
+from . import cgroups, emulation, hostnet, instance, tarread
 from .artifact import (
     MAX_MANIFEST_BYTES,
     NOT_AN_ARTIFACT,
@@ -37,6 +37,8 @@ from .digests import sha256_file
 from .errors import BuildError, Problem, RecipeError
 from .host import machine_arch, run, succeeds
 from .imagefs import resolve_in_root
+from .instance import Overrides
+from .netconf import NetSpec
 from .paths import dropin_name, nspawn_name
 from .steplog import run_fed
 from .tree import remove_tree
@@ -349,6 +351,38 @@ def _put(src: Path, dest: Path) -> None:
         shutil.copyfileobj(fh, out)
 
 
+def bridged_nspawn(text: str, bridge: str) -> str:
+    """The .nspawn with its [Network] wiring (VirtualEthernet=, Bridge=, Zone=) replaced by
+    ``Bridge=bridge``: an instance joins a bridge the image's recipe did not name."""
+    out, section, placed = [], "", False
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("["):
+            if section == "Network" and not placed:
+                out.append(f"Bridge={bridge}")
+                placed = True
+            section = stripped.strip("[]")
+        elif section == "Network" and stripped.split("=", 1)[0] in (
+                "VirtualEthernet", "Bridge", "Zone"):
+            continue
+        out.append(line)
+    if not placed:
+        out += ([f"Bridge={bridge}"] if section == "Network" else ["", "[Network]",
+                                                                   f"Bridge={bridge}"])
+    return "\n".join(out) + "\n"
+
+
+def recipe_network(art: Artifact) -> NetSpec | None:
+    """The network the image was built with (manifest.json's ``network``), None without one."""
+    table = art.manifest.get("network")
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise RecipeError(Problem(art.dir / "manifest.json", "network", "is not a table",
+                                  NOT_AN_ARTIFACT))
+    return NetSpec.from_table(table)
+
+
 def check_runs_here(art: Artifact, root: Path) -> None:
     """Refuse an image of an architecture this host cannot run (natively or through an
     emulator registered with binfmt_misc with the F flag): installed, it would fail at its
@@ -383,14 +417,20 @@ def check_boots_here(art: Artifact, root: Path) -> None:
 
 
 def install(artifact_dir: Path, *, name: str | None, root: Path, force: bool,
-            enable: bool, start: bool, restart: bool = False) -> list[str]:
+            enable: bool, start: bool, restart: bool = False,
+            overrides: Overrides | None = None, host_network: bool = False) -> list[str]:
     """Install; return what was done, one line each. All checks come before the first write.
 
     Over an installed machine (``--force``), the new tree is imported beside it and swapped
     in, with the directories the recipe names as state moved over from the old one. A running
     machine is refused unless ``restart``: then its unit is stopped, the new image put in place
     and started, and, when it does not stay up, the old image, state and settings are put back
-    and started again."""
+    and started again.
+
+    ``overrides`` are the instance's own (``--address``, ``--gateway``, ``--dns``,
+    ``--bridge``), laid over what an earlier install recorded for the machine, which is laid
+    over the recipe's; ``host_network`` installs and applies the host's half of the network
+    (:mod:`hostnet`)."""
     if name is not None:
         check_machine_name(name, NAME_OPTION, None)
     art, sums = verify(artifact_dir)
@@ -399,6 +439,9 @@ def install(artifact_dir: Path, *, name: str | None, root: Path, force: bool,
     name = name or art.name
     tarball = art.tarball
     t = targets(root, name)
+    over = (overrides or Overrides()).over(instance.load(root, name))
+    net = instance.effective(recipe_network(art), over)
+    host_files = hostnet.host_files(name, net) if net is not None else {}
     managed = systemd_runs(root)
     if restart and not managed:
         raise RecipeError(Problem(Path("--restart"), None, "needs systemd running on this host "
@@ -424,6 +467,7 @@ def install(artifact_dir: Path, *, name: str | None, root: Path, force: bool,
         temp = f"nspawnbuild-new-{secrets.token_hex(6)}"
         staged = import_tarball(tarball, staging, temp, headers_checked=True)
         done.append(f"imported {tarball.name}")
+        done += instance.apply_to_tree(staged, name, net, over)
         settings = {dest: dest.read_bytes() if dest.is_file() else None
                     for dest in (t.nspawn, t.dropin)}
         if running:
@@ -437,8 +481,21 @@ def install(artifact_dir: Path, *, name: str | None, root: Path, force: bool,
         remove_tree(staging)
     done.append(f"installed the image as {t.image}")
     for src, dest in ((art.path("nspawn"), t.nspawn), (art.path("dropin"), t.dropin)):
-        _put(src, dest)
+        if dest == t.nspawn and over.bridge is not None:
+            with replacing(dest, mode=0o644) as tmp:
+                tmp.write_text(bridged_nspawn(src.read_text(), over.bridge))
+        else:
+            _put(src, dest)
         done.append(f"installed {dest}")
+    if host_network and not host_files:
+        done.append("--host-network: the image has no network of its own (mode 'host', or "
+                    "no [features.network]): nothing to install on the host")
+    elif host_network:
+        hostnet.apply(host_files, root, live=managed, uplink=net.uplink if net else None,
+                      say=done.append)
+    elif len(host_files) > 1:
+        done.append(f"the host's half of the network is not installed: add --host-network "
+                    f"(what it writes: {artifact_dir / hostnet.NOTE})")
     if managed:
         run(["systemctl", "daemon-reload"], "reload systemd's units (systemctl daemon-reload)")
         done.append("systemctl daemon-reload")
@@ -462,6 +519,8 @@ def install(artifact_dir: Path, *, name: str | None, root: Path, force: bool,
             done.append(f"enabled: {link}")
         if start:
             done.append("not started: systemd is not running for this root")
+    if over.network:  # once the machine is in service: a rolled back update keeps the old
+        done.append(f"recorded {name}'s own settings in {instance.save(root, name, over)}")
     if old is not None:
         remove_tree(old)
         done.append("removed the old image (kept until the new one was in place)")

@@ -30,9 +30,11 @@ from .digests import digest, sha256_file
 from .errors import BuildError, NspawnbuildError
 from .feature import AnyFeature
 from .host import machine_arch
+from .hostnet import host_files
 from .imagefs import parse_owner, write_file
 from .lock import exclusive, hold_shared, release_shared
 from .namespaces import require_private_mount_namespace
+from .netconf import NetSpec
 from .options import Options
 from .overlay import ImageTree, umount
 from .pack import SUFFIXES
@@ -436,6 +438,7 @@ def manifest_document(spec: dict[str, Any], rootfs_record: dict[str, Any],
                                 "target_systemd", "base", "machine", "bootstrapper")},
         "tool": {"name": "nspawnbuild", "version": spec["nspawnbuild"]},
         **({"state": spec["state"]} if spec.get("state") else {}),
+        **({"network": spec["network"]} if spec.get("network") else {}),
         "packages": rootfs_record["packages"],
         "tree": {"bytes": packed["tree_bytes"], **packed["counts"]},
         "audit": {"checks": list(audit.CHECKS), "allowed": [str(f) for f in allowed]},
@@ -459,6 +462,14 @@ def sbom_document(spec: dict[str, Any], rootfs_record: dict[str, Any],
                          purl_type=rootfs_record.get("purl_type", "generic"),
                          packages=rootfs_record["packages"],
                          tarball={"file": packed["file"], "sha256": packed["sha256"]})
+
+
+def host_network_files(spec: dict[str, Any]) -> dict[str, str]:
+    """The host's half of the machine's network (:mod:`nspawnbuild.hostnet`), from the
+    network the manifest records; none without one."""
+    if not spec.get("network"):
+        return {}
+    return host_files(spec["name"], NetSpec.from_table(spec["network"]))
 
 
 def sums_text(digests: dict[str, str]) -> bytes:
@@ -497,6 +508,9 @@ def manifest(options: Options, name: str, key: signing.SigningKey | None = None)
         raise BuildError(f"{stage / packed['file']} changed since it was packed; rebuild it "
                          f"with: nspawnbuild build {name}")
     allowed = audit_artifacts(name, packed, nspawn, dropin, spec["audit_allow"])
+    for rel, text in host_network_files(spec).items():
+        write_bytes(stage / rel, text.encode())
+        artifacts[rel], digests[rel] = stage / rel, sha256_file(stage / rel)
     spdx = sbom.file_name(name)
     write_bytes(stage / spdx, sbom.render(sbom_document(spec, rootfs_record, packed)))
     artifacts[spdx] = stage / spdx

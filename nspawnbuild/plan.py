@@ -16,6 +16,7 @@ from . import __version__
 from .digests import digest
 from .errors import BuildError
 from .feature import AnyFeature
+from .netconf import NetSpec
 from .plugins import Registry, get_registry
 from .recipe.model import Recipe
 from .settings import Setting, check_setting
@@ -156,4 +157,6 @@ def make_plan(recipe: Recipe[AnyFeature], registry: Registry | None = None) -> P
     }
     if recipe.data.get("state"):  # only when named: every other manifest stays as it was
         manifest["state"] = list(recipe.data["state"])
+    if "network" in recipe.feature_tables:  # what install needs to make instances of it
+        manifest["network"] = NetSpec.from_table(plain(recipe.feature_tables["network"])).as_dict()
     return Plan(recipe.name, bootstrap, rootfs, pack, config, manifest)

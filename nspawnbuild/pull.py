@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .errors import BuildError
 from .install import install
+from .instance import Overrides
 from .verify import Say, default_keyring, fetched, report
 
 #: what makes install's argument a URL rather than a directory
@@ -28,7 +29,8 @@ def is_url(target: str) -> bool:
 
 
 def install_url(url: str, *, keyring: Path | None, name: str | None, root: Path, force: bool,
-                enable: bool, start: bool, say: Say, restart: bool = False) -> list[str]:
+                enable: bool, start: bool, say: Say, restart: bool = False,
+                overrides: Overrides | None = None, host_network: bool = False) -> list[str]:
     """Pull the signed set at ``url``, verify it, install it; what was done, one line each."""
     ring = keyring or default_keyring()
     with fetched(url, ring) as (directory, outcome):
@@ -38,4 +40,5 @@ def install_url(url: str, *, keyring: Path | None, name: str | None, root: Path,
                              + "; nothing was installed")
         done = [f"verified the signature of {url} with {ring}"]
         return done + install(directory, name=name, root=root, force=force, enable=enable,
-                              start=start, restart=restart)
+                              start=start, restart=restart, overrides=overrides,
+                              host_network=host_network)

@@ -28,6 +28,19 @@ def add_install(command: AddCommand) -> None:
     p.add_argument("--restart", action="store_true",
                    help="replace a running machine: stop it, install, start it again (the old "
                         "image is put back when the new one does not start)")
+    p.add_argument("--address", action="append", metavar="ADDR/PREFIX",
+                   help="this instance's own address on host0, e.g. 192.0.2.18/28 or "
+                        "2001:db8::18/64, in place of the recipe's (repeat for more)")
+    p.add_argument("--gateway", action="append", metavar="ADDR",
+                   help="this instance's gateway, in place of the recipe's (repeat for more; "
+                        "with --host-network it is the host's address on the link)")
+    p.add_argument("--dns", action="append", metavar="ADDR",
+                   help="this instance's name servers, in place of the recipe's (repeat)")
+    p.add_argument("--bridge", metavar="IFNAME",
+                   help="join this host bridge instead of the recipe's network wiring")
+    p.add_argument("--host-network", action="store_true",
+                   help="install and apply the host's half of the network (networkd files "
+                        "for ve-NAME or the bridge, forwarding sysctls, NAT); see DIR/host/")
     p.add_argument("--enable", action="store_true", help="start the machine at boot")
     p.add_argument("--start", action="store_true", help="start it now (needs systemd running)")
     p.set_defaults(func=cmd_install)
@@ -35,16 +48,20 @@ def add_install(command: AddCommand) -> None:
 
 def cmd_install(args: argparse.Namespace) -> int:
     from ..install import install
+    from ..instance import check
     from ..pull import install_url, is_url
 
     root = Path(args.root)
+    settings = check(args.address, args.gateway, args.dns, args.bridge)
     if is_url(args.artifact_dir):
         done = install_url(args.artifact_dir, keyring=Path(args.keyring) if args.keyring else None,
                            name=args.name, root=root, force=args.force, enable=args.enable,
-                           start=args.start, restart=args.restart, say=print)
+                           start=args.start, restart=args.restart, say=print,
+                           overrides=settings, host_network=args.host_network)
     else:
         done = install(Path(args.artifact_dir), name=args.name, root=root, force=args.force,
-                       enable=args.enable, start=args.start, restart=args.restart)
+                       enable=args.enable, start=args.start, restart=args.restart,
+                       overrides=settings, host_network=args.host_network)
     for line in done:
         print(line)
     return 0
