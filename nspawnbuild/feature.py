@@ -44,6 +44,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from .distro import Distro
 from .errors import BuildError, Problem, RecipeError
+from .hostneeds import HostContext, HostSettings
 from .recipe.model import Recipe
 from .recipe.sourcemap import SourceMap
 from .rootfs import RootfsContext
@@ -200,6 +201,19 @@ class Feature(Generic[C, T]):
         """Shell commands to run once, on each container's first boot, on the target host
         (work that needs the host's network, a key made per container)."""
         return []
+
+    def host_needs(self, recipe: Recipe[Feature[Any, Any]]) -> Any:
+        """JSON data for :meth:`host_settings`, when some settings can only be made on the
+        target host (its GPU driver's files); recorded in the manifest under ``host_needs``."""
+        return None
+
+    @classmethod
+    def host_settings(cls, needs: Any, host: HostContext) -> HostSettings:
+        """At install, on the target host: what ``host_needs`` recorded, turned into settings
+        for the installed .nspawn and drop-in and files for the installed tree. ``needs``
+        comes from a manifest, which may come from anywhere: check it."""
+        raise BuildError(f"feature '{cls.name}' recorded needs for the host but has no "
+                         "host_settings to meet them; report it to the plugin's authors")
 
 
 AnyFeature = Feature[Any, Any]

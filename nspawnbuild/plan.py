@@ -157,6 +157,9 @@ def make_plan(recipe: Recipe[AnyFeature], registry: Registry | None = None) -> P
     }
     if recipe.data.get("state"):  # only when named: every other manifest stays as it was
         manifest["state"] = list(recipe.data["state"])
+    needs = {f.name: n for f in recipe.features if (n := plain(f.host_needs(recipe))) is not None}
+    if needs:  # what install must ask of the target host (hostneeds.py); only when some
+        manifest["host_needs"] = needs
     if "network" in recipe.feature_tables:  # what install needs to make instances of it
         manifest["network"] = NetSpec.from_table(plain(recipe.feature_tables["network"])).as_dict()
     return Plan(recipe.name, bootstrap, rootfs, pack, config, manifest)

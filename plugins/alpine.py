@@ -112,6 +112,8 @@ class Alpine(Distro):
         "gpu-nvidia": {"unsupported": "NVIDIA's user-space libraries are built for glibc and "
                                       "Alpine uses musl; use a debian, ubuntu or fedora base for "
                                       "GPU images"},
+        "gpu-amd": {"unsupported": "ROCm is built for glibc and Alpine uses musl; use a debian, "
+                                   "ubuntu or fedora base for GPU images"},
         # OpenRC's local service runs /etc/local.d scripts at boot
         "firstboot": {"style": "openrc-local"},
     }

@@ -136,9 +136,38 @@ def test_nvidia_driver_version_must_be_a_version(tmp_path: Path, version: str) -
             "features.gpu-nvidia.driver_version", "invalid value")
 
 
-def test_nvidia_driver_version_is_required(tmp_path: Path) -> None:
-    refused(tmp_path, NONFREE + "[features.gpu-nvidia]\ndevices = [0]\n",
-            "features.gpu-nvidia.driver_version", "required")
+def test_nvidia_driver_version_is_required_with_the_image_driver(tmp_path: Path) -> None:
+    refused(tmp_path, NONFREE + '[features.gpu-nvidia]\ndriver = "image"\ndevices = [0]\n',
+            "features.gpu-nvidia.driver_version", "requires driver_version")
+
+
+# -- gpu-nvidia, driver = "host" ----------------------------------------------------------------
+
+def test_nvidia_without_a_version_is_the_host_driver_and_the_image_carries_none(
+        tmp_path: Path) -> None:
+    """No NVIDIA package, no non-free component needed, no settings in the artifacts: install
+    makes them on the host (test_gpu_host.py); the manifest says what it must find there."""
+    r = load(tmp_path, BASE + "[features.gpu-nvidia]\ndevices = [1, \"GPU-4b3c9d2e\"]\n")
+    plan = make_plan(r)
+    assert not [p for p in plan.bootstrap["packages"] if "nvidia" in p or "cuda" in p]
+    assert "nvidia" not in nspawn_text(r) and "nvidia" not in dropin_text(r)
+    assert plan.manifest["host_needs"] == {
+        "gpu-nvidia": {"driver": "host", "devices": ["1", "GPU-4b3c9d2e"]}}
+    assert "host_needs" not in make_plan(load(tmp_path, NVIDIA)).manifest
+
+
+@pytest.mark.parametrize("body,key,words", [
+    ('driver = "host"\ndriver_version = "535.183.01"\n', "features.gpu-nvidia.driver_version",
+     "no version to pin"),
+    ('devices = "all"\ncount = 2\n', "features.gpu-nvidia.count", "count does not apply"),
+    ('driver_version = "535.183.01"\ndevices = ["GPU-4b3c"]\n', "features.gpu-nvidia.devices",
+     'with driver = "host" only'),
+    ('driver = "gpu"\n', "features.gpu-nvidia.driver", "invalid value"),
+    ('devices = ["GPU 0; rm"]\n', "features.gpu-nvidia.devices", "invalid value"),
+])
+def test_nvidia_driver_modes_refuse_what_does_not_apply(tmp_path: Path, body: str, key: str,
+                                                        words: str) -> None:
+    refused(tmp_path, NONFREE + "[features.gpu-nvidia]\n" + body, key, words)
 
 
 def test_nvidia_packages_are_pinned_to_the_driver_version(tmp_path: Path) -> None:
@@ -222,6 +251,35 @@ def test_both_gpu_features_together(tmp_path: Path) -> None:
     r = load(tmp_path, NVIDIA + "[features.gpu-dri]\n")
     assert values(nspawn_text(r), "Bind")[-1] == "/dev/dri"
     assert "char-drm rw" in values(dropin_text(r), "DeviceAllow")
+
+
+# -- gpu-amd ----------------------------------------------------------------------------------
+
+def test_amd_binds_kfd_and_dri_and_allows_them(tmp_path: Path) -> None:
+    r = load(tmp_path, BASE + "[features.gpu-amd]\n")
+    assert values(nspawn_text(r), "Bind") == ["/dev/kfd", "/dev/dri"]
+    assert values(dropin_text(r), "DeviceAllow") == ["/dev/kfd rw", "char-drm rw"]
+    assert make_plan(r).manifest["host_needs"] == {"gpu-amd": {"nodes": "all"}}
+
+
+def test_amd_chosen_render_nodes_only(tmp_path: Path) -> None:
+    r = load(tmp_path, BASE + '[features.gpu-amd]\nrender_nodes = ["renderD129"]\n')
+    assert values(nspawn_text(r), "Bind") == ["/dev/kfd", "/dev/dri/renderD129"]
+    assert values(dropin_text(r), "DeviceAllow") == ["/dev/kfd rw", "/dev/dri/renderD129 rw"]
+    assert make_plan(r).manifest["host_needs"] == {"gpu-amd": {"nodes": ["renderD129"]}}
+
+
+@pytest.mark.parametrize("body,key,words", [
+    ('render_nodes = ["card0"]\n', "features.gpu-amd.render_nodes", "invalid value"),
+    ('users = ["Bad User"]\n', "features.gpu-amd.users[0]", "invalid value"),
+])
+def test_amd_refuses_what_it_cannot_bind(tmp_path: Path, body: str, key: str, words: str) -> None:
+    refused(tmp_path, BASE + "[features.gpu-amd]\n" + body, key, words)
+
+
+def test_amd_is_refused_on_alpine(tmp_path: Path) -> None:
+    refused(tmp_path, '[base]\ndistro = "alpine"\n[features.gpu-amd]\n', "features.gpu-amd",
+            "ROCm is built for glibc")
 
 
 # -- binds ------------------------------------------------------------------------------------
