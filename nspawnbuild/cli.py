@@ -13,13 +13,14 @@ import os
 import sys
 
 from . import __version__
-from .commands import artifacts, build, cache, host, plugins, recipes
+from .commands import artifacts, build, cache, host, locking, plugins, recipes
 from .commands.common import AddCommand
 from .errors import NspawnbuildError, error_lines
 
 #: each command's ``add_*`` function, in the order ``nspawnbuild --help`` lists them
 COMMANDS = (
     build.add_build,
+    locking.add_lock,
     recipes.add_validate,
     artifacts.add_audit,
     cache.add_cache,

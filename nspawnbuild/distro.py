@@ -80,6 +80,10 @@ class Distro(ABC):
         # the recipe's [base] wins over the distro's defaults; the loader fills the same
         # defaults into the recipe's data, so both see one table
         self.base: dict[str, Any] = {**self.defaults(), **base}
+        #: ``{package: version}`` from the recipe's lock file (:mod:`nspawnbuild.lockfile`),
+        #: set before the plan is made; a distro that can pins its package manager to them
+        #: (and makes them part of :meth:`bootstrap_inputs`), every build checks them
+        self.pins: dict[str, str] = {}
 
     # -- identity -------------------------------------------------------------------------
     @property
@@ -161,6 +165,11 @@ class Distro(ABC):
     @abstractmethod
     def list_packages(self, root: Path) -> list[Package]:
         """Installed packages with versions, read from the tree without running it."""
+
+    def archive_state(self, root: Path) -> list[dict[str, Any]]:
+        """What identifies the archive state the tree was installed from (Debian: each
+        Release file's suite, date and sha256), read before :meth:`clean`; for lock files."""
+        return []
 
     def clean(self, root: Path) -> None:
         """Remove package manager caches and lists from the tree."""

@@ -102,6 +102,11 @@ class Options:
     jobs: int = 1
     #: how the published sets are signed (``--sign``, ``--no-sign``, the variables)
     signing: Signing = Signing()
+    #: the lock file a build follows (``--lock FILE``); None: NAME.lock.json beside the
+    #: recipe when there is one (:mod:`nspawnbuild.lockfile`)
+    lock: Path | None = None
+    #: False for the build ``nspawnbuild lock`` makes: it resolves afresh, ignoring any lock
+    use_lock: bool = True
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None, *,
@@ -110,7 +115,8 @@ class Options:
                          quiet: bool = False, jobs: int = 1, sign: str | None = None,
                          no_sign: bool = False,
                          sign_passphrase_file: str | Path | None = None,
-                         sign_origin: str = "--sign") -> Options:
+                         sign_origin: str = "--sign", lock: str | Path | None = None,
+                         use_lock: bool = True) -> Options:
         """Options from the given values, with the directories and the signing key that are
         not given taken from the user variables (``environ``, default ``os.environ``) or
         their defaults."""
@@ -118,4 +124,5 @@ class Options:
         signing = signing_from_environment(environ, sign=sign, no_sign=no_sign,
                                            passphrase_file=sign_passphrase_file,
                                            sign_origin=sign_origin)
-        return cls(layout, keep_rootfs=keep_rootfs, quiet=quiet, jobs=jobs, signing=signing)
+        return cls(layout, keep_rootfs=keep_rootfs, quiet=quiet, jobs=jobs, signing=signing,
+                   lock=Path(lock).absolute() if lock else None, use_lock=use_lock)

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import audit, cache, emulation, sbom, signing
+from . import audit, cache, emulation, lockfile, sbom, signing
 from .atomic import read_json, replacing, write_bytes, write_json
 from .digests import digest, sha256_file
 from .errors import BuildError, NspawnbuildError
@@ -54,6 +54,8 @@ from .tree import copy_tree, mounts_below, remove_tree
 STAGES = ("resolve", "bootstrap", "rootfs", "pack", "configure", "manifest")
 
 AnyRecipe = Recipe[AnyFeature]
+#: what the rootfs stage reads from the finished tree: its packages, the archive's state
+TreeRecord = tuple[list[dict[str, Any]], list[dict[str, Any]]]
 
 
 # -- files the stages write -------------------------------------------------------------------
@@ -83,7 +85,23 @@ def check_host(recipe: AnyRecipe, *, notes: bool = True) -> emulation.Runner:
     return runner
 
 
-def plan(recipe: AnyRecipe) -> Plan:
+def recipe_lock(options: Options, recipe: AnyRecipe) -> lockfile.Lock | None:
+    """The lock a build of ``recipe`` follows: ``--lock FILE``, else NAME.lock.json beside
+    the recipe when there is one; none for ``nspawnbuild lock``'s own build. Exit 2 when it
+    is not a lock file or was made for another distro, release or architecture."""
+    if not options.use_lock:
+        return None
+    path = options.lock or lockfile.path_for(recipe.path, recipe.name)
+    if options.lock is None and not path.is_file():
+        return None
+    lock = lockfile.read(path)
+    distro = recipe.distro
+    lockfile.check_base(lock, {"distro": distro.name, "release": distro.release,
+                               "arch": distro.arch})
+    return lock
+
+
+def plan(recipe: AnyRecipe, lock: lockfile.Lock | None = None) -> Plan:
     """The plan of ``recipe``: the stage specs that key every later stage.
 
     Made only for a build (``nspawnbuild build`` and ``doit build`` both come here, before
@@ -92,8 +110,13 @@ def plan(recipe: AnyRecipe) -> Plan:
     it with the host it installs on.
     """
     check_host(recipe)
+    if lock is not None:
+        recipe.distro.pins = lock.pins()  # before the plan: a distro's pins key its bootstrap
     made = make_plan(recipe)
     made.manifest["machine"] = recipe.distro.machine
+    if lock is not None:  # the rootfs stage compares the image with it
+        made.rootfs["lock"] = {**lock.record(), "packages": lock.packages}
+        made.manifest["lock"] = lock.record()
     return made
 
 
@@ -262,19 +285,22 @@ def finalize_features(ctx: RootfsContext, features: tuple[AnyFeature, ...]) -> N
         feature.finalize(ctx)
 
 
-def finish_tree(root: Path, recipe: AnyRecipe) -> list[dict[str, Any]]:
+def finish_tree(root: Path, recipe: AnyRecipe) -> TreeRecord:
     """Scrub host state, drop the package manager's caches; return the installed packages
-    (listed before the caches go: a distro reads package digests from its archive lists)."""
+    and the archive's state (both read before the caches go: a distro reads package digests
+    and Release files from its archive lists)."""
     scrub(root, recipe.name)
     packages = [p.as_dict() for p in recipe.distro.list_packages(root)]
+    archive = recipe.distro.archive_state(root)
     recipe.distro.clean(root)
-    return packages
+    return packages, archive
 
 
 def make_tree(root: Path, recipe: AnyRecipe, ctx: RootfsContext, sandbox: Sandbox,
-              log: StepLog) -> list[dict[str, Any]]:
+              log: StepLog) -> TreeRecord:
     """The rootfs stage's work on the mounted overlay ``root``, in its fixed order: features,
-    files, post-steps, features' finalize, scrub; returns the installed packages."""
+    files, post-steps, features' finalize, scrub; returns the installed packages and the
+    archive's state (:func:`finish_tree`)."""
     drop_resolv_conf(root)
     configure_features(ctx, recipe.features)
     install_files(root, recipe, log)
@@ -329,7 +355,9 @@ def rootfs(options: Options, recipe: AnyRecipe) -> None:
                     _say(note)
                 ctx = RootfsContext(tree.merged, recipe, recipe.distro, log, layout.cache,
                                     sandbox=sandbox)
-                packages = make_tree(tree.merged, recipe, ctx, sandbox, log)
+                packages, archive = make_tree(tree.merged, recipe, ctx, sandbox, log)
+                if spec.get("lock"):  # exit 1 naming each package, nothing published
+                    lockfile.compare(spec["lock"]["packages"], packages, spec["lock"]["file"])
             tree.umount()
             remove_tree(work / "layer")
             os.replace(tree.layer, work / "layer")
@@ -345,6 +373,7 @@ def rootfs(options: Options, recipe: AnyRecipe) -> None:
             raise
         write_json(work / "rootfs.json", {"spec": digest(spec), "packages": packages,
                                           "purl_type": recipe.distro.purl_type,
+                                          "archive": archive,
                                           "bootstrap": {"key": key, "contents": contents}})
 
 
@@ -438,6 +467,7 @@ def manifest_document(spec: dict[str, Any], rootfs_record: dict[str, Any],
                                 "target_systemd", "base", "machine", "bootstrapper")},
         "tool": {"name": "nspawnbuild", "version": spec["nspawnbuild"]},
         **({"state": spec["state"]} if spec.get("state") else {}),
+        **({"lock": spec["lock"]} if spec.get("lock") else {}),
         **({"network": spec["network"]} if spec.get("network") else {}),
         "packages": rootfs_record["packages"],
         "tree": {"bytes": packed["tree_bytes"], **packed["counts"]},

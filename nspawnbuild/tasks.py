@@ -246,7 +246,7 @@ def build_tasks(options: Options, recipes: Sequence[AnyRecipe],
         try:
             # one build of a recipe at a time: held until this process ends
             hold(layout.work_dir(recipe.name) / "lock", what=f"recipe {recipe.name}")
-            plan = pipeline.plan(recipe)
+            plan = pipeline.plan(recipe, pipeline.recipe_lock(options, recipe))
         except NspawnbuildError as e:
             print(error_lines(e), file=sys.stderr)
             raise SystemExit(e.exit_code) from None

@@ -23,7 +23,7 @@ from nspawnbuild.distro import Distro, Package
 from nspawnbuild.errors import BuildError, HostToolMissing, Problem
 from nspawnbuild.fetch import Refused, read_confined
 from nspawnbuild.hookspecs import hookimpl
-from nspawnbuild.imagefs import read_text_in_root, resolve_in_root
+from nspawnbuild.imagefs import read_text_in_root, remove_in_root, resolve_in_root
 from nspawnbuild.recipe.sourcemap import SourceMap
 from nspawnbuild.sandbox import isolated
 from nspawnbuild.steplog import StepLog
@@ -197,6 +197,41 @@ def _packages_digests(fh: BinaryIO, wanted: set[tuple[str, str, str]],
                 fields[k] = v.strip()
 
 
+#: where a lock file's pins are while the image is built (removed before it is packed)
+PINS_FILE = "/etc/apt/preferences.d/nspawnbuild-lock.pref"
+
+
+def pin_preferences(pins: Mapping[str, str]) -> str:
+    """apt preferences that make each pinned version the one apt installs (priority 1001:
+    also over a newer one, and when a post-step installs the package later)."""
+    return "".join(f"Package: {name}\nPin: version {version}\nPin-Priority: 1001\n\n"
+                   for name, version in sorted(pins.items()))
+
+
+def release_files(lists: Path) -> list[dict[str, Any]]:
+    """The archive's state from apt's lists: each (In)Release file's origin, suite, codename,
+    date and sha256 (not its file name, which holds the mirror's host)."""
+    found: list[dict[str, Any]] = []
+    if not lists.is_dir() or lists.is_symlink():
+        return found
+    for path in sorted(lists.iterdir()):
+        if not path.name.endswith(("_InRelease", "_Release")):
+            continue
+        try:
+            with open(path, "rb", opener=_no_follow) as fh:
+                if not os.path.isfile(f"/proc/self/fd/{fh.fileno()}"):
+                    continue
+                data = fh.read(MAX_COPYRIGHT + 1)
+        except OSError:
+            continue
+        fields = {m.group(1): m.group(2) for m in re.finditer(
+            r"^(Origin|Suite|Codename|Date|Valid-Until): *(.*)$",
+            data.decode("utf-8", errors="replace"), re.MULTILINE)}
+        found.append({**{k.lower(): v.strip() for k, v in sorted(fields.items())},
+                      "sha256": hashlib.sha256(data).hexdigest()})
+    return found
+
+
 def archive_digests(lists: Path, wanted: set[tuple[str, str, str]]) -> dict[tuple[str, str, str], str]:
     """``{(package, version, arch): sha256}`` of the .deb files apt's Packages lists give for
     ``wanted``; the lists are read line by line (a release's main is tens of MiB), only
@@ -354,10 +389,14 @@ class Debian(Distro):
 
     def bootstrap_inputs(self) -> dict[str, Any]:
         # the keys that verify the archive shape what is bootstrapped: their content is part
-        # of the cache key (nothing is added when the recipe names none, as before)
-        if not self.keyrings:
-            return {}
-        return {"keyrings": [hashlib.sha256(data).hexdigest() for _, data in self.keyrings]}
+        # of the cache key (nothing is added when the recipe names none, as before); so do a
+        # lock file's pins
+        inputs: dict[str, Any] = {}
+        if self.keyrings:
+            inputs["keyrings"] = [hashlib.sha256(data).hexdigest() for _, data in self.keyrings]
+        if self.pins:
+            inputs["pins"] = hashlib.sha256(pin_preferences(self.pins).encode()).hexdigest()
+        return inputs
 
     def keyring_args(self, private: Path, tool: str = "mmdebstrap") -> list[str]:
         """The ``--keyring=`` argument: the recipe's keyrings written into ``private`` (a new
@@ -397,8 +436,18 @@ class Debian(Distro):
         # private temporary directory), and removed with it or right after it
         private = dest.parent / f".keyrings-{dest.name}"
         remove_tree(private)
+        pins = dest.parent / f".pins-{dest.name}"
+        pins.unlink(missing_ok=True)
+        if self.pins and tool != "mmdebstrap":
+            raise BuildError("a lock file's versions need mmdebstrap (it puts apt's pins in "
+                             "place before apt resolves); install it with: apt-get install "
+                             "mmdebstrap")
         if tool == "mmdebstrap":
-            argv = self.mmdebstrap_argv(private, dest, packages, mirror, expired_ok)
+            hooks = []
+            if self.pins:  # in place before apt's first resolution, kept for post-steps
+                pins.write_text(pin_preferences(self.pins))
+                hooks.append(f"--setup-hook=upload {pins} {PINS_FILE}")
+            argv = self.mmdebstrap_argv(private, dest, packages, mirror, expired_ok, *hooks)
         else:
             if base["variant"] not in DEBOOTSTRAP_VARIANTS:
                 raise BuildError(f"debootstrap has no variant '{base['variant']}' (it knows "
@@ -427,6 +476,7 @@ class Debian(Distro):
                              "weakens apt's protection against replayed old archives") from None
         finally:
             remove_tree(private)
+            pins.unlink(missing_ok=True)
 
     def mmdebstrap_argv(self, private: Path, dest: Path, packages: list[str], mirror: list[str],
                         expired_ok: bool, *extra: str) -> list[str]:
@@ -497,7 +547,11 @@ class Debian(Distro):
                                             if (p.name, p.version, p.arch) in digests else ""))
                 for p in packages]
 
+    def archive_state(self, root: Path) -> list[dict[str, Any]]:
+        return release_files(resolve_in_root(root, "/var/lib/apt/lists"))
+
     def clean(self, root: Path) -> None:
+        remove_in_root(root, PINS_FILE)  # the lock's pins are the build's, not the image's
         for pattern_dir, pattern in (("/var/lib/apt/lists", "*"), ("/var/cache/apt", "*.bin"),
                                      ("/var/cache/apt/archives", "*.deb"),
                                      ("/var/cache/debconf", "*-old"), ("/var/lib/dpkg", "*-old")):

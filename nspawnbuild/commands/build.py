@@ -56,6 +56,10 @@ def add_build(command: AddCommand) -> None:
     p.add_argument("--sign-passphrase-file", metavar="FILE",
                    help="a file holding the signing key's passphrase (default: "
                         "$NSPAWNBUILD_SIGN_PASSPHRASE_FILE)")
+    p.add_argument("--lock", metavar="FILE",
+                   help="install exactly the packages of this lock file, or fail naming those "
+                        "the archive no longer has (default: NAME.lock.json beside the recipe, "
+                        "when there is one; write one with nspawnbuild lock)")
     p.add_argument("--quiet", action="store_true", help="print errors only")
     p.add_argument("--json", action="store_true",
                    help="print what was published as JSON (for scripts), nothing else")
@@ -73,6 +77,10 @@ def cmd_build(args: argparse.Namespace) -> int:
                            jobs=args.jobs, sign=args.sign, no_sign=args.no_sign,
                            sign_passphrase_file=args.sign_passphrase_file)
     # validate before doit opens its state database, so bad input writes nothing
+    if args.lock and len(args.recipes) > 1:
+        print("error: --lock: one lock file is for one recipe; build the others apart",
+              file=sys.stderr)
+        return 2
     recipes = tasks.load_or_exit(args.recipes)
     check_hosts(recipes)
     if args.check_reproducible:

@@ -24,4 +24,5 @@ def options_from(args: argparse.Namespace, *, keep_rootfs: bool = False, quiet: 
                                     work=getattr(args, "work_dir", None),
                                     cache=getattr(args, "cache_dir", None),
                                     keep_rootfs=keep_rootfs, quiet=quiet, jobs=jobs, sign=sign,
-                                    no_sign=no_sign, sign_passphrase_file=sign_passphrase_file)
+                                    no_sign=no_sign, sign_passphrase_file=sign_passphrase_file,
+                                    lock=getattr(args, "lock", None))
