@@ -19,6 +19,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import buildenv
 from .errors import BuildError, HostToolMissing
 
 
@@ -59,8 +60,10 @@ def machine_arch() -> str:
 
 
 def tool_version(argv: list[str]) -> str:
-    """The first version number a program prints for ``argv`` (``mmdebstrap --version``)."""
-    out = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+    """The first version number a program prints for ``argv`` (``mmdebstrap --version``),
+    asked in the build's environment (it goes into the plan: no caller's locale in it)."""
+    out = subprocess.run(argv, capture_output=True, text=True, check=False,
+                         env=buildenv.environment()).stdout
     m = re.search(r"(\d+(?:\.\d+)+\S*)", out)
     return m.group(1) if m else out.strip() or "unknown"
 

@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+from . import buildenv
 from .errors import BuildError
 from .host import require_tool
 from .imagefs import make_dirs, resolve_in_root, write_file
@@ -36,8 +37,9 @@ from .namespaces import UserNamespace
 from .overlay import ImageTree
 from .steplog import StepLog
 
-#: environment every command in the sandbox gets
-BASE_ENV = {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8"}
+#: environment every command in the sandbox gets (besides nspawn's own defaults and the
+#: recipe's SOURCE_DATE_EPOCH): locale, time zone, no dialogs (see nspawnbuild.buildenv)
+BASE_ENV = buildenv.CONTAINER
 
 
 #: run a host tool (a bootstrapper) in private mount and PID namespaces: its mounts of /proc,

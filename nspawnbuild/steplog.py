@@ -11,6 +11,9 @@ children that have no log: :func:`run_captured` (a whole build whose output is s
 it fails), :func:`run_fed` (a program fed a stream on stdin, such as systemd-import) and
 :func:`run_attached` (a program on the user's terminal: ``nspawnbuild shell``). Short host jobs
 (mount, rm, cp) use ``nspawnbuild.host.run``.
+
+:meth:`StepLog.run` is also where a build's processes get their fixed environment (umask,
+variables, host name: :mod:`nspawnbuild.buildenv`), never the caller's.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
+from . import buildenv
 from .errors import BuildError
 
 TAIL_LINES = 25
@@ -76,23 +80,27 @@ class StepLog:
     ) -> None:
         """Run ``argv``; its stdout and stderr go to the log. Raise BuildError on failure.
 
+        The child runs in the build's environment (:mod:`nspawnbuild.buildenv`): umask 022,
+        :data:`~nspawnbuild.buildenv.FIXED` plus ``env``, a UTS namespace with fixed names.
+
         ``stop``: the signal that ends the child when the build is interrupted (SIGKILL for a
         child that ignores SIGTERM, such as ``unshare --fork``, when nothing of it is kept).
         """
         shown = shown_command or shlex.join(argv)
         self.note(f"{step}: {shlex.join(argv)}")
         tail: deque[str] = deque(maxlen=TAIL_LINES)
-        full_env = dict(os.environ)
-        if env:
-            full_env.update(env)
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=full_env,
-            preexec_fn=functools.partial(die_with_parent, os.getpid()),
-        )
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=buildenv.environment(env),
+                preexec_fn=_child_setup(os.getpid(), buildenv.build_child),
+            )
+        except subprocess.SubprocessError as e:  # buildenv.build_child failed in the child
+            raise BuildError(f"{step}: could not give it the build's environment (a UTS "
+                             f"namespace of its own needs root): {e}") from None
         try:
             if stdin is not None:
                 assert proc.stdin is not None
