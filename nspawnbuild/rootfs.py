@@ -43,8 +43,10 @@ SCRUB_FILES = (
     "/root/.lesshst",
     "/root/.viminfo",
 )
-#: directories emptied but kept
-SCRUB_DIRS_CONTENT = ("/tmp", "/var/tmp", "/run")
+#: directories emptied but kept; /dev too: systemd-nspawn mounts its own, and what a
+#: bootstrapper leaves there depends on the build host (mmdebstrap makes device nodes, /dev/fd
+#: and /dev/pts only where the cache's file system allows mknod: not on a nodev mount)
+SCRUB_DIRS_CONTENT = ("/tmp", "/var/tmp", "/run", "/dev")
 
 
 def drop_resolv_conf(root: Path) -> None:
