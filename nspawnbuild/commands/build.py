@@ -37,8 +37,9 @@ def add_build(command: AddCommand) -> None:
     p.add_argument("--work-dir", help="work trees and build state (default: ./.nspawnbuild)")
     p.add_argument("--cache-dir", help=f"bootstrap cache (default: {default_cache()})")
     p.add_argument("--check-reproducible", action="store_true",
-                   help="build twice in separate directories (other umask, TZ, locale, one CPU, "
-                        "own cache) and compare; list every differing path")
+                   help="build twice, the second time varied as reprotest varies (build path, "
+                        "umask, TZ, locale, CPUs, host name, HOME, variables, clock, file "
+                        "order), each with its own cache, and compare; list every differing path")
     p.add_argument("--keep", action="store_true",
                    help="with --check-reproducible: keep both trees for inspection")
     p.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
