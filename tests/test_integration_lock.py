@@ -69,7 +69,7 @@ def recipe(directory: Path, repo: DebRepo, url: str) -> Path:
 def test_lock_build_archive_moves_on_build_fails_update_shows_it(
         env: Env, repo: tuple[DebRepo, str], tmp_path_factory: pytest.TempPathFactory) -> None:
     debrepo, url = repo
-    digests = debrepo.publish({PROBE: "1.0"}, int(time.time()) - 3600)
+    digests = debrepo.publish([(PROBE, "1.0")], int(time.time()) - 7200)
     path = recipe(env.tmp / "recipe", debrepo, url)
     lock_path = path.with_name("locktest.lock.json")
 
@@ -81,7 +81,7 @@ def test_lock_build_archive_moves_on_build_fails_update_shows_it(
     lock = json.loads(lock_path.read_text())
     versions = {p["name"]: p for p in lock["packages"]}
     assert versions[PROBE] == {"name": PROBE, "version": "1.0", "arch": "all",
-                               "digest": f"sha256:{digests[PROBE]}"}
+                               "digest": f"sha256:{digests[PROBE, '1.0']}"}
     assert versions["systemd"]["version"].startswith("257.")
     assert all(p.get("digest", "").startswith("sha256:") for p in lock["packages"])
     suites = {a.get("suite") for a in lock["archive"]}
@@ -102,8 +102,18 @@ def test_lock_build_archive_moves_on_build_fails_update_shows_it(
     sbom = json.loads((out / "locktest.spdx.json").read_text())
     assert next(p for p in sbom["packages"] if p["name"] == PROBE)["licenseDeclared"] == "MIT"
 
-    # the archive moves on: 1.0 is gone, 1.1 is there; a clean build (as CI's) fails
-    debrepo.publish({PROBE: "1.1"}, int(time.time()))
+    # a newer version beside the locked one: a clean build (as CI's) still installs 1.0
+    debrepo.publish([(PROBE, "1.0"), (PROBE, "1.1")], int(time.time()) - 3600)
+    newer = Env(env.tmp / "newer", env.tmp / "newer" / "out", env.tmp / "newer" / "work",
+                env.cache)
+    (env.tmp / "newer").mkdir()
+    r = newer.nspawnbuild("build", str(path), **NO_PROXY)
+    assert r.returncode == 0, r.stdout + r.stderr
+    pinned = json.loads((newer.out / "locktest" / "manifest.json").read_text())
+    assert {p["name"]: p["version"] for p in pinned["packages"]}[PROBE] == "1.0"
+
+    # the archive moves on: 1.0 is gone, 1.1 is there; a clean build fails naming it
+    debrepo.publish([(PROBE, "1.1")], int(time.time()))
     clean = Env(env.tmp / "again", env.tmp / "again" / "out", env.tmp / "again" / "work",
                 env.cache)
     (env.tmp / "again").mkdir()
