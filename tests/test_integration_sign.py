@@ -72,7 +72,7 @@ def test_the_signature_is_published_beside_sha256sums_and_not_listed(
     e, _, good = built
     assert sorted(p.name for p in (e.out / NAME).iterdir()) == sorted([
         TARBALL, f"{NAME}.nspawn", f"systemd-nspawn@{NAME}.service.d", "manifest.json",
-        "SHA256SUMS", "SHA256SUMS.gpg", "build.log"])
+        f"{NAME}.spdx.json", "SHA256SUMS", "SHA256SUMS.gpg", "build.log"])
     assert "SHA256SUMS.gpg" not in (good / "SHA256SUMS").read_text()
     # a detached binary signature that plain gpg accepts with alice's public key
     check = subprocess.run(["gpgv", "--keyring", str(keys["alice"].public),
@@ -81,7 +81,7 @@ def test_the_signature_is_published_beside_sha256sums_and_not_listed(
     assert check.returncode == 0, check.stderr
     assert (good / "SHA256SUMS.gpg").read_bytes()[:1] != b"-"  # binary, not armored
     r = e.nspawnbuild("verify", str(good), "--keyring", str(keys["alice"].public))
-    assert r.returncode == 0 and "all 4 files match" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "all 5 files match" in r.stdout, r.stdout + r.stderr
 
 
 def test_rebuilds_keep_or_change_only_the_signature(built: tuple[Env, Path, Path],
@@ -241,7 +241,7 @@ def test_verify_url_agrees_with_systemd_pull(built: tuple[Env, Path, Path], serv
     e = built[0]
     pub = str(keys["alice"].public)
     r = e.nspawnbuild("verify", f"{server}/good/{TARBALL}", "--keyring", pub)
-    assert r.returncode == 0 and "all 4 files match" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "all 5 files match" in r.stdout, r.stdout + r.stderr
     expect = {"sums-edited": "BAD signature", "nspawn-changed": f"MISMATCH   {NAME}.nspawn",
               "tarball-changed": f"MISMATCH   {TARBALL}", "other-key": "not in the keyring"}
     for name, words in expect.items():
