@@ -131,6 +131,9 @@ def parse_dpkg_status(text: str) -> list[Package]:
 PACKAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]*$")
 #: the most of a copyright file that is read (the largest in Debian are a few MiB)
 MAX_COPYRIGHT = 8 << 20
+#: bounds on what one copyright file declares (glibc's, among the longest, names about 40)
+MAX_LICENSES = 256
+MAX_LICENSE_NAME = 200
 
 
 def copyright_licenses(text: str) -> str:
@@ -150,8 +153,10 @@ def copyright_licenses(text: str) -> str:
         if "license" not in fields or not (i == 0 or "files" in fields):
             continue
         name = fields["license"]
-        if name and name not in found:
+        if name and len(name) <= MAX_LICENSE_NAME and name not in found:
             found.append(name)
+        if len(found) > MAX_LICENSES:  # not a copyright file a package ships: declares nothing
+            return ""
     return " AND ".join(f"({n})" if re.search(r"\s(and|or)\s", n, re.IGNORECASE) else n
                         for n in found)
 
@@ -176,7 +181,9 @@ def read_copyright(root: Path, package: str) -> str:
 
 
 def _no_follow(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_NOFOLLOW)
+    """Open a file of the image: never through a final symlink, and without blocking on a
+    FIFO a step left in its place (the caller then sees it is not a regular file)."""
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK)
 
 
 def _packages_digests(fh: BinaryIO, wanted: set[tuple[str, str, str]],

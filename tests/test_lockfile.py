@@ -4,6 +4,7 @@ compared with what a build installed; a build with one pins Debian's apt and key
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -130,6 +131,7 @@ def test_release_files_give_the_archive_state_without_the_host(tmp_path: Path) -
         "-----BEGIN PGP SIGNED MESSAGE-----\nOrigin: Debian\nSuite: stable\nCodename: trixie\n"
         "Date: Sat, 01 Nov 2025 09:00:00 UTC\n")
     (lists / "mirror.invalid_debian_dists_trixie_main_binary-amd64_Packages").write_text("x")
+    os.mkfifo(lists / "a-step-made_this_InRelease")  # skipped, without blocking the build
     (state,) = release_files(lists)
     assert state["codename"] == "trixie" and state["date"] == "Sat, 01 Nov 2025 09:00:00 UTC"
     assert "mirror.invalid" not in json.dumps(state) and len(state["sha256"]) == 64

@@ -176,6 +176,13 @@ def test_copyright_is_read_inside_the_image_only(tmp_path: Path) -> None:
     assert read_copyright(root, "evil") == ""
     assert read_copyright(root, "../../../host-secret") == ""
     assert read_copyright(root, "absent") == ""
+    (doc / "fifo").mkdir()
+    os.mkfifo(doc / "fifo/copyright")  # left by a step: not read, and no hang
+    assert read_copyright(root, "fifo") == ""
+    (doc / "many").mkdir()
+    (doc / "many/copyright").write_text(DEP5 + "".join(
+        f"\nFiles: f{i}\nCopyright: x\nLicense: L{i}\n" for i in range(300)))
+    assert read_copyright(root, "many") == ""  # more licenses than a package declares
 
 
 def test_debian_lists_sources_licenses_and_archive_digests(tmp_path: Path) -> None:
