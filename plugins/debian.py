@@ -131,7 +131,7 @@ def parse_dpkg_status(text: str) -> list[Package]:
 PACKAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]*$")
 #: the most of a copyright file that is read (the largest in Debian are a few MiB)
 MAX_COPYRIGHT = 8 << 20
-#: bounds on what one copyright file declares (glibc's, among the longest, names about 40)
+#: bounds on what one copyright file declares (libc6's, the most in debian-base, names 37)
 MAX_LICENSES = 256
 MAX_LICENSE_NAME = 200
 
