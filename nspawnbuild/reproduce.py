@@ -194,8 +194,10 @@ def _child_env(variant: Variant) -> dict[str, str]:
     env.update(variant.env)
     lib = libfaketime() if variant.faketime else None
     if lib is not None and variant.faketime is not None:
+        # the real-time clock only: with a faked monotonic clock, Python's timed waits
+        # (threading, subprocess) compute their deadlines a year away and never return
         env.update(LD_PRELOAD=str(lib), FAKETIME=variant.faketime,
-                   FAKETIME_DONT_RESET="1")
+                   FAKETIME_DONT_RESET="1", FAKETIME_DONT_FAKE_MONOTONIC="1")
     return env
 
 
