@@ -161,6 +161,20 @@ def test_a_lock_beside_the_recipe_goes_into_the_plan(tmp_path: Path) -> None:
     assert pipeline.recipe_lock(ignored, recipe) is None
 
 
+def test_cache_key_follows_the_lock_beside_the_recipe(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    path = _recipe(tmp_path)
+    assert main(["cache-key", str(path)]) == 0
+    plain = capsys.readouterr().out.strip()
+    write_lock(tmp_path / "img.lock.json")
+    assert main(["cache-key", str(path)]) == 0
+    locked = capsys.readouterr().out.strip()
+    options = Options.from_environment({}, work=tmp_path / "w")
+    recipe = load_recipe(path)
+    assert locked != plain
+    assert locked == pipeline.plan(recipe, pipeline.recipe_lock(options, recipe)).bootstrap_key
+
+
 def test_lock_refuses_to_overwrite_without_update(tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     path = _recipe(tmp_path)

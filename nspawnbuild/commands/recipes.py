@@ -42,11 +42,16 @@ def add_cache_key(command: AddCommand) -> None:
 
 
 def cmd_cache_key(args: argparse.Namespace) -> int:
+    from .. import lockfile
     from ..plan import make_plan
     from ..recipe.load import load_recipe
 
     for ref in args.recipes:
-        plan = make_plan(load_recipe(ref))
+        recipe = load_recipe(ref)
+        lock_path = lockfile.path_for(recipe.path, recipe.name)
+        if lock_path.is_file():  # a build follows the lock beside the recipe: so does its key
+            recipe.distro.pins = lockfile.read(lock_path).pins()
+        plan = make_plan(recipe)
         print(plan.bootstrap_key if len(args.recipes) == 1 else f"{plan.bootstrap_key}  {plan.name}")
     return 0
 
