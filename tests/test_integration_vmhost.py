@@ -6,15 +6,22 @@ run time, only the artifact directory replaced), ``nspawnbuild install DIR --sta
 nspawnbuild itself run inside the VM, ``machinectl pull-tar`` from a loopback HTTP server on
 the build host with ``--verify=checksum`` and with the default ``--verify=signature`` (a
 signed set accepted, a forged one refused), and a veth container with a static address reached
-over ssh from the VM host. Each scenario checks what the host reports, not only exit codes.
+over ssh from the VM host with only the host-side file the build generated installed
+(``install --host-network``, no hand-typed ``ip addr``). Each scenario checks what the host
+reports, not only exit codes.
 
-Then ``nspawnbuild install URL`` of the signed set with the host's import keyring (a forged
-set refused), and the update path: ``--force`` refused while the machine runs, ``--restart``
-replacing it with its ``state`` kept, and a new set that does not start rolled back to the old
-image, which runs again. Not covered: hosts with systemd 255 or >= 258.
+Then ``nspawnbuild install URL`` of the signed set as a second instance of the same image
+(``--name web2 --address ...``), both instances answering ssh from the host with their own
+names and addresses (a forged set refused); an instance on a routed bridge with NAT for IPv4
+and IPv6 routed, from the generated files, reaching a second host behind the VM host (a
+network namespace with no route back to the containers: only the NAT answers it over IPv4);
+and the update path: ``--force`` refused while the machine runs, ``--restart`` replacing it
+with its ``state`` kept, and a new set that does not start rolled back to the old image, which
+runs again. Not covered: hosts with systemd 255 or >= 258.
 
 Network: the Debian mirror for the builds; then loopback on the build host, and inside the VM
-only 192.0.2.128/25 (slirp, see the harness) and the veth link 192.0.2.0/25.
+only 192.0.2.128/25 (slirp, see the harness) and, for the containers and the second host, /28s
+of 192.0.2.0/25 and /112s of 2001:db8::/64 (the ``NETS`` below).
 """
 
 from __future__ import annotations
@@ -41,7 +48,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.vm]
 GUEST = "vmguest"  # the veth image, signed, gzip (the default: pullable by systemd < 258)
 TARBALL = f"{GUEST}.tar.gz"
 STATE = "/var/lib/app"  # the guest recipe's state = [...]
-GUEST_ADDRESS, VE_ADDRESS = "192.0.2.10", "192.0.2.1"  # container, and the VM host's ve- side
+# the lower half of 192.0.2.0/24 (slirp has the upper) in /28s, and /112s of 2001:db8::/64:
+GUEST_ADDRESS, VE_ADDRESS = "192.0.2.10", "192.0.2.1"  # container, the VM host's ve- side
+WEB2_ADDRESS, WEB2_GATEWAY = "192.0.2.18", "192.0.2.17"  # a second instance of the guest
+NAT_ADDRESSES, NAT_GATEWAYS = ("192.0.2.50/28", "2001:db8::5:2/112"), ("192.0.2.49", "2001:db8::5:1")
+BRIDGE = "br-nsb"
+#: the second host behind the VM host: its link's host side and its own address, per family
+FAR_V4, FAR_V6 = ("192.0.2.97", "192.0.2.98"), ("2001:db8::9:1", "2001:db8::9:2")
+FAR_PORT = 7777
 README_IMAGE = "debian-base"  # the README's commands are written for recipes/debian-base.toml
 PAYLOAD = "/mnt/payload"
 
@@ -94,7 +108,8 @@ authorized_keys = ["{pub}"]
 
 [features.network]
 mode = "veth"
-address = ["{GUEST_ADDRESS}/25"]
+address = ["{GUEST_ADDRESS}/28"]
+gateway = ["{VE_ADDRESS}"]
 """)
     r = e.nspawnbuild("build", "--sign", str(signer.secret), str(recipe))
     assert r.returncode == 0, r.stdout + r.stderr
@@ -147,6 +162,7 @@ def payload(work: Path, artifacts: Path, ssh_key: Path, signer: Key) -> Path:
     shutil.copy(ssh_key, top / "id_ed25519")
     (top / "id_ed25519").chmod(0o600)
     shutil.copy(signer.public, top / "signer.gpg")
+    (top / "far_echo.py").write_text(FAR_ECHO)
     # the guest's set with a .nspawn whose bind source does not exist: nspawn refuses to start
     # it, so install --restart must roll back to the running image
     broken = top / "out" / "broken"
@@ -245,14 +261,46 @@ def test_readme_install_commands_as_written(vm: tuple[harness.HostSpec, harness.
     stop_and_enable(machine, README_IMAGE)
 
 
+#: the second host's service: it answers each connection with the address it came from
+FAR_ECHO = """import socket, sys, threading
+def serve(family, address):
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((address, int(sys.argv[3])))
+    s.listen()
+    while True:
+        c, peer = s.accept()
+        c.sendall((peer[0] + "\\n").encode())
+        c.close()
+threading.Thread(target=serve, args=(socket.AF_INET6, sys.argv[2]), daemon=True).start()
+serve(socket.AF_INET, sys.argv[1])
+"""
+
+
 def install_guest(machine: harness.VM) -> str:
-    """``nspawnbuild install DIR --enable --start`` of the guest image, run by nspawnbuild
-    inside the VM, unless an earlier scenario installed it (an import costs a minute here)."""
+    """``nspawnbuild install DIR --enable --start --host-network`` of the guest image, run by
+    nspawnbuild inside the VM, unless an earlier scenario installed it (an import costs a
+    minute here)."""
     if machine.ssh(f"test -d /var/lib/machines/{GUEST}").returncode == 0:
         machine.must(f"machinectl start {GUEST} || true")
         return ""
-    return machine.must(f"nspawnbuild install {PAYLOAD}/out/{GUEST} --enable --start",
-                        timeout=600)
+    return machine.must(f"nspawnbuild install {PAYLOAD}/out/{GUEST} --enable --start "
+                        "--host-network", timeout=600)
+
+
+def ssh_guest(machine: harness.VM, address: str, command: str) -> str:
+    """``command`` in a container over ssh from the VM host with this run's key, retried
+    while the container's network and sshd come up."""
+    return machine.must(f"""
+        for i in $(seq 60); do
+            if out=$(ssh -i {PAYLOAD}/id_ed25519 -o BatchMode=yes -o StrictHostKeyChecking=no \\
+                     -o UserKnownHostsFile=/dev/null -o ConnectTimeout=5 -o LogLevel=ERROR \\
+                     root@{address} '{command}'); then
+                echo "$out"; exit 0
+            fi
+            sleep 3
+        done
+        ip addr; exit 1""", timeout=300)
 
 
 def test_nspawnbuild_install_dir_start(vm: tuple[harness.HostSpec, harness.VM]) -> None:
@@ -262,6 +310,8 @@ def test_nspawnbuild_install_dir_start(vm: tuple[harness.HostSpec, harness.VM]) 
     said = install_guest(machine)  # its wording is install's own; the state is what counts
     assert machine.must(f"test -f /etc/systemd/nspawn/{name}.nspawn && "
                         f"test -d /var/lib/machines/{name} && echo ok").strip() == "ok", said
+    host_file = f"/etc/systemd/network/10-nspawnbuild-ve-{name}.network"
+    assert f"installed {host_file}" in said and "networkctl reload" in said, said
     check_container(machine, name)
     assert machine.must(f"systemctl is-enabled systemd-nspawn@{name}").strip() == "enabled"
 
@@ -293,47 +343,102 @@ def test_pull_tar_with_checksum_and_with_signature(vm: tuple[harness.HostSpec, h
 
 
 def test_veth_guest_reached_over_ssh_from_the_host(vm: tuple[harness.HostSpec, harness.VM]) -> None:
-    """The veth image installed and started; the VM host gives its ve- link an address in the
-    guest's subnet and logs in with this run's key; the guest answers with its own name."""
+    """The veth image installed with --host-network and started: networkd gives the VM host's
+    ve- link the recipe's gateway from the generated file alone (no ip addr by hand); the host
+    logs in with this run's key and the guest answers with its own name and address."""
     _, machine = vm
     install_guest(machine)
     wait_running(machine, GUEST)
-    link = f"ve-{GUEST}"
-    machine.must(f"ip addr add {VE_ADDRESS}/25 dev {link} && ip link set {link} up")
-    hostname = machine.must(f"""
-        for i in $(seq 60); do
-            if out=$(ssh -i {PAYLOAD}/id_ed25519 -o BatchMode=yes -o StrictHostKeyChecking=no \\
-                     -o UserKnownHostsFile=/dev/null -o ConnectTimeout=5 -o LogLevel=ERROR \\
-                     root@{GUEST_ADDRESS} 'hostname; ip -4 -o addr show host0'); then
-                echo "$out"; exit 0
-            fi
-            sleep 3
-        done
-        ip addr show {link}; exit 1""", timeout=300)
-    assert hostname.splitlines()[0] == GUEST, hostname
-    assert f"{GUEST_ADDRESS}/25" in hostname, hostname
+    said = ssh_guest(machine, GUEST_ADDRESS, "hostname; ip -4 -o addr show host0")
+    assert said.splitlines()[0] == GUEST, said
+    assert f"{GUEST_ADDRESS}/28" in said, said
+    link = machine.must(f"ip -4 -o addr show ve-{GUEST}; networkctl status ve-{GUEST} --no-pager "
+                        "| grep -i 'network file'")
+    assert f"{VE_ADDRESS}/28" in link and f"10-nspawnbuild-ve-{GUEST}.network" in link, link
 
 
 def test_install_url_with_the_hosts_import_keyring(vm: tuple[harness.HostSpec, harness.VM],
                                                    server: int) -> None:
     """nspawnbuild install URL inside the VM: the signed set, verified with the host's import
     keyring (the signer's key installed as README says), installed with its trusted .nspawn and
-    drop-in, started; the forged set refused with nothing installed."""
+    drop-in as a second instance of the guest image, web2 with its own address, started; the
+    guest and web2 run side by side and answer ssh from the host with their own names and
+    addresses; the forged set refused with nothing installed."""
     _, machine = vm
     url = f"http://{harness.SLIRP_HOST}:{server}"
     machine.must(f"install -m 0644 {PAYLOAD}/signer.gpg /etc/systemd/import-pubring.gpg")
-    said = machine.must(f"nspawnbuild install {url}/signed/ --name byurl --start", timeout=600)
+    said = machine.must(f"nspawnbuild install {url}/signed/ --name web2 --start --host-network "
+                        f"--address {WEB2_ADDRESS}/28 --gateway {WEB2_GATEWAY}", timeout=600)
     assert "signature  good" in said, said
-    assert machine.must("test -f /etc/systemd/nspawn/byurl.nspawn && test -f "
-                        "/etc/systemd/system/systemd-nspawn@byurl.service.d/50-nspawnbuild.conf"
+    assert machine.must("test -f /etc/systemd/nspawn/web2.nspawn && test -f "
+                        "/etc/systemd/system/systemd-nspawn@web2.service.d/50-nspawnbuild.conf"
                         " && echo ok").strip() == "ok", said
-    check_container(machine, "byurl")
-    machine.must("machinectl stop byurl")
+    check_container(machine, "web2")
+    install_guest(machine)
+    wait_running(machine, GUEST)
+    for name, address in ((GUEST, GUEST_ADDRESS), ("web2", WEB2_ADDRESS)):
+        said = ssh_guest(machine, address, "hostname; cat /etc/hostname; ip -4 -o addr show host0")
+        assert said.splitlines()[:2] == [name, name], said
+        assert f"{address}/28" in said, said
+    machine.must("machinectl stop web2")
     forged = machine.ssh(f"nspawnbuild install {url}/forged/ --name forged2", timeout=600)
     assert forged.returncode == 1, forged.stdout + forged.stderr
     assert "refused to install" in forged.stderr and "the signature" in forged.stderr, \
         forged.stdout + forged.stderr
     assert machine.ssh("test -e /var/lib/machines/forged2").returncode != 0
+
+
+def test_bridge_with_nat_reaches_a_second_host_behind_the_vm_host(
+        vm: tuple[harness.HostSpec, harness.VM]) -> None:
+    """An instance of the guest on a routed bridge of its own (--bridge, the field guide's NAT
+    case): --host-network creates the bridge (networkd), turns forwarding on (sysctl.d) and
+    loads the NAT rules (nftables, a unit enabled for boot). The second host, a network
+    namespace behind the VM host, has no route back to the containers' IPv4 /28: it sees the
+    connection from the VM host's address (NAT); over IPv6 it routes the /112 to the VM host
+    and sees the container's own address (routed, no NAT)."""
+    _, machine = vm
+    far4, far6 = FAR_V4, FAR_V6
+    machine.must(f"""
+        ip netns add far
+        ip link add up-far type veth peer name far0
+        ip link set far0 netns far
+        ip addr add {far4[0]}/28 dev up-far
+        ip addr add {far6[0]}/112 dev up-far nodad
+        ip link set up-far up
+        ip -n far link set lo up
+        ip -n far addr add {far4[1]}/28 dev far0
+        ip -n far addr add {far6[1]}/112 dev far0 nodad
+        ip -n far link set far0 up
+        ip -n far -6 route add 2001:db8::5:0/112 via {far6[0]}
+        systemd-run -q --unit nsb-far ip netns exec far python3 {PAYLOAD}/far_echo.py \\
+            {far4[1]} {far6[1]} {FAR_PORT}""")
+    addresses = " ".join(f"--address {a} --gateway {g}"
+                         for a, g in zip(NAT_ADDRESSES, NAT_GATEWAYS, strict=True))
+    said = machine.must(f"nspawnbuild install {PAYLOAD}/out/{GUEST} --name nat1 --bridge {BRIDGE} "
+                        f"{addresses} --host-network --start", timeout=600)
+    unit = f"nspawnbuild-nat-{BRIDGE}.service"
+    for line in ("networkctl reload", "sysctl --system", f"enabled and started {unit} (nft -f)"):
+        assert line in said, said
+    wait_running(machine, "nat1")
+    assert "Bridge=" + BRIDGE in machine.must("cat /etc/systemd/nspawn/nat1.nspawn")
+    facts = machine.must(f"sysctl -n net.ipv4.ip_forward net.ipv6.conf.all.forwarding; "
+                         f"systemctl is-enabled {unit}; nft list table ip nspawnbuild_br_nsb; "
+                         f"ip -o addr show {BRIDGE}")
+    assert facts.splitlines()[:3] == ["1", "1", "enabled"], facts
+    assert "masquerade" in facts and f"{NAT_GATEWAYS[0]}/28" in facts, facts
+    got = {}
+    for family, far in (("4", far4[1]), ("6", far6[1])):
+        got[family] = machine.must(f"""
+            for i in $(seq 60); do
+                if out=$(systemd-run -M nat1 --wait --pipe -q /bin/bash -c \\
+                         'exec 3<>/dev/tcp/{far}/{FAR_PORT} && cat <&3' 2>/dev/null); then
+                    echo "$out"; exit 0
+                fi
+                sleep 2
+            done
+            systemd-run -M nat1 --wait --pipe -q ip addr || true; exit 1""", timeout=300).strip()
+    assert got == {"4": far4[0], "6": NAT_ADDRESSES[1].split("/")[0]}, got
+    machine.must("machinectl stop nat1; systemctl stop nsb-far; ip netns del far")
 
 
 def test_restart_replaces_a_running_machine_keeps_its_state_and_rolls_back(
