@@ -8,7 +8,8 @@
                                                        │
                          pack: tarball + audit     configure: .nspawn + drop-in
                                                        │
-                         manifest: manifest.json, SHA256SUMS, audit verdict, publish out/NAME
+                         manifest: NAME.spdx.json, manifest.json, SHA256SUMS, audit verdict,
+                                   publish out/NAME
 
 Each stage takes the run's :class:`~nspawnbuild.options.Options` and either the loaded
 :class:`~nspawnbuild.recipe.model.Recipe` (bootstrap and rootfs run its distro and features)

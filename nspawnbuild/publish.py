@@ -1,6 +1,6 @@
 """Publish a recipe's artifacts into out/NAME all at once.
 
-The tarball, the .nspawn, the drop-in, manifest.json and SHA256SUMS are made in a staging
+The tarball, the .nspawn, the drop-in, the SBOM, manifest.json and SHA256SUMS are made in a staging
 directory and swapped into place with one ``renameat2(RENAME_EXCHANGE)``: a reader (or a
 ``machinectl pull-tar`` from a web server on out/) sees either the old complete set or the new
 complete set, never a new .nspawn beside an old tarball, and a failed or interrupted build
