@@ -152,3 +152,12 @@ def test_the_build_records_the_network_and_writes_its_host_files(tmp_path: Path)
     plain.write_text('[base]\ndistro = "debian"\n')
     spec = make_plan(load_recipe(str(plain))).manifest
     assert "network" not in spec and host_network_files(spec) == {}
+
+
+def test_uplink_only_with_a_bridge(tmp_path: Path) -> None:
+    recipe = tmp_path / "web.toml"
+    recipe.write_text('[base]\ndistro = "debian"\n\n[features.network]\nuplink = "eth0"\n')
+    with pytest.raises(RecipeError) as info:
+        load_recipe(str(recipe))
+    assert any(p.key == "features.network.uplink" and "only with mode 'bridge'" in p.message
+               for p in info.value.problems), info.value.problems
