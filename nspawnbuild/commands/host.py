@@ -13,6 +13,8 @@ def add_install(command: AddCommand) -> None:
     p = command("install", help="install built artifacts on this host (or under --root)",
                 epilog="examples:\n  nspawnbuild install out/ollama-gpu --enable --start\n"
                        "  nspawnbuild install out/debian-base --root /mnt/target --name web1\n"
+                       "  nspawnbuild install out/web --name web2 --address 192.0.2.18/28 "
+                       "--gateway 192.0.2.17 --host-network --start\n"
                        "  nspawnbuild install https://HOST/images/web/ --start")
     p.add_argument("artifact_dir", metavar="DIR|URL",
                    help="a directory a build wrote (out/NAME), or the http://, https:// or "
@@ -20,7 +22,8 @@ def add_install(command: AddCommand) -> None:
     p.add_argument("--keyring", metavar="FILE",
                    help="for a URL: the signers' public keys (default: the host's import "
                         "keyring, as machinectl pull-tar uses)")
-    p.add_argument("--name", help="machine name on the host (default: the recipe's)")
+    p.add_argument("--name", help="machine name on the host, and its hostname (default: the "
+                                  "recipe's); one image installs as many machines")
     p.add_argument("--root", default="/", help="install into this directory tree instead of /")
     p.add_argument("--force", action="store_true",
                    help="replace an existing machine (refused while it runs; its state "
@@ -47,6 +50,7 @@ def add_install(command: AddCommand) -> None:
 
 
 def cmd_install(args: argparse.Namespace) -> int:
+    from ..hostsetup import settings_for
     from ..install import install
     from ..instance import check
     from ..pull import install_url, is_url
@@ -57,11 +61,13 @@ def cmd_install(args: argparse.Namespace) -> int:
         done = install_url(args.artifact_dir, keyring=Path(args.keyring) if args.keyring else None,
                            name=args.name, root=root, force=args.force, enable=args.enable,
                            start=args.start, restart=args.restart, say=print,
-                           overrides=settings, host_network=args.host_network)
+                           overrides=settings, host_network=args.host_network,
+                           host_settings=settings_for)
     else:
         done = install(Path(args.artifact_dir), name=args.name, root=root, force=args.force,
                        enable=args.enable, start=args.start, restart=args.restart,
-                       overrides=settings, host_network=args.host_network)
+                       overrides=settings, host_network=args.host_network,
+                       host_settings=settings_for)
     for line in done:
         print(line)
     return 0
