@@ -48,8 +48,8 @@ _PLAIN_PATH = re.compile(r"^/[A-Za-z0-9._+@/-]*$")
 # systemd expands $ and % in ExecStartPre=: $$ is a literal $, %i the instance (machine) name
 CHECK = ("/bin/sh -c 'want={want}; have=$$(cat {file} 2>/dev/null || echo none); "
          "[ \"$$have\" = \"$$want\" ] || {{ echo \"nspawnbuild: container %i was installed for "
-         "the host's NVIDIA driver $$want but the host's kernel module is now $$have; run "
-         "nspawnbuild install again to bind the new driver's files\" >&2; exit 1; }}'")
+         "NVIDIA driver $$want but the host kernel module is now $$have; run nspawnbuild "
+         "install again to bind the new driver files\" >&2; exit 1; }}'")
 
 
 @dataclass(frozen=True)
@@ -219,6 +219,9 @@ def settings(found: Found, host: HostContext) -> HostSettings:
     e = found.edits
     out = HostSettings(notes=[f"GPU: bound the NVIDIA driver {found.version} from {found.source}"])
     for host_path, inside in e.device_nodes:
+        if not host_path.startswith("/dev/"):  # all DeviceAllow= can name, besides classes
+            raise BuildError(f"{found.source} names device node {host_path}, outside /dev: "
+                             "the unit's DeviceAllow= can allow only nodes in /dev")
         bind = _plain(host_path, "device node") + ("" if inside == host_path
                                                    else ":" + _plain(inside, "device node"))
         out.nspawn.append(Setting("Files", "Bind", bind, "gpu-nvidia"))

@@ -10,8 +10,10 @@ installed tree. The artifacts themselves stay host-independent, so one build ser
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import imagefs
 from .errors import BuildError
@@ -48,6 +50,10 @@ class HostSettings:
         self.notes += other.notes
 
 
+#: what install is handed to make them: the command line's :func:`hostsetup.settings_for`
+HostSettingsFor = Callable[[Mapping[str, Any], HostContext], HostSettings]
+
+
 def apply_to_tree(tree: Path, settings: HostSettings) -> list[str]:
     """Write the settings' files into the installed tree and give its groups the host's ids;
     what was done, one line each. The tree is the image's: nothing is followed out of it."""
@@ -81,12 +87,13 @@ def apply_to_tree(tree: Path, settings: HostSettings) -> list[str]:
     return done
 
 
-def render_extra(settings: list[Setting], order: tuple[str, ...], what: str) -> str:
+def render_extra(settings: list[Setting], order: tuple[str, ...]) -> str:
     """Settings appended to an installed .nspawn or drop-in, as sections of their own (systemd
     merges a repeated section into the first), under a comment saying where they came from."""
     if not settings:
         return ""
-    lines = [f"\n# Added by nspawnbuild install for this host ({what})"]
+    origins = ", ".join(sorted({s.origin for s in settings if s.origin}))
+    lines = [f"\n# Added by nspawnbuild install, made on this host for: {origins}"]
     for section in order:
         rows = [s for s in settings if s.section == section]
         if rows:

@@ -22,8 +22,9 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
-from . import cgroups, emulation, hostnet, instance, tarread
+from . import cgroups, emulation, hostneeds, hostnet, instance, tarread
 from .artifact import (
     MAX_MANIFEST_BYTES,
     NOT_AN_ARTIFACT,
@@ -36,10 +37,12 @@ from .atomic import replacing
 from .digests import sha256_file
 from .errors import BuildError, Problem, RecipeError
 from .host import machine_arch, run, succeeds
+from .hostneeds import HostContext, HostSettings, HostSettingsFor
 from .imagefs import resolve_in_root
 from .instance import Overrides
 from .netconf import NetSpec
 from .paths import dropin_name, nspawn_name
+from .render import NSPAWN_ORDER, UNIT_ORDER
 from .steplog import run_fed
 from .tree import remove_tree
 
@@ -418,7 +421,8 @@ def check_boots_here(art: Artifact, root: Path) -> None:
 
 def install(artifact_dir: Path, *, name: str | None, root: Path, force: bool,
             enable: bool, start: bool, restart: bool = False,
-            overrides: Overrides | None = None, host_network: bool = False) -> list[str]:
+            overrides: Overrides | None = None, host_network: bool = False,
+            host_settings: HostSettingsFor | None = None) -> list[str]:
     """Install; return what was done, one line each. All checks come before the first write.
 
     Over an installed machine (``--force``), the new tree is imported beside it and swapped
@@ -430,7 +434,8 @@ def install(artifact_dir: Path, *, name: str | None, root: Path, force: bool,
     ``overrides`` are the instance's own (``--address``, ``--gateway``, ``--dns``,
     ``--bridge``), laid over what an earlier install recorded for the machine, which is laid
     over the recipe's; ``host_network`` installs and applies the host's half of the network
-    (:mod:`hostnet`)."""
+    (:mod:`hostnet`). ``host_settings`` gives what the image's features ask of this host
+    (the manifest's ``host_needs``: a GPU driver's files, see :mod:`hostneeds`)."""
     if name is not None:
         check_machine_name(name, NAME_OPTION, None)
     art, sums = verify(artifact_dir)
@@ -442,6 +447,8 @@ def install(artifact_dir: Path, *, name: str | None, root: Path, force: bool,
     over = (overrides or Overrides()).over(instance.load(root, name))
     net = instance.effective(recipe_network(art), over)
     host_files = hostnet.host_files(name, net) if net is not None else {}
+    needs = host_needs(art.manifest, HostContext(root, name, art.path("nspawn").read_text()),
+                       host_settings)
     managed = systemd_runs(root)
     if restart and not managed:
         raise RecipeError(Problem(Path("--restart"), None, "needs systemd running on this host "
@@ -468,6 +475,7 @@ def install(artifact_dir: Path, *, name: str | None, root: Path, force: bool,
         staged = import_tarball(tarball, staging, temp, headers_checked=True)
         done.append(f"imported {tarball.name}")
         done += instance.apply_to_tree(staged, name, net, over)
+        done += hostneeds.apply_to_tree(staged, needs)
         settings = {dest: dest.read_bytes() if dest.is_file() else None
                     for dest in (t.nspawn, t.dropin)}
         if running:
@@ -480,13 +488,19 @@ def install(artifact_dir: Path, *, name: str | None, root: Path, force: bool,
     finally:
         remove_tree(staging)
     done.append(f"installed the image as {t.image}")
+    extras = {t.nspawn: hostneeds.render_extra(needs.nspawn, NSPAWN_ORDER),
+              t.dropin: hostneeds.render_extra(needs.unit, UNIT_ORDER)}
     for src, dest in ((art.path("nspawn"), t.nspawn), (art.path("dropin"), t.dropin)):
-        if dest == t.nspawn and over.bridge is not None:
+        bridged = dest == t.nspawn and over.bridge is not None
+        if bridged or extras[dest]:
+            text = src.read_text()
             with replacing(dest, mode=0o644) as tmp:
-                tmp.write_text(bridged_nspawn(src.read_text(), over.bridge))
+                tmp.write_text((bridged_nspawn(text, over.bridge) if over.bridge is not None
+                                and bridged else text) + extras[dest])
         else:
             _put(src, dest)
         done.append(f"installed {dest}")
+    done += needs.notes
     if host_network and not host_files:
         done.append("--host-network: the image has no network of its own (mode 'host', or "
                     "no [features.network]): nothing to install on the host")
@@ -525,6 +539,18 @@ def install(artifact_dir: Path, *, name: str | None, root: Path, force: bool,
         remove_tree(old)
         done.append("removed the old image (kept until the new one was in place)")
     return done
+
+
+def host_needs(manifest: dict[str, Any], host: HostContext,
+               provider: HostSettingsFor | None) -> HostSettings:
+    """What the image's features ask of this host, found before anything is written."""
+    if not manifest.get("host_needs"):
+        return HostSettings()
+    if provider is None:
+        raise BuildError(f"the image needs settings made on its host "
+                         f"({', '.join(sorted(manifest['host_needs']))}): install it with "
+                         "`nspawnbuild install`, which makes them")
+    return provider(manifest, host)
 
 
 def _roll_back(name: str, t: Targets, old: Path | None, moved: list[str],

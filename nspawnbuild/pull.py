@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import BuildError
+from .hostneeds import HostSettingsFor
 from .install import install
 from .instance import Overrides
 from .verify import Say, default_keyring, fetched, report
@@ -30,7 +31,8 @@ def is_url(target: str) -> bool:
 
 def install_url(url: str, *, keyring: Path | None, name: str | None, root: Path, force: bool,
                 enable: bool, start: bool, say: Say, restart: bool = False,
-                overrides: Overrides | None = None, host_network: bool = False) -> list[str]:
+                overrides: Overrides | None = None, host_network: bool = False,
+                host_settings: HostSettingsFor | None = None) -> list[str]:
     """Pull the signed set at ``url``, verify it, install it; what was done, one line each."""
     ring = keyring or default_keyring()
     with fetched(url, ring) as (directory, outcome):
@@ -41,4 +43,4 @@ def install_url(url: str, *, keyring: Path | None, name: str | None, root: Path,
         done = [f"verified the signature of {url} with {ring}"]
         return done + install(directory, name=name, root=root, force=force, enable=enable,
                               start=start, restart=restart, overrides=overrides,
-                              host_network=host_network)
+                              host_network=host_network, host_settings=host_settings)

@@ -204,9 +204,16 @@ def core_schema() -> dict[str, Any]:
                 "description": "The end-of-build audit for secrets and host state.",
                 "properties": {"allow": {
                     "type": "array",
-                    "items": {"type": "string", "pattern": r"^([a-z-]+:)?/[^\x00-\x1f]*$",
-                              "x-hint": "CHECK:GLOB or GLOB, e.g. \"private-key:/usr/share/doc/*\""},
-                    "description": "Findings to accept: CHECK:GLOB or GLOB (every check)."}},
+                    # a path in the image (/...), or a setting: FILE:Key=value, FILE the
+                    # generated .nspawn or drop-in (.conf), as audit.settings_findings names it
+                    "items": {"type": "string", "pattern":
+                              r"^([a-z-]+:)?(/|[^\x00-\x1f:/][^\x00-\x1f:]*\.(nspawn|conf):)"
+                              r"[^\x00-\x1f]*$",
+                              "x-hint": "CHECK:GLOB, GLOB, or CHECK:FILE:Key=value, e.g. "
+                                        "\"private-key:/usr/share/doc/*\" or "
+                                        "\"nspawn-private-users:NAME.nspawn:PrivateUsers=no\""},
+                    "description": "Findings to accept: CHECK:GLOB or GLOB (every check), "
+                                   "CHECK:FILE:Key=value for a setting."}},
             },
             "output": {
                 "type": "object", "additionalProperties": False,

@@ -139,3 +139,31 @@ def test_check_names_are_stable_and_the_packer_hands_over_what_the_audit_searche
                                 "private-key", "world-writable")
     assert set(audit.CHECKS) == set(audit.TARBALL_CHECKS) | set(audit.SETTINGS_CHECKS)
     assert INSPECT_BYTES == audit.SCAN_BYTES  # else a build and `nspawnbuild audit` would differ
+
+
+@pytest.mark.parametrize("rule,ok", [
+    ("private-key:/opt/demo/*", True),
+    ("/opt/demo/*", True),
+    ("nspawn-private-users:web.nspawn:PrivateUsers=no", True),
+    ("nspawn-bind:web.nspawn:BindReadOnly=/etc/ssl/certs:*", True),
+    ("unit-devices:systemd-nspawn@web.service.d/50-nspawnbuild.conf:DeviceAllow=/dev/sda rw", True),
+    ("private-key:opt/demo", False),  # neither a path in the image nor a setting
+    ("nspawn-bind:web.txt:Bind=/etc", False),
+])
+def test_a_recipe_can_allow_a_setting_finding_as_the_audit_names_it(tmp_path: Path, rule: str,
+                                                                     ok: bool) -> None:
+    """The audit names a setting ``FILE:Key=value`` and the README says to allow it so: the
+    recipe schema once refused every rule not starting with /, so no setting could be allowed."""
+    from nspawnbuild.errors import RecipeError
+    from nspawnbuild.recipe.load import load_recipe
+
+    recipe = tmp_path / "web.toml"
+    recipe.write_text(f'[base]\ndistro = "debian"\n[audit]\nallow = ["{rule}"]\n')
+    if ok:
+        assert list(load_recipe(recipe).audit_allow) == [rule]
+        if ".nspawn:" in rule or ".conf:" in rule:
+            path = rule.split(":", 1)[1]
+            assert Finding(rule.split(":")[0], path, "").allowed_by([rule])
+    else:
+        with pytest.raises(RecipeError, match=r"audit.allow\[0\]"):
+            load_recipe(recipe)

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
+import stat
+import subprocess
 from pathlib import Path
 
 import jsonschema
@@ -258,3 +261,39 @@ def test_files_for_the_tree_are_written_inside_it_never_through_a_symlink(tmp_pa
     assert list(outside.iterdir()) == []
     name = Path(gpuhost.LDCONFIG_CONF).name
     assert (tree / str(outside).lstrip("/") / name).read_text() == "/usr/lib\n"
+
+
+@pytest.mark.parametrize("module,status", [(VERSION, 0), ("560.35.03", 1), (None, 1)])
+def test_the_start_check_runs_as_systemd_would_run_it(tmp_path: Path, module: str | None,
+                                                      status: int) -> None:
+    """The drop-in's ExecStartPre=, unescaped as systemd does ($$ -> $, %i -> the machine),
+    run by sh: the host's module version equal to the one installed for, or a clear refusal."""
+    root = make_host(tmp_path / "host", spec="nvidia.yaml")
+    out = gpuhost.settings(gpuhost.find(root, ["0"]), HostContext(root, "gpubox"))
+    [line] = [s.value for s in out.unit if s.key == "ExecStartPre"]
+    version = tmp_path / "version"
+    if module:
+        version.write_text(module + "\n")
+    command = line.replace("$$", "$").replace("%i", "gpubox").replace(gpuhost.VERSION_FILE,
+                                                                    str(version))
+    argv = shlex.split(command)
+    assert argv[:2] == ["/bin/sh", "-c"] and len(argv) == 3
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert run.returncode == status, run.stderr
+    if status:
+        assert f"container gpubox was installed for NVIDIA driver {VERSION} but the host " \
+               f"kernel module is now {module or 'none'}; run nspawnbuild install again" \
+               in run.stderr
+
+
+def test_a_device_node_outside_dev_is_refused(tmp_path: Path) -> None:
+    """DeviceAllow= names nodes by a /dev path (or a class): a spec's node elsewhere would be
+    bound but never allowed, so install refuses it instead of writing a setting systemd drops."""
+    root = make_host(tmp_path / "host", spec="nvidia.yaml")
+    doc = yaml.safe_load((root / "etc/cdi/nvidia.yaml").read_text())
+    doc["devices"][0]["containerEdits"]["deviceNodes"][0]["hostPath"] = "/run/gpu/nvidia0"
+    os.makedirs(root / "run/gpu")
+    os.mknod(root / "run/gpu/nvidia0", 0o666 | stat.S_IFCHR, os.makedev(195, 0))
+    (root / "etc/cdi/nvidia.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(BuildError, match="names device node /run/gpu/nvidia0, outside /dev"):
+        gpuhost.settings(gpuhost.find(root, ["0"]), HostContext(root, "gpubox"))

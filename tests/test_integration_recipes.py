@@ -30,22 +30,32 @@ def rendered(path: Path) -> tuple[str, str]:
             render_dropin([Setting(*s) for s in plan.config["unit"]], **common))
 
 
-def test_ollama_gpu_builds_without_a_gpu_or_the_web(env: Env) -> None:
-    r = env.doit("build", "recipe=ollama-gpu")
+@pytest.mark.parametrize("example", ["ollama-gpu", "ollama-rocm"])
+def test_ollama_builds_without_a_gpu_or_the_web(env: Env, example: str) -> None:
+    """Both GPU examples on the default release; the host's half (the NVIDIA driver's files,
+    the AMD groups' ids) is made at install: test_integration_gpu.py."""
+    r = env.doit("build", f"recipe={example}")
     assert r.returncode == 0, r.stdout + r.stderr
-    out = env.out / "ollama-gpu"
+    out = env.out / example
     manifest = json.loads((out / "manifest.json").read_text())
-    versions = {p["name"]: p["version"] for p in manifest["packages"]}
-    # trixie's driver (the recipe's pin), on the default release
     assert manifest["base"]["release"] == "trixie" and manifest["target_systemd"] == 257
-    assert versions["nvidia-smi"].startswith("550.163.01-")
-    assert versions["libcuda1"].startswith("550.163.01-")
-    nspawn = (out / "ollama-gpu.nspawn").read_text()
-    assert "Bind=/dev/nvidiactl\n" in nspawn and "Bridge=br0\n" in nspawn
+    # no GPU user-space from the archive: NVIDIA's comes from the host, ROCm's with Ollama
+    assert not [p for p in manifest["packages"] if "nvidia" in p["name"] or "cuda" in p["name"]
+                or "rocm" in p["name"]]
+    nspawn = (out / f"{example}.nspawn").read_text()
+    assert "Bridge=br0\n" in nspawn
     assert "Bind=/srv/ollama:/var/lib/ollama:rbind,idmap\n" in nspawn
-    dropin = (out / "systemd-nspawn@ollama-gpu.service.d" / "50-nspawnbuild.conf").read_text()
-    assert "DeviceAllow=/dev/nvidia0 rw\n" in dropin and "want=550.163.01;" in dropin
+    dropin = (out / f"systemd-nspawn@{example}.service.d" / "50-nspawnbuild.conf").read_text()
     members = tar_members(tarball_of(out))
+    if example == "ollama-gpu":
+        assert manifest["host_needs"] == {"gpu-nvidia": {"driver": "host", "devices": ["0"]}}
+        assert "nvidia" not in nspawn and "nvidia" not in dropin
+        assert "./etc/systemd/system/sysinit.target.wants/nspawnbuild-gpu-ldconfig.service" \
+            in members
+    else:
+        assert manifest["host_needs"] == {"gpu-amd": {"nodes": "all"}}
+        assert "Bind=/dev/kfd\nBind=/dev/dri\n" in nspawn
+        assert "DeviceAllow=/dev/kfd rw\nDeviceAllow=char-drm rw\n" in dropin
     wants = "./etc/systemd/system/multi-user.target.wants/"
     for unit in ("ollama.service", "nspawnbuild-firstboot.service", "ssh.service"):
         assert wants + unit in members, unit

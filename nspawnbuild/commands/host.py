@@ -50,6 +50,7 @@ def add_install(command: AddCommand) -> None:
 
 
 def cmd_install(args: argparse.Namespace) -> int:
+    from ..hostsetup import settings_for
     from ..install import install
     from ..instance import check
     from ..pull import install_url, is_url
@@ -60,11 +61,13 @@ def cmd_install(args: argparse.Namespace) -> int:
         done = install_url(args.artifact_dir, keyring=Path(args.keyring) if args.keyring else None,
                            name=args.name, root=root, force=args.force, enable=args.enable,
                            start=args.start, restart=args.restart, say=print,
-                           overrides=settings, host_network=args.host_network)
+                           overrides=settings, host_network=args.host_network,
+                           host_settings=settings_for)
     else:
         done = install(Path(args.artifact_dir), name=args.name, root=root, force=args.force,
                        enable=args.enable, start=args.start, restart=args.restart,
-                       overrides=settings, host_network=args.host_network)
+                       overrides=settings, host_network=args.host_network,
+                       host_settings=settings_for)
     for line in done:
         print(line)
     return 0
