@@ -111,6 +111,10 @@ def test_lock_build_archive_moves_on_build_fails_update_shows_it(
     assert r.returncode == 0, r.stdout + r.stderr
     pinned = json.loads((newer.out / "locktest" / "manifest.json").read_text())
     assert {p["name"]: p["version"] for p in pinned["packages"]}[PROBE] == "1.0"
+    # the same build again (same packages, same tarball): the same SBOM, byte for byte
+    assert pinned["artifacts"]["tarball"]["sha256"] == manifest["artifacts"]["tarball"]["sha256"]
+    assert (newer.out / "locktest" / "locktest.spdx.json").read_bytes() == \
+        (out / "locktest.spdx.json").read_bytes()
 
     # the archive moves on: 1.0 is gone, 1.1 is there; a clean build fails naming it
     debrepo.publish([(PROBE, "1.1")], int(time.time()))
