@@ -13,7 +13,7 @@ import os
 import sys
 
 from . import __version__
-from .commands import artifacts, build, cache, host, locking, plugins, recipes
+from .commands import artifacts, build, cache, host, hostsettings, locking, plugins, recipes
 from .commands.common import AddCommand
 from .errors import NspawnbuildError, error_lines
 
@@ -26,6 +26,7 @@ COMMANDS = (
     cache.add_cache,
     recipes.add_cache_key,
     host.add_install,
+    hostsettings.add_gpu_binds,
     artifacts.add_inspect,
     artifacts.add_diff,
     artifacts.add_verify,

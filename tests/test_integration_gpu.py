@@ -108,6 +108,10 @@ mode = "host"
     link.parent.mkdir(parents=True, exist_ok=True)
     link.symlink_to(files)
 
+    # what a host that installs by hand is told to add: the lines install then adds
+    told = env.nspawnbuild("gpu-binds", str(out), "--root", str(root))
+    assert told.returncode == 0, told.stdout + told.stderr
+
     r = env.nspawnbuild("install", str(out), "--root", str(root))
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"GPU: bound the NVIDIA driver {VERSION} from the host's CDI spec" in r.stdout
@@ -120,6 +124,12 @@ mode = "host"
         in installed
     dropin_dir = root / f"etc/systemd/system/systemd-nspawn@{machine}.service.d"
     dropin = next(dropin_dir.glob("*.conf")).read_text()
+    added = installed.removeprefix(built) + dropin.removeprefix(
+        (out / f"systemd-nspawn@{machine}.service.d" / "50-nspawnbuild.conf").read_text())
+    for line in added.splitlines():
+        if line and not line.startswith("#"):
+            assert line in told.stdout.splitlines(), line
+    assert "# in the machine's /etc/group: give group render the id 992" in told.stdout
     assert "DeviceAllow=/dev/nvidia0 rw\n" in dropin and "want=550.163.01;" in dropin
 
     # systemd's own checks of the installed drop-in
