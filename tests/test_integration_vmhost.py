@@ -163,11 +163,14 @@ def payload(work: Path, artifacts: Path, ssh_key: Path, signer: Key) -> Path:
     (top / "id_ed25519").chmod(0o600)
     shutil.copy(signer.public, top / "signer.gpg")
     (top / "far_echo.py").write_text(FAR_ECHO)
-    # the guest's set with a .nspawn whose bind source does not exist: nspawn refuses to start
-    # it, so install --restart must roll back to the running image
+    # the guest's set with a .nspawn whose bind source does not exist, so nspawn refuses to
+    # start it and install --restart must roll back to the running image; its tarball is a
+    # small one (not an OS either): importing the guest's a second time would only cost time
     broken = top / "out" / "broken"
     shutil.copytree(artifacts / GUEST, broken)
     (broken / "SHA256SUMS.gpg").unlink()
+    (broken / TARBALL).write_bytes(_other_tarball("w:gz"))
+    _resum(broken, TARBALL)
     nspawn = broken / f"{GUEST}.nspawn"
     nspawn.write_text(nspawn.read_text() + "\n[Files]\nBind=/nonexistent-nsb-test:/mnt\n")
     _resum(broken, nspawn.name)
@@ -176,22 +179,39 @@ def payload(work: Path, artifacts: Path, ssh_key: Path, signer: Key) -> Path:
     return image
 
 
-@pytest.fixture(scope="module", params=sorted(harness.HOSTS))
-def vm(request: pytest.FixtureRequest, work: Path, payload: Path,
-       ssh_key: Path) -> Iterator[tuple[harness.HostSpec, harness.VM]]:
-    """One booted VM per kind of host, for all the scenarios on it; killed afterwards."""
+@pytest.fixture(scope="module")
+def booting(work: Path, payload: Path, ssh_key: Path) -> Iterator[dict[str, harness.VM]]:
+    """Every kind of host started at once (their boots overlap: each waits mostly on its own
+    guest), waited for by :func:`vm` when its scenarios begin; all killed at the end."""
     if shutil.which("qemu-system-x86_64") is None:
         pytest.fail("qemu-system-x86_64 is not installed: apt-get install qemu-system-x86")
-    spec = harness.HOSTS[request.param]
-    started = time.monotonic()
-    image = harness.host_image(spec, work / f"build-{spec.name}")
-    print(f"{spec.name}: image ready in {time.monotonic() - started:.0f}s")
-    run = work / f"run-{spec.name}"
-    run.mkdir()
-    started = time.monotonic()
-    with harness.running(image, payload, ssh_key, run) as machine:
-        print(f"{spec.name}: booted in {time.monotonic() - started:.0f}s")
+    machines: dict[str, harness.VM] = {}
+    try:
+        for key, spec in sorted(harness.HOSTS.items()):
+            started = time.monotonic()
+            image = harness.host_image(spec, work / f"build-{spec.name}")
+            print(f"{spec.name}: image ready in {time.monotonic() - started:.0f}s")
+            run = work / f"run-{spec.name}"
+            run.mkdir()
+            machines[key] = harness.VM(image, payload, ssh_key, run)
+            machines[key].start()
+        yield machines
+    finally:
+        for machine in machines.values():
+            machine.close()
+
+
+@pytest.fixture(scope="module", params=sorted(harness.HOSTS))
+def vm(request: pytest.FixtureRequest,
+       booting: dict[str, harness.VM]) -> Iterator[tuple[harness.HostSpec, harness.VM]]:
+    """One booted VM per kind of host, for all the scenarios on it; killed after them."""
+    spec, machine = harness.HOSTS[request.param], booting[request.param]
+    machine.wait_booted()
+    print(f"{spec.name}: booted {time.monotonic() - machine.started:.0f}s after its start")
+    try:
         yield spec, machine
+    finally:
+        machine.close()  # its CPU and memory to the next host
 
 
 def wait_running(vm: harness.VM, name: str, timeout: int = 180) -> None:

@@ -184,6 +184,7 @@ class VM:
         self.console = workdir / "console.log"
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
 
     def command(self) -> list[str]:
         nic = (f"user,model=virtio-net-pci,net={SLIRP_NET},host={SLIRP_HOST},"
@@ -194,17 +195,30 @@ class VM:
                 "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
                 "-append", "root=/dev/vda rw console=ttyS0 panic=-1",
                 "-drive", f"file={self.image.disk},format=raw,if=virtio,snapshot=on",
-                "-drive", f"file={self.payload},format=raw,if=virtio",
+                # snapshot=on here too: both hosts boot at once from the one payload disk, and
+                # neither may write to the other's view of it
+                "-drive", f"file={self.payload},format=raw,if=virtio,snapshot=on",
                 "-nic", nic, "-serial", f"file:{self.console}"]
 
     def boot(self, deadline_s: float = 420) -> None:
+        self.start()
+        self.wait_booted(deadline_s)
+
+    def start(self) -> None:
+        """Start QEMU; :meth:`wait_booted` waits for the guest (several can boot at once)."""
         self.port = free_port()
         # snapshot=on keeps the guest's writes in a temporary file under TMPDIR: ours
         env = dict(os.environ, TMPDIR=str(self.workdir))
         self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
                                      stdout=(self.workdir / "qemu.log").open("wb"),
                                      stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + deadline_s
+        self.started = time.monotonic()
+
+    def wait_booted(self, deadline_s: float = 420) -> None:
+        """Until ssh answers and systemd says the boot is done; an assertion with the
+        console's tail when QEMU exits or ``deadline_s`` (from the start) passes."""
+        assert self.proc is not None, "start() first"
+        deadline = self.started + deadline_s
         last = ""
         while True:
             if self.proc.poll() is not None:
