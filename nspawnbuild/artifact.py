@@ -63,6 +63,11 @@ MANIFEST_SCHEMA["properties"]["state"] = {
     "items": {"type": "string", "maxLength": 4096, "pattern": STATE_PATH_PATTERN}}
 
 
+#: optional: what the image's features ask of the target host (hostneeds.py); each feature
+#: checks its own entry, install that it is a table of them
+MANIFEST_SCHEMA["properties"]["host_needs"] = {"type": "object", "maxProperties": 64}
+
+
 def read_bounded(path: Path, limit: int) -> bytes:
     """The bytes of a small file of an artifact directory; a larger one is refused before it is
     read (artifact directories may come from anywhere)."""

@@ -142,18 +142,22 @@ def _hook(hook: Any, where: str, out: Edits) -> None:
             flags.append((flag, value))
         elif arg.startswith("--") and i + 1 < len(rest):
             flags.append((arg, rest[i + 1]))
+    # what each understood verb's flags mean; a flag outside these (Tegra's --csv-filename,
+    # a future one) means the hook does more than we would: it is reported, not half-done
+    known = {"create-symlinks": {"--link"},
+             "update-ldcache": {"--folder", "--ldconfig-path"}}.get(verb)
+    if known is None or any(f not in known for f, _ in flags):
+        out.skipped_hooks.append(described)
+        return
     if verb == "create-symlinks":
-        for flag, value in flags:
-            if flag == "--link" and "::" in value:
-                target, link = value.split("::", 1)
-                out.symlinks.append((_absolute(link, where, "--link"), _text(target, where,
-                                                                              "--link")))
+        for _, value in flags:
+            if "::" not in value:
+                raise _bad(where, f"create-symlinks --link {value!r} is not TARGET::LINK")
+            target, link = value.split("::", 1)
+            out.symlinks.append((_absolute(link, where, "--link"), _text(target, where,
+                                                                          "--link")))
         return
-    if verb == "update-ldcache":
-        out.ldconfig_dirs += [_absolute(v, where, "--folder") for f, v in flags
-                              if f == "--folder"]
-        return
-    out.skipped_hooks.append(described)
+    out.ldconfig_dirs += [_absolute(v, where, "--folder") for f, v in flags if f == "--folder"]
 
 
 def _edits(edits: Any, where: str) -> Edits:
@@ -198,8 +202,9 @@ def _version(text: Any, where: str) -> str:
     return str(text)
 
 
-def load(path: Path) -> Spec:
-    """A CDI spec file (YAML or JSON), checked as far as it is read."""
+def load(path: Path, only_kind: str | None = None) -> Spec | None:
+    """A CDI spec file (YAML or JSON), checked as far as it is read; with ``only_kind``, None
+    for a spec of another kind (read no further than its ``kind``)."""
     try:
         with open(path, "rb") as fh:
             data = fh.read(MAX_SPEC_BYTES + 1)
@@ -209,12 +214,14 @@ def load(path: Path) -> Spec:
         raise _bad(str(path), f"larger than {MAX_SPEC_BYTES} bytes")
     try:
         doc = json.loads(data) if path.suffix == ".json" else yaml.safe_load(data)
-    except (ValueError, yaml.YAMLError) as e:
+    except (ValueError, yaml.YAMLError, RecursionError) as e:
         raise _bad(str(path), f"not valid {'JSON' if path.suffix == '.json' else 'YAML'} "
-                   f"({str(e).splitlines()[0]})") from None
+                   f"({(str(e).splitlines() or ['nested too deeply'])[0]})") from None
     where = str(path)
     if not isinstance(doc, Mapping):
         raise _bad(where, "the document is not a table")
+    if only_kind is not None and doc.get("kind") != only_kind:
+        return None  # another vendor's spec: none of its business, whatever its version
     version = _version(doc.get("cdiVersion"), where)
     kind = _text(doc.get("kind"), where, "kind")
     devices: dict[str, Mapping[str, Any]] = {}
@@ -231,25 +238,40 @@ def load(path: Path) -> Spec:
     return spec
 
 
-def find(root: Path, kind: str) -> Spec | None:
-    """The spec of ``kind`` among the host's spec files under ``root``; None when there is none.
-
-    Files are read in name order, /var/run/cdi after /etc/cdi (the CDI consumers' order); a
-    file that is not a spec of ``kind`` is passed over, and two files of one kind are refused,
-    as the CDI cache refuses conflicting specs.
-    """
+def find(root: Path, kind: str) -> list[Spec]:
+    """The specs of ``kind`` among the host's spec files under ``root``, in the order CDI reads
+    them: name order, /var/run/cdi after /etc/cdi (a later spec wins on a device name: the
+    toolkit's refresh service writes /var/run/cdi/nvidia.yaml beside a hand-made
+    /etc/cdi/nvidia.yaml). Other kinds' files are passed over unread beyond their kind."""
     found: list[Spec] = []
     for d in SPEC_DIRS:
         directory = root / d
         if not directory.is_dir() or directory.is_symlink():
             continue
         for path in sorted(directory.iterdir()):
-            if path.suffix not in (".yaml", ".yml", ".json") or not path.is_file():
+            if path.suffix not in (".yaml", ".json") or not path.is_file():
                 continue
-            spec = load(path)
-            if spec.kind == kind:
+            spec = load(path, kind)
+            if spec is not None:
                 found.append(spec)
-    if len(found) > 1:
-        raise BuildError(f"two CDI specs of kind {kind}: {found[0].path} and {found[1].path}; "
-                         "remove one")
-    return found[0] if found else None
+    return found
+
+
+def select(specs: list[Spec], names: Iterable[str]) -> tuple[Edits, list[Spec]]:
+    """The edits of the devices ``names``, each from the last spec that has it, with the
+    common edits of the specs they come from (only those: a stale spec's files stay out)."""
+    chosen: dict[Path, list[str]] = {}
+    for name in names:
+        owner = next((s for s in reversed(specs) if name in s.devices), None)
+        if owner is None:
+            known = ", ".join(sorted({n for s in specs for n in s.devices})) or "none"
+            where = " and ".join(str(s.path) for s in specs)
+            raise BuildError(f"{where}: no device '{specs[0].kind}={name}' (the spec has: "
+                             f"{known}); regenerate it with `nvidia-ctk cdi generate` if the "
+                             "host's GPUs changed")
+        chosen.setdefault(owner.path, []).append(name)
+    out = Edits()
+    used = [s for s in specs if s.path in chosen]
+    for spec in used:
+        out.add(spec.edits(chosen[spec.path]))
+    return out, used

@@ -43,13 +43,16 @@ PERSISTENCED_SOCKET = "/run/nvidia-persistenced/socket"
 #: what the container's boot reads: the host-made files written into the installed tree
 LDCONFIG_CONF = "/etc/ld.so.conf.d/00-nspawnbuild-host-gpu.conf"
 TMPFILES_CONF = "/etc/tmpfiles.d/nspawnbuild-host-gpu.conf"
+ENVIRONMENT_CONF = "/etc/systemd/system.conf.d/50-nspawnbuild-host-gpu.conf"
 #: paths a .nspawn Bind= line and a tmpfiles line can hold as they are
 _PLAIN_PATH = re.compile(r"^/[A-Za-z0-9._+@/-]*$")
 # systemd expands $ and % in ExecStartPre=: $$ is a literal $, %i the instance (machine) name
 CHECK = ("/bin/sh -c 'want={want}; have=$$(cat {file} 2>/dev/null || echo none); "
-         "[ \"$$have\" = \"$$want\" ] || {{ echo \"nspawnbuild: container %i was installed for "
-         "NVIDIA driver $$want but the host kernel module is now $$have; run nspawnbuild "
-         "install again to bind the new driver files\" >&2; exit 1; }}'")
+         "[ \"$$have\" = \"$$want\" ] && exit 0; [ \"$$have\" = none ] && {{ echo \"nspawnbuild: "
+         "container %i needs the NVIDIA kernel module, which is not loaded: load it (modprobe "
+         "nvidia) before starting the container\" >&2; exit 1; }}; echo \"nspawnbuild: container "
+         "%i was installed for NVIDIA driver $$want but the host kernel module is now $$have; "
+         "run nspawnbuild install again to bind the new driver files\" >&2; exit 1'")
 
 
 @dataclass(frozen=True)
@@ -57,13 +60,6 @@ class Found:
     edits: cdi.Edits
     version: str
     source: str  # where the list came from, for the user
-
-
-def _plain(path: str, what: str) -> str:
-    if not _PLAIN_PATH.match(path) or "/../" in path + "/" or "//" in path:
-        raise BuildError(f"{what} {path!r} has characters a .nspawn Bind= line cannot hold "
-                         "as they are; nspawnbuild binds only plain paths")
-    return path
 
 
 def under(root: Path, path: str) -> Path:
@@ -192,13 +188,19 @@ def cdi_names(devices: str | list[str]) -> list[str]:
     return ["all"] if devices == "all" else list(devices)
 
 
+#: the driver's own libraries, whose file names carry the driver's version: a spec listing
+#: another version's is stale (others, such as libnvidia-egl-wayland.so.1.1.13, version apart)
+VERSIONED = ("libcuda.so.", "libnvidia-ml.so.", "libnvidia-ptxjitcompiler.so.")
+
+
 def find(root: Path, devices: str | list[str]) -> Found:
     """The host's driver files and nodes for ``devices``: from its CDI spec, or discovered."""
     version = driver_version(root)
-    spec = cdi.find(root, KIND)
-    if spec is not None:
-        edits = spec.edits(cdi_names(devices))
-        source = f"the host's CDI spec {spec.path} (cdiVersion {spec.version})"
+    specs = cdi.find(root, KIND)
+    if specs:
+        edits, used = cdi.select(specs, cdi_names(devices))
+        source = "the host's CDI spec " + ", ".join(f"{s.path} (cdiVersion {s.version})"
+                                                    for s in used)
     else:
         edits = discover(root, devices, version)
         source = "the host's linker cache and /dev (no CDI spec in /etc/cdi or /var/run/cdi)"
@@ -210,55 +212,81 @@ def find(root: Path, devices: str | list[str]) -> Found:
         if not os.path.lexists(under(root, mount.host_path)):
             raise BuildError(f"{under(root, mount.host_path)} is missing although {source} "
                              "lists it: regenerate the spec after a driver change")
+        name = PurePosixPath(mount.host_path).name
+        if name.startswith(VERSIONED) and not name.endswith(f".so.{version}"):
+            raise BuildError(f"{source} lists {mount.host_path}, another driver's file than "
+                             f"the loaded module's {version}: the spec is stale; regenerate it "
+                             "(nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml)")
     return Found(edits, version, source)
 
 
-def settings(found: Found, host: HostContext) -> HostSettings:
+def settings(found: Found, *, check: bool = True) -> HostSettings:
     """The installed .nspawn's binds, the drop-in's DeviceAllow= and version check, and the
-    tree's ld.so.conf and tmpfiles entries for ``found``."""
+    tree's ld.so.conf, tmpfiles and environment entries for ``found``."""
     e = found.edits
     out = HostSettings(notes=[f"GPU: bound the NVIDIA driver {found.version} from {found.source}"])
     for host_path, inside in e.device_nodes:
         if not host_path.startswith("/dev/"):  # all DeviceAllow= can name, besides classes
             raise BuildError(f"{found.source} names device node {host_path}, outside /dev: "
                              "the unit's DeviceAllow= can allow only nodes in /dev")
-        bind = _plain(host_path, "device node") + ("" if inside == host_path
-                                                   else ":" + _plain(inside, "device node"))
+        bind = _bind_path(host_path) + ("" if inside == host_path
+                                        else ":" + _bind_path(inside))
         out.nspawn.append(Setting("Files", "Bind", bind, "gpu-nvidia"))
         out.unit.append(Setting("Service", "DeviceAllow", f"{host_path} rw", "gpu-nvidia"))
+    if not any(inside == "/dev/nvidia-uvm" for _, inside in e.device_nodes):
+        out.notes.append("GPU: no /dev/nvidia-uvm on this host: CUDA needs it; create it at "
+                         "boot with nvidia-modprobe -u -c=0, then install again")
     for m in e.mounts:
-        bind = _plain(m.host_path, "driver file") + (
-            "" if m.container_path == m.host_path else ":" + _plain(m.container_path, "path"))
+        bind = _bind_path(m.host_path) + (
+            "" if m.container_path == m.host_path else ":" + _bind_path(m.container_path))
         out.nspawn.append(Setting("Files", "BindReadOnly" if m.read_only else "Bind", bind,
                                   "gpu-nvidia"))
-    for env in e.env:
-        name, _, value = env.partition("=")
+    env = []
+    for entry in e.env:
+        name, _, value = entry.partition("=")
         if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) and re.fullmatch(r"[^\s\"'\\%$]*", value):
-            out.nspawn.append(Setting("Exec", "Environment", env, "gpu-nvidia"))
+            env.append(entry)
         else:
-            out.notes.append(f"GPU: environment entry {env[:60]!r} left out (not a plain "
+            out.notes.append(f"GPU: environment entry {entry[:60]!r} left out (not a plain "
                              "NAME=VALUE)")
-    out.unit.append(Setting("Service", "ExecStartPre",
-                            CHECK.format(want=found.version, file=VERSION_FILE), "gpu-nvidia"))
+    if env:  # the container's manager passes it to every service (Environment= reaches PID 1 only)
+        out.files[ENVIRONMENT_CONF] = (
+            "# Written by nspawnbuild install: the GPU driver's CDI environment\n[Manager]\n"
+            + "".join(f'DefaultEnvironment="{entry}"\n' for entry in env))
+    if check:
+        out.unit.append(Setting("Service", "ExecStartPre",
+                                CHECK.format(want=found.version, file=VERSION_FILE),
+                                "gpu-nvidia"))
     if e.ldconfig_dirs:
         out.files[LDCONFIG_CONF] = ("# Written by nspawnbuild install: where the host's GPU "
                                     "driver libraries are bound\n"
-                                    + "".join(f"{_plain(d, 'folder')}\n"
-                                              for d in e.ldconfig_dirs))
+                                    + "".join(f"{_tmpfiles_path(d)}\n" for d in e.ldconfig_dirs))
     if e.symlinks:
         out.files[TMPFILES_CONF] = (
             "# Written by nspawnbuild install: the links the GPU driver's CDI hooks make\n"
-            + "".join(f"L {_plain(link, 'link')} - - - - {_plain_target(target)}\n"
+            + "".join(f"L {_tmpfiles_path(link)} - - - - {_tmpfiles_path(target)}\n"
                       for link, target in e.symlinks))
     out.notes += [f"GPU: hook not run (nspawn runs no OCI hooks): {h}" for h in e.skipped_hooks]
     return out
 
 
-def _plain_target(target: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9._+@/-]+", target):
-        raise BuildError(f"symlink target {target!r} has characters a tmpfiles line cannot "
-                         "hold as they are")
-    return target
+def _bind_path(path: str) -> str:
+    """``path`` as a .nspawn Bind= source or destination takes it: plain characters only
+    (``:`` separates the fields, ``%`` and ``\\`` would be read as escapes)."""
+    if not _PLAIN_PATH.match(path) or "/../" in path + "/" or "//" in path:
+        raise BuildError(f"path {path!r} has characters a .nspawn Bind= line cannot hold as "
+                         "they are; nspawnbuild binds only plain paths")
+    return path
+
+
+def _tmpfiles_path(path: str) -> str:
+    """A path or link target as a tmpfiles.d or ld.so.conf line takes it: no whitespace (the
+    field separator), no control characters, no ``%`` (a specifier), no ``\\`` (an escape).
+    ``:`` is fine there (the toolkit's /dev/dri/by-path/pci-0000:52:00.0-card links)."""
+    if not path or re.search(r"[\s\x00-\x1f\x7f%\\]", path):
+        raise BuildError(f"path {path!r} has characters a tmpfiles.d line cannot hold as they "
+                         "are (whitespace, control characters, % or \\)")
+    return path
 
 
 # -- AMD (ROCm) ------------------------------------------------------------------------------
@@ -278,12 +306,17 @@ def render_nodes(root: Path) -> list[str]:
 
 
 def _host_groups(root: Path) -> dict[int, str]:
-    try:
-        text = under(root, "/etc/group").read_text()
-    except OSError:
-        return {}
-    return {int(f[2]): f[0] for f in (line.split(":") for line in text.splitlines())
-            if len(f) == 4 and f[2].isdigit()}
+    """The host's groups by id: /etc/group, and /usr/lib/group where the system's groups live
+    apart (image-based hosts); an id in both is /etc's."""
+    groups: dict[int, str] = {}
+    for table in ("/usr/lib/group", "/etc/group"):
+        try:
+            text = under(root, table).read_text()
+        except OSError:
+            continue
+        groups.update({int(f[2]): f[0] for f in (line.split(":") for line in text.splitlines())
+                       if len(f) == 4 and f[2].isdigit()})
+    return groups
 
 
 def amd_settings(host: HostContext, nodes: list[str], *, private_users: bool) -> HostSettings:

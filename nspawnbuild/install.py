@@ -22,7 +22,6 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from . import cgroups, emulation, hostneeds, hostnet, instance, tarread
 from .artifact import (
@@ -447,8 +446,7 @@ def install(artifact_dir: Path, *, name: str | None, root: Path, force: bool,
     over = (overrides or Overrides()).over(instance.load(root, name))
     net = instance.effective(recipe_network(art), over)
     host_files = hostnet.host_files(name, net) if net is not None else {}
-    needs = host_needs(art.manifest, HostContext(root, name, art.path("nspawn").read_text()),
-                       host_settings)
+    needs = host_needs(art, HostContext(root, name), host_settings)
     managed = systemd_runs(root)
     if restart and not managed:
         raise RecipeError(Problem(Path("--restart"), None, "needs systemd running on this host "
@@ -475,7 +473,6 @@ def install(artifact_dir: Path, *, name: str | None, root: Path, force: bool,
         staged = import_tarball(tarball, staging, temp, headers_checked=True)
         done.append(f"imported {tarball.name}")
         done += instance.apply_to_tree(staged, name, net, over)
-        done += hostneeds.apply_to_tree(staged, needs)
         settings = {dest: dest.read_bytes() if dest.is_file() else None
                     for dest in (t.nspawn, t.dropin)}
         if running:
@@ -484,6 +481,7 @@ def install(artifact_dir: Path, *, name: str | None, root: Path, force: bool,
         check_not_running(t.image, name)  # started while the import ran
         state = [str(p) for p in art.manifest.get("state", [])]
         moved = _carry_state(state, t.image, staged, done) if t.image.is_dir() else []
+        done += hostneeds.apply_to_tree(staged, needs)  # after the state: a kept /etc keeps them
         old = _swap_in(staged, t.image)
     finally:
         remove_tree(staging)
@@ -491,12 +489,12 @@ def install(artifact_dir: Path, *, name: str | None, root: Path, force: bool,
     extras = {t.nspawn: hostneeds.render_extra(needs.nspawn, NSPAWN_ORDER),
               t.dropin: hostneeds.render_extra(needs.unit, UNIT_ORDER)}
     for src, dest in ((art.path("nspawn"), t.nspawn), (art.path("dropin"), t.dropin)):
-        bridged = dest == t.nspawn and over.bridge is not None
-        if bridged or extras[dest]:
-            text = src.read_text()
+        bridge = over.bridge if dest == t.nspawn else None
+        if bridge is not None or extras[dest]:
+            text = src.read_bytes().decode("utf-8", errors="replace")
             with replacing(dest, mode=0o644) as tmp:
-                tmp.write_text((bridged_nspawn(text, over.bridge) if over.bridge is not None
-                                and bridged else text) + extras[dest])
+                tmp.write_text((bridged_nspawn(text, bridge) if bridge is not None else text)
+                               + extras[dest])
         else:
             _put(src, dest)
         done.append(f"installed {dest}")
@@ -541,16 +539,21 @@ def install(artifact_dir: Path, *, name: str | None, root: Path, force: bool,
     return done
 
 
-def host_needs(manifest: dict[str, Any], host: HostContext,
+def host_needs(art: Artifact, host: HostContext,
                provider: HostSettingsFor | None) -> HostSettings:
     """What the image's features ask of this host, found before anything is written."""
-    if not manifest.get("host_needs"):
+    needs = art.manifest.get("host_needs")
+    if not needs:
         return HostSettings()
+    if not isinstance(needs, dict):
+        raise BuildError(f"{art.dir / 'manifest.json'}: 'host_needs' is not a table; rebuild "
+                         "the image")
     if provider is None:
         raise BuildError(f"the image needs settings made on its host "
-                         f"({', '.join(sorted(manifest['host_needs']))}): install it with "
+                         f"({', '.join(sorted(map(str, needs)))}): install it with "
                          "`nspawnbuild install`, which makes them")
-    return provider(manifest, host)
+    nspawn = art.path("nspawn").read_bytes().decode("utf-8", errors="replace")
+    return provider(art.manifest, HostContext(host.root, host.machine, nspawn))
 
 
 def _roll_back(name: str, t: Targets, old: Path | None, moved: list[str],

@@ -33,8 +33,8 @@ from nspawnbuild.recipe.model import Recipe
 from nspawnbuild.rootfs import RootfsContext
 from nspawnbuild.settings import Setting
 
-NVIDIA_CONTROL = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
-VERSION_FILE = "/sys/module/nvidia/version"
+NVIDIA_CONTROL = gpuhost.CONTROL_NODES
+VERSION_FILE = gpuhost.VERSION_FILE
 # systemd expands $ and % in ExecStartPre=: $$ is a literal $, %i the instance (machine) name
 CHECK = ("/bin/sh -c 'want={want}; have=$$(cat {file} 2>/dev/null || echo none); "
          "[ \"$$have\" = \"$$want\" ] || {{ echo \"nspawnbuild: container %i has NVIDIA "
@@ -207,19 +207,27 @@ class GpuNvidia(Feature[NvidiaConfig, NvidiaTraits]):
         if self.config.mode != "host":
             return None
         devices = self.config.devices
-        return {"driver": "host",
+        return {"driver": "host", "check": self.config.check_host_version,
                 "devices": "all" if devices == "all" else [str(d) for d in devices]}
 
     @classmethod
     def host_settings(cls, needs: Any, host: HostContext) -> HostSettings:
         devices = needs.get("devices") if isinstance(needs, dict) else None
-        if not (devices == "all" or (isinstance(devices, list) and devices and all(
-                isinstance(d, str) and re.fullmatch(r"[0-9A-Za-z][0-9A-Za-z:-]{0,83}", d)
-                for d in devices))) or needs.get("driver") != "host":
+        if not isinstance(needs, dict) or not (devices == "all" or (
+                isinstance(devices, list) and 0 < len(devices) <= 64
+                and len(set(devices)) == len(devices) and all(
+                    isinstance(d, str) and re.fullmatch(r"[0-9A-Za-z][0-9A-Za-z:-]{0,83}", d)
+                    for d in devices))) or needs.get("driver") != "host" \
+                or not isinstance(needs.get("check", True), bool):
             raise BuildError("manifest.json: host_needs.gpu-nvidia is not what a build writes "
-                             "(driver \"host\", devices \"all\" or a list of names); rebuild "
-                             "the image")
-        return gpuhost.settings(gpuhost.find(host.root, devices), host)
+                             "(driver \"host\", devices \"all\" or up to 64 distinct names); "
+                             "rebuild the image")
+        if _read_only(host.nspawn):
+            raise BuildError("the image runs read-only (ReadOnly=yes in its .nspawn), and the "
+                             "host's GPU driver needs its linker cache and links made at boot: "
+                             "install it without ReadOnly=, or use driver = \"image\"")
+        return gpuhost.settings(gpuhost.find(host.root, devices),
+                                check=needs.get("check", True))
 
     def configure(self, ctx: RootfsContext) -> None:
         if self.config.mode == "host":
@@ -275,14 +283,24 @@ class AmdTraits(Tuples):
 
 
 #: the groups whose members open AMD compute devices (ROCm's instructions: render and video)
-AMD_GROUPS = ("render", "video")
+AMD_GROUPS = gpuhost.AMD_GROUPS
+
+
+def _setting(nspawn: str, key: str) -> str | None:
+    """The last value of ``key`` in a .nspawn file's text, or None."""
+    values = [line.split("=", 1)[1].strip() for line in nspawn.splitlines()
+              if line.strip().startswith(f"{key}=")]
+    return values[-1] if values else None
+
+
+def _read_only(nspawn: str) -> bool:
+    return (_setting(nspawn, "ReadOnly") or "no").lower() in ("yes", "true", "1", "on")
 
 
 def _private_users(nspawn: str) -> bool:
     """Whether a .nspawn turns on a user namespace (PrivateUsers= other than no/false/0/off)."""
-    values = [line.split("=", 1)[1].strip() for line in nspawn.splitlines()
-              if line.strip().startswith("PrivateUsers=")]
-    return bool(values) and values[-1].lower() not in ("no", "false", "0", "off")
+    value = _setting(nspawn, "PrivateUsers")
+    return value is not None and value.lower() not in ("no", "false", "0", "off")
 
 
 class GpuAmd(Feature[AmdConfig, AmdTraits]):

@@ -152,7 +152,7 @@ def test_nvidia_without_a_version_is_the_host_driver_and_the_image_carries_none(
     assert not [p for p in plan.bootstrap["packages"] if "nvidia" in p or "cuda" in p]
     assert "nvidia" not in nspawn_text(r) and "nvidia" not in dropin_text(r)
     assert plan.manifest["host_needs"] == {
-        "gpu-nvidia": {"driver": "host", "devices": ["1", "GPU-4b3c9d2e"]}}
+        "gpu-nvidia": {"driver": "host", "check": True, "devices": ["1", "GPU-4b3c9d2e"]}}
     assert "host_needs" not in make_plan(load(tmp_path, NVIDIA)).manifest
 
 

@@ -66,8 +66,8 @@ def test_a_toolkit_spec_gives_the_chosen_gpus_the_common_edits_and_the_hooks_as_
     assert e.skipped_hooks == ["nvidia-ctk hook chmod --mode 755 --path /dev/dri"]
     both = spec.edits(["all"])
     assert [h for h, _ in both.device_nodes][:2] == ["/dev/nvidia0", "/dev/nvidia1"]
-    assert [h for h, _ in spec.edits(["0", "1"]).device_nodes][:2] == ["/dev/nvidia0",
-                                                                       "/dev/nvidia1"]
+    assert [h for h, _ in spec.edits(["0", "1"]).device_nodes][:4] == [
+        "/dev/nvidia0", "/dev/dri/card0", "/dev/dri/renderD128", "/dev/nvidia1"]
 
 
 def test_a_mig_device_brings_its_capability_nodes_and_newer_hooks_are_read() -> None:
@@ -122,15 +122,14 @@ def test_with_the_hosts_spec_install_gets_these_exact_settings(tmp_path: Path) -
     root = make_host(tmp_path / "host", spec="nvidia.yaml")
     found = gpuhost.find(root, ["1"])
     assert found.version == VERSION and "nvidia.yaml (cdiVersion 0.5.0)" in found.source
-    out = gpuhost.settings(found, HostContext(root, "gpubox"))
+    out = gpuhost.settings(found)
     assert [f"{s.key}={s.value}" for s in out.nspawn] == [
         "Bind=/dev/nvidia1", "Bind=/dev/nvidia-modeset", "Bind=/dev/nvidia-uvm",
         "Bind=/dev/nvidia-uvm-tools", "Bind=/dev/nvidiactl",
         f"BindReadOnly={LIBDIR}/libcuda.so.{VERSION}",
         f"BindReadOnly={LIBDIR}/libnvidia-ml.so.{VERSION}",
         "BindReadOnly=/usr/bin/nvidia-smi",
-        f"BindReadOnly=/lib/firmware/nvidia/{VERSION}/gsp_ga10x.bin",
-        "Environment=NVIDIA_VISIBLE_DEVICES=void"]
+        f"BindReadOnly=/lib/firmware/nvidia/{VERSION}/gsp_ga10x.bin"]
     unit = [f"{s.key}={s.value}" for s in out.unit]
     assert unit[:5] == ["DeviceAllow=/dev/nvidia1 rw", "DeviceAllow=/dev/nvidia-modeset rw",
                         "DeviceAllow=/dev/nvidia-uvm rw", "DeviceAllow=/dev/nvidia-uvm-tools rw",
@@ -141,7 +140,11 @@ def test_with_the_hosts_spec_install_gets_these_exact_settings(tmp_path: Path) -
         gpuhost.LDCONFIG_CONF: "# Written by nspawnbuild install: where the host's GPU driver "
                                f"libraries are bound\n{LIBDIR}\n",
         gpuhost.TMPFILES_CONF: "# Written by nspawnbuild install: the links the GPU driver's "
-                               f"CDI hooks make\nL {LIBDIR}/libcuda.so - - - - libcuda.so.1\n"}
+                               f"CDI hooks make\nL {LIBDIR}/libcuda.so - - - - libcuda.so.1\n",
+        # for every service of the container, not only its init (Environment= would be that)
+        gpuhost.ENVIRONMENT_CONF: "# Written by nspawnbuild install: the GPU driver's CDI "
+                                  "environment\n[Manager]\n"
+                                  'DefaultEnvironment="NVIDIA_VISIBLE_DEVICES=void"\n'}
     assert out.notes == [
         f"GPU: bound the NVIDIA driver {VERSION} from the host's CDI spec "
         f"{root}/etc/cdi/nvidia.yaml (cdiVersion 0.5.0)",
@@ -197,12 +200,107 @@ def test_a_spec_naming_a_missing_file_says_to_regenerate_it(tmp_path: Path) -> N
         gpuhost.find(root, ["0"])
 
 
-def test_two_specs_of_one_kind_are_refused(tmp_path: Path) -> None:
+def test_a_later_spec_wins_and_a_stale_ones_files_stay_out(tmp_path: Path) -> None:
+    """/var/run/cdi after /etc/cdi, as CDI reads them: the device comes from the later spec,
+    and only that spec's common edits are used, so the earlier one's files are not bound."""
     root = make_host(tmp_path / "host", spec="nvidia.yaml")
     (root / "var/run/cdi").mkdir(parents=True)
-    shutil.copy(CDI / "nvidia-mig.json", root / "var/run/cdi/nvidia.json")
-    with pytest.raises(BuildError, match="two CDI specs of kind nvidia.com/gpu"):
+    doc = json.loads((CDI / "nvidia-mig.json").read_text())
+    (root / "var/run/cdi/nvidia.json").write_text(json.dumps(doc))
+    found = gpuhost.find(root, ["0"])
+    assert "var/run/cdi/nvidia.json (cdiVersion 0.8.0)" in found.source
+    assert "etc/cdi/nvidia.yaml" not in found.source
+    assert f"/lib/firmware/nvidia/{VERSION}/gsp_ga10x.bin" not in \
+        [m.host_path for m in found.edits.mounts]  # only the /etc spec lists it
+    # a device only the earlier spec has still comes from it, with its common edits
+    both = gpuhost.find(root, ["0", "GPU-9e8d7c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b"])
+    assert "etc/cdi/nvidia.yaml" in both.source and "var/run/cdi/nvidia.json" in both.source
+
+
+def test_another_vendors_spec_is_passed_over_whatever_its_version(tmp_path: Path) -> None:
+    root = make_host(tmp_path / "host", spec="nvidia.yaml")
+    (root / "etc/cdi/vendor.json").write_text(json.dumps(
+        {"cdiVersion": "0.3.0", "kind": "vendor.com/fpga", "devices": "not even a list"}))
+    assert "nvidia.yaml" in gpuhost.find(root, ["0"]).source
+
+
+def test_a_stale_spec_naming_another_drivers_library_is_refused(tmp_path: Path) -> None:
+    """After a driver upgrade the old libraries often stay on disk: the spec's files exist,
+    but they are the old driver's, which the new module cannot serve."""
+    root = make_host(tmp_path / "host", spec="nvidia.yaml")
+    (root / "sys/module/nvidia/version").write_text("560.35.03\n")
+    with pytest.raises(BuildError, match=r"libcuda.so.550.163.01, another driver's file than "
+                       r"the loaded module's 560.35.03: the spec is stale"):
         gpuhost.find(root, ["0"])
+
+
+def test_by_path_links_with_colons_become_tmpfiles_lines(tmp_path: Path) -> None:
+    """The toolkit links /dev/dri/by-path/pci-0000:52:00.0-card to its card: ':' is fine in a
+    tmpfiles line (only Bind= lines separate fields with it)."""
+    root = make_host(tmp_path / "host", spec="nvidia.yaml")
+    out = gpuhost.settings(gpuhost.find(root, ["0"]))
+    assert "L /dev/dri/by-path/pci-0000:52:00.0-card - - - - ../card0\n" in \
+        out.files[gpuhost.TMPFILES_CONF]
+    assert "Bind=/dev/dri/renderD128" in [f"{s.key}={s.value}" for s in out.nspawn]
+
+
+@pytest.mark.parametrize("path", ["/usr/lib/a:b.so", "/usr/lib/50%.so", "/usr/lib/a b.so",
+                                  "/usr/lib/a\\x2d.so"])
+def test_a_driver_path_bind_lines_cannot_hold_is_refused(tmp_path: Path, path: str) -> None:
+    root = make_host(tmp_path / "host", spec="nvidia.yaml")
+    doc = yaml.safe_load((root / "etc/cdi/nvidia.yaml").read_text())
+    doc["containerEdits"]["mounts"].append({"hostPath": path, "containerPath": path})
+    target = root / path.lstrip("/")
+    target.write_bytes(b"")
+    (root / "etc/cdi/nvidia.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(BuildError, match="a .nspawn Bind= line cannot hold"):
+        gpuhost.settings(gpuhost.find(root, ["0"]))
+
+
+def test_an_unknown_hook_flag_is_reported_not_half_done(tmp_path: Path) -> None:
+    doc = yaml.safe_load((CDI / "nvidia.yaml").read_text())
+    doc["containerEdits"]["hooks"][0]["args"] += ["--csv-filename", "/etc/nvidia/l4t.csv"]
+    path = tmp_path / "nvidia.json"
+    path.write_text(json.dumps(doc))
+    spec = cdi.load(path)
+    assert spec is not None
+    e = spec.edits(["1"])
+    assert e.symlinks == [] and any("--csv-filename" in h for h in e.skipped_hooks)
+
+
+@pytest.mark.parametrize("needs", [
+    "all", ["0"], {"driver": "host"}, {"driver": "image", "devices": ["0"]},
+    {"driver": "host", "devices": ["0"] * 2}, {"driver": "host", "devices": [str(i) for i in
+                                                                             range(65)]},
+    {"driver": "host", "devices": ["0; rm -rf /"]}, {"driver": "host", "devices": [0]},
+    {"driver": "host", "devices": ["0"], "check": "no"},
+])
+def test_a_hostile_manifest_entry_is_a_clear_error(tmp_path: Path, needs: object) -> None:
+    from nspawnbuild.plugins import get_registry
+
+    root = make_host(tmp_path / "host", spec="nvidia.yaml")
+    nvidia = get_registry().features["gpu-nvidia"]
+    with pytest.raises(BuildError, match="host_needs.gpu-nvidia is not what a build writes"):
+        nvidia.host_settings(needs, HostContext(root, "gpubox"))
+
+
+def test_a_read_only_image_is_refused_with_the_host_driver(tmp_path: Path) -> None:
+    from nspawnbuild.plugins import get_registry
+
+    root = make_host(tmp_path / "host", spec="nvidia.yaml")
+    nvidia = get_registry().features["gpu-nvidia"]
+    with pytest.raises(BuildError, match=r"runs read-only \(ReadOnly=yes"):
+        nvidia.host_settings({"driver": "host", "devices": ["0"]},
+                             HostContext(root, "gpubox", "[Files]\nReadOnly=yes\n"))
+
+
+def test_an_unknown_feature_in_host_needs_is_a_clear_error(tmp_path: Path) -> None:
+    from nspawnbuild.hostsetup import settings_for
+
+    with pytest.raises(BuildError, match="feature 'gpu-quantum' at install, which no installed plugin"):
+        settings_for({"host_needs": {"gpu-quantum": {}}}, HostContext(tmp_path, "x"))
+    with pytest.raises(BuildError, match="'host_needs' is not a table"):
+        settings_for({"host_needs": ["gpu-nvidia"]}, HostContext(tmp_path, "x"))
 
 
 # -- AMD (ROCm) ------------------------------------------------------------------------------
@@ -269,7 +367,7 @@ def test_the_start_check_runs_as_systemd_would_run_it(tmp_path: Path, module: st
     """The drop-in's ExecStartPre=, unescaped as systemd does ($$ -> $, %i -> the machine),
     run by sh: the host's module version equal to the one installed for, or a clear refusal."""
     root = make_host(tmp_path / "host", spec="nvidia.yaml")
-    out = gpuhost.settings(gpuhost.find(root, ["0"]), HostContext(root, "gpubox"))
+    out = gpuhost.settings(gpuhost.find(root, ["0"]))
     [line] = [s.value for s in out.unit if s.key == "ExecStartPre"]
     version = tmp_path / "version"
     if module:
@@ -280,10 +378,12 @@ def test_the_start_check_runs_as_systemd_would_run_it(tmp_path: Path, module: st
     assert argv[:2] == ["/bin/sh", "-c"] and len(argv) == 3
     run = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     assert run.returncode == status, run.stderr
-    if status:
+    if status and module:
         assert f"container gpubox was installed for NVIDIA driver {VERSION} but the host " \
-               f"kernel module is now {module or 'none'}; run nspawnbuild install again" \
-               in run.stderr
+               f"kernel module is now {module}; run nspawnbuild install again" in run.stderr
+    elif status:  # not an upgrade: the module is not loaded (yet), and install would not help
+        assert "container gpubox needs the NVIDIA kernel module, which is not loaded" \
+            in run.stderr
 
 
 def test_a_device_node_outside_dev_is_refused(tmp_path: Path) -> None:
@@ -296,4 +396,13 @@ def test_a_device_node_outside_dev_is_refused(tmp_path: Path) -> None:
     os.mknod(root / "run/gpu/nvidia0", 0o666 | stat.S_IFCHR, os.makedev(195, 0))
     (root / "etc/cdi/nvidia.yaml").write_text(yaml.safe_dump(doc))
     with pytest.raises(BuildError, match="names device node /run/gpu/nvidia0, outside /dev"):
-        gpuhost.settings(gpuhost.find(root, ["0"]), HostContext(root, "gpubox"))
+        gpuhost.settings(gpuhost.find(root, ["0"]))
+
+
+def test_amd_finds_the_hosts_group_in_usr_lib_group_too(tmp_path: Path) -> None:
+    """Image-based hosts keep their system groups in /usr/lib/group, not /etc/group."""
+    root = make_host(tmp_path / "host", render_gid=993)
+    (root / "etc/group").write_text("root:x:0:\n")
+    (root / "usr/lib/group").write_text("render:x:993:\n")
+    out = gpuhost.amd_settings(HostContext(root, "rocm"), ["/dev/kfd"], private_users=False)
+    assert out.group_ids == {"render": 993}

@@ -35,6 +35,7 @@ pytestmark = [pytest.mark.integration,
 
 BASE = Path(__file__).resolve().parent.parent / "recipes" / "debian-base.toml"
 LIB = "/usr/lib/x86_64-linux-gnu"
+INSIDE = "/usr/lib/nvidia-host"  # where the container gets the driver's libraries
 
 
 def driver_files(files: Path) -> None:
@@ -59,6 +60,11 @@ def spec_into(files: Path) -> dict[str, object]:
     for edits in [doc["containerEdits"]] + [d["containerEdits"] for d in doc["devices"]]:
         for mount in edits.get("mounts", []):
             mount["hostPath"] = f"{files}{mount['hostPath']}"
+            # in the container, outside the linker's default directories: only the spec's
+            # update-ldcache folder (our ld.so.conf file and boot unit) puts them in its cache
+            mount["containerPath"] = mount["containerPath"].replace(LIB, INSIDE)
+        for hook in edits.get("hooks", []):
+            hook["args"] = [a.replace(LIB, INSIDE) for a in hook["args"]]
     return dict(doc)
 
 
@@ -94,7 +100,8 @@ mode = "host"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["host_needs"] == {
         "gpu-amd": {"nodes": "all"},
-        "gpu-nvidia": {"driver": "host", "devices": ["GPU-4b3c9d2e-1f0a-4e8b-9c7d-6a5b4c3d2e1f"]}}
+        "gpu-nvidia": {"driver": "host", "check": True,
+                       "devices": ["GPU-4b3c9d2e-1f0a-4e8b-9c7d-6a5b4c3d2e1f"]}}
     assert not [p for p in manifest["packages"] if "nvidia" in p["name"] or "cuda" in p["name"]]
     built = (out / f"{machine}.nspawn").read_text()
     assert "nvidia" not in built and "Bind=/dev/kfd\n" in built
@@ -120,7 +127,7 @@ mode = "host"
     installed = (root / f"etc/systemd/nspawn/{machine}.nspawn").read_text()
     assert installed.startswith(built)
     assert "Bind=/dev/nvidia0\n" in installed and "Bind=/dev/nvidiactl\n" in installed
-    assert f"BindReadOnly={files}{LIB}/libcuda.so.{VERSION}:{LIB}/libcuda.so.{VERSION}\n" \
+    assert f"BindReadOnly={files}{LIB}/libcuda.so.{VERSION}:{INSIDE}/libcuda.so.{VERSION}\n" \
         in installed
     dropin_dir = root / f"etc/systemd/system/systemd-nspawn@{machine}.service.d"
     dropin = next(dropin_dir.glob("*.conf")).read_text()
@@ -189,24 +196,24 @@ mode = "host"
             return subprocess.run(["nsenter", "-t", init[0], "-a", *argv],
                                   capture_output=True, text=True, timeout=60)
 
-        deadline = time.monotonic() + 60
-        while inside("systemctl", "is-active", "nspawnbuild-gpu-ldconfig.service").stdout.strip() \
-                != "active" and time.monotonic() < deadline:
-            time.sleep(1)
-        unit = inside("systemctl", "show", "-p", "Result,ActiveState",
-                      "nspawnbuild-gpu-ldconfig.service").stdout
-        assert "Result=success" in unit, unit
+        # our unit ran (its condition held: the ld.so.conf file install wrote) and succeeded
+        unit = inside("systemctl", "show", "-p", "ConditionResult,Result,ExecMainStatus,"
+                      "ExecMainExitTimestampMonotonic", "nspawnbuild-gpu-ldconfig.service").stdout
+        props = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line)
+        assert props["ConditionResult"] == "yes" and props["Result"] == "success", unit
+        assert props["ExecMainStatus"] == "0" and props["ExecMainExitTimestampMonotonic"] != "0"
         cache = inside("ldconfig", "-p").stdout
-        assert f"libcuda.so.1 (libc6,x86-64) => {LIB}/libcuda.so.1" in cache, cache
-        assert f"libnvidia-ml.so.1 (libc6,x86-64) => {LIB}/libnvidia-ml.so.1" in cache, cache
-        assert inside("readlink", f"{LIB}/libcuda.so").stdout.strip() == "libcuda.so.1"
-        assert inside("readlink", "-f", f"{LIB}/libcuda.so.1").stdout.strip() == \
-            f"{LIB}/libcuda.so.{VERSION}"
+        assert f"libcuda.so.1 (libc6,x86-64) => {INSIDE}/libcuda.so.1" in cache, cache
+        assert f"libnvidia-ml.so.1 (libc6,x86-64) => {INSIDE}/libnvidia-ml.so.1" in cache, cache
+        assert inside("readlink", f"{INSIDE}/libcuda.so").stdout.strip() == "libcuda.so.1"
+        assert inside("readlink", "-f", f"{INSIDE}/libcuda.so.1").stdout.strip() == \
+            f"{INSIDE}/libcuda.so.{VERSION}"
         assert inside("/usr/bin/nvidia-smi").stdout.strip() == f"NVIDIA-SMI {VERSION} (stand-in)"
         assert inside("test", "-c", "/dev/nvidia0").returncode == 0
         assert inside("test", "-e", "/dev/nvidia1").returncode != 0  # not the chosen GPU
-        env_line = inside("cat", "/proc/1/environ").stdout
-        assert "NVIDIA_VISIBLE_DEVICES=void" in env_line.split("\0")
+        # the spec's environment reaches the services, through the manager's defaults
+        assert "NVIDIA_VISIBLE_DEVICES=void" in \
+            inside("systemctl", "show-environment").stdout.splitlines()
         assert inside("getent", "group", "render").stdout.split(":")[2] == "992"
     finally:
         trusted.unlink(missing_ok=True)

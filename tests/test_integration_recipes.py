@@ -48,7 +48,8 @@ def test_ollama_builds_without_a_gpu_or_the_web(env: Env, example: str) -> None:
     dropin = (out / f"systemd-nspawn@{example}.service.d" / "50-nspawnbuild.conf").read_text()
     members = tar_members(tarball_of(out))
     if example == "ollama-gpu":
-        assert manifest["host_needs"] == {"gpu-nvidia": {"driver": "host", "devices": ["0"]}}
+        assert manifest["host_needs"] == {"gpu-nvidia": {"driver": "host", "check": True,
+                                                              "devices": ["0"]}}
         assert "nvidia" not in nspawn and "nvidia" not in dropin
         assert "./etc/systemd/system/sysinit.target.wants/nspawnbuild-gpu-ldconfig.service" \
             in members

@@ -25,23 +25,28 @@ def add_gpu_binds(command: AddCommand) -> None:
 
 
 def cmd_gpu_binds(args: argparse.Namespace) -> int:
-    from ..artifact import Artifact
+    from ..artifact import Artifact, check_machine_name
     from ..hostneeds import HostContext, render_extra
     from ..hostsetup import settings_for
+    from ..paths import dropin_name, nspawn_name
     from ..render import NSPAWN_ORDER, UNIT_ORDER
 
+    if args.name is not None:
+        check_machine_name(args.name, Path("--name"), None)
     art = Artifact.open(Path(args.artifact_dir))
     name = args.name or art.name
     if not art.manifest.get("host_needs"):
         print(f"{name}: the image asks nothing of its host: install its .nspawn and drop-in "
               "as they are")
         return 0
-    made = settings_for(art.manifest, HostContext(Path(args.root), name,
-                                                  art.path("nspawn").read_text()))
-    print(f"# append to /etc/systemd/nspawn/{name}.nspawn:"
-          + render_extra(made.nspawn, NSPAWN_ORDER))
-    print(f"# append to /etc/systemd/system/systemd-nspawn@{name}.service.d/50-nspawnbuild.conf:"
-          + render_extra(made.unit, UNIT_ORDER))
+    nspawn = art.path("nspawn").read_bytes().decode("utf-8", errors="replace")
+    made = settings_for(art.manifest, HostContext(Path(args.root), name, nspawn))
+    for where, extra in ((f"/etc/systemd/nspawn/{nspawn_name(name)}",
+                          render_extra(made.nspawn, NSPAWN_ORDER)),
+                         (f"/etc/systemd/system/{dropin_name(name)}",
+                          render_extra(made.unit, UNIT_ORDER))):
+        if extra:
+            print(f"# append to {where}:{extra}")
     for dest, text in sorted(made.files.items()):
         print(f"# write in the machine's tree, /var/lib/machines/{name}{dest}:\n{text}")
     for group, gid in sorted(made.group_ids.items()):
