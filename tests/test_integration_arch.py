@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import platform
-import re
 import shutil
 import signal
 import subprocess
@@ -21,6 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
+import booting
 import pytest
 from test_integration_boot import cgroup, netns  # noqa: F401 (fixtures)
 
@@ -70,12 +70,6 @@ def tar_text(tarball: Path, name: str) -> str:
                 f = tar.extractfile(m)
                 return f.read().decode() if f else ""
     raise AssertionError(f"{name} is not in {tarball}")
-
-
-def screen(console: Path) -> str:
-    """The console's text so far without its colours (systemd colours unit names)."""
-    text = console.read_text(errors="replace") if console.exists() else ""
-    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
 
 
 def children(pid: int) -> list[int]:
@@ -159,19 +153,10 @@ def test_arm64_image_is_built_under_emulation_and_boots_as_far_as_qemu_user_allo
     trusted.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(out / f"{machine}.nspawn", trusted)
     console = env.tmp / "console.log"
-    command = (f"for f in {cgroup}; do echo $$ > $f; done; exec systemd-nspawn -b "
-               f"-D {tree} -M {machine} --register=no --keep-unit")
-    boot = subprocess.Popen(
-        ["nsenter", f"--net=/run/netns/{netns}", "script", "-qfec", f"sh -c '{command}'",
-         str(console)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT)
+    boot = booting.start(tree, machine, netns, cgroup, console)
     try:
-        deadline = time.monotonic() + 120
-        while "Reached target multi-user.target" not in screen(console):
-            assert boot.poll() is None, screen(console)[-3000:]
-            assert time.monotonic() < deadline, screen(console)[-3000:]
-            time.sleep(1)
-        log = screen(console)
+        booting.wait_for(boot, console, "Reached target multi-user.target")
+        log = booting.screen(console)
         assert "Detected architecture arm64." in log and "Welcome to Debian GNU/Linux" in log
         nspawn = nspawn_below(boot.pid)
         assert len(nspawn) == 1, subprocess.run(["ps", "-ef", "--forest"], capture_output=True,

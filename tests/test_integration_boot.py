@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import booting
 import pytest
 from test_integration_build import BASE_RECIPE, tar_members
 
@@ -123,14 +124,7 @@ authorized_keys = ["{pub}"]
     trusted.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(out / f"{machine}.nspawn", trusted)
     console = env.tmp / "console.log"
-    # booting needs a terminal: `script` gives nspawn a pty; nsenter (not `ip netns exec`,
-    # which remounts /sys) puts it in the test's network namespace
-    command = (f"for f in {cgroup}; do echo $$ > $f; done; exec systemd-nspawn -b "
-               f"-D {images / machine} -M {machine} --register=no --keep-unit")
-    boot = subprocess.Popen(
-        ["nsenter", f"--net=/run/netns/{netns}", "script", "-qfec", f"sh -c '{command}'",
-         str(console)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT)
+    boot = booting.start(images / machine, machine, netns, cgroup, console)
     try:
         veth = f"ve-{machine}"
         deadline = time.monotonic() + 60

@@ -17,14 +17,13 @@ import json
 import os
 import shutil
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
+import booting
 import pytest
 import yaml
 from gpufake import CDI, SMI, VERSION, make_host, stand_in_library
-from test_integration_arch import screen as arch_screen
 from test_integration_boot import cgroup, netns  # noqa: F401 (fixtures)
 
 from conftest import Env
@@ -164,23 +163,9 @@ mode = "host"
     trusted.parent.mkdir(parents=True, exist_ok=True)
     trusted.write_text("".join(boot_line(line) for line in installed.splitlines(keepends=True)))
     console = env.tmp / "console.log"
-
-    def screen() -> str:
-        return arch_screen(console)
-
-    command = (f"for f in {cgroup}; do echo $$ > $f; done; exec systemd-nspawn -b "
-               f"-D {tree} -M {machine} --register=no --keep-unit")
-    boot = subprocess.Popen(
-        ["nsenter", f"--net=/run/netns/{netns}", "script", "-qfec", f"sh -c '{command}'",
-         str(console)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT)
+    boot = booting.start(tree, machine, netns, cgroup, console)
     try:
-        deadline = time.monotonic() + 120
-        while "Reached target multi-user.target" not in screen():
-            assert boot.poll() is None, screen()[-3000:]
-            assert time.monotonic() < deadline, screen()[-3000:]
-            time.sleep(1)
-        log = screen()
+        log = booting.wait_for(boot, console, "Reached target multi-user.target")
         assert f"{machine}.nspawn" not in log, log[-3000:]  # no complaint about the settings
         assert "FAILED" not in log, log[-3000:]  # ldconfig.service and ours both ran
         pids = subprocess.run(["pgrep", "-f", f"systemd-nspawn -b -D {tree}"],
