@@ -58,6 +58,8 @@ FAR_V4, FAR_V6 = ("192.0.2.97", "192.0.2.98"), ("2001:db8::9:1", "2001:db8::9:2"
 FAR_PORT = 7777
 README_IMAGE = "debian-base"  # the README's commands are written for recipes/debian-base.toml
 PAYLOAD = "/mnt/payload"
+#: free space on the payload disk for the artifacts copied onto it (a sparse file)
+PAYLOAD_ROOM = 1 << 30
 
 def readme_install_commands() -> str:
     """The first ``sh`` block of the README's "Installing an image on a host", as written."""
@@ -153,20 +155,32 @@ def server(artifacts: Path, work: Path) -> Iterator[int]:
 
 
 @pytest.fixture(scope="module")
-def payload(work: Path, artifacts: Path, ssh_key: Path, signer: Key) -> Path:
-    """The VM's second disk: nspawnbuild and plugins, the artifacts, this run's keys."""
+def payload(work: Path, ssh_key: Path, signer: Key) -> Path:
+    """The VM's second disk, made before the guests are built so that the hosts boot while
+    they are: nspawnbuild and plugins, this run's keys, the second host's service, and room
+    for the artifacts, which :func:`vm` copies onto it once its host is up."""
     top = work / "payload"
     harness.payload_python(top / "python")
-    shutil.copytree(artifacts, top / "out")
+    (top / "out").mkdir()
     shutil.copy(ssh_key.with_suffix(".pub"), top / "authorized_keys")
     shutil.copy(ssh_key, top / "id_ed25519")
     (top / "id_ed25519").chmod(0o600)
     shutil.copy(signer.public, top / "signer.gpg")
     (top / "far_echo.py").write_text(FAR_ECHO)
+    image = work / "payload.img"
+    harness.make_ext4(top, image, "payload", PAYLOAD_ROOM)
+    return image
+
+
+@pytest.fixture(scope="module")
+def outgoing(work: Path, artifacts: Path) -> Path:
+    """PAYLOAD/out as the hosts get it: the artifacts, and a broken set."""
+    top = work / "outgoing"
+    shutil.copytree(artifacts, top)
     # the guest's set with a .nspawn whose bind source does not exist, so nspawn refuses to
     # start it and install --restart must roll back to the running image; its tarball is a
     # small one (not an OS either): importing the guest's a second time would only cost time
-    broken = top / "out" / "broken"
+    broken = top / "broken"
     shutil.copytree(artifacts / GUEST, broken)
     (broken / "SHA256SUMS.gpg").unlink()
     (broken / TARBALL).write_bytes(_other_tarball("w:gz"))
@@ -174,9 +188,7 @@ def payload(work: Path, artifacts: Path, ssh_key: Path, signer: Key) -> Path:
     nspawn = broken / f"{GUEST}.nspawn"
     nspawn.write_text(nspawn.read_text() + "\n[Files]\nBind=/nonexistent-nsb-test:/mnt\n")
     _resum(broken, nspawn.name)
-    image = work / "payload.img"
-    harness.make_ext4(top, image, "payload", 64 << 20)
-    return image
+    return top
 
 
 @pytest.fixture(scope="module")
@@ -202,12 +214,15 @@ def booting(work: Path, payload: Path, ssh_key: Path) -> Iterator[dict[str, harn
 
 
 @pytest.fixture(scope="module", params=sorted(harness.HOSTS))
-def vm(request: pytest.FixtureRequest,
-       booting: dict[str, harness.VM]) -> Iterator[tuple[harness.HostSpec, harness.VM]]:
-    """One booted VM per kind of host, for all the scenarios on it; killed after them."""
+def vm(request: pytest.FixtureRequest, booting: dict[str, harness.VM],
+       outgoing: Path) -> Iterator[tuple[harness.HostSpec, harness.VM]]:
+    """One booted VM per kind of host, with the artifacts copied onto its payload disk, for
+    all the scenarios on it; killed after them. (``booting`` comes first: the hosts boot
+    while ``outgoing`` builds the guests.)"""
     spec, machine = harness.HOSTS[request.param], booting[request.param]
     machine.wait_booted()
     print(f"{spec.name}: booted {time.monotonic() - machine.started:.0f}s after its start")
+    machine.push(outgoing, f"{PAYLOAD}/out")
     try:
         yield spec, machine
     finally:

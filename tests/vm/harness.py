@@ -1,6 +1,7 @@
 """A real target host for the tests: a Debian VM under QEMU whose root filesystem nspawnbuild
 builds from tests/vm/host-*.toml, reached over ssh, with a second disk (the payload) that
-carries this run's ssh key, the repository's nspawnbuild and the artifacts to install.
+carries this run's ssh key and the repository's nspawnbuild; the artifacts to install are
+copied onto it (``VM.push``) once the VM is up, so that the hosts boot while they are built.
 
 Why a VM: the rest of the suite runs ``systemd-import`` and ``systemd-nspawn`` directly on the
 build host, without machined or importd as a host's PID 1 runs them; the README's install
@@ -244,16 +245,31 @@ class VM:
         except OSError as e:
             return f"(no console log: {e})"
 
+    def ssh_argv(self, command: str, connect_timeout: int = 20) -> list[str]:
+        return ["ssh", "-p", str(self.port), "-i", str(self.key), "-o", "BatchMode=yes",
+                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", f"ConnectTimeout={connect_timeout}", "-o", "LogLevel=ERROR",
+                "-o", "ServerAliveInterval=15", "root@127.0.0.1",
+                "bash -e -o pipefail -c " + _quote(command)]
+
     def ssh(self, command: str, timeout: float = 300,
             connect_timeout: int = 20) -> subprocess.CompletedProcess[str]:
         """``command`` as root in the VM, through bash -e (-o pipefail)."""
-        return subprocess.run(
-            ["ssh", "-p", str(self.port), "-i", str(self.key), "-o", "BatchMode=yes",
-             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-             "-o", f"ConnectTimeout={connect_timeout}", "-o", "LogLevel=ERROR",
-             "-o", "ServerAliveInterval=15", "root@127.0.0.1",
-             "bash -e -o pipefail -c " + _quote(command)],
-            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        return subprocess.run(self.ssh_argv(command, connect_timeout), capture_output=True,
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def push(self, src: Path, dest: str, timeout: float = 600) -> None:
+        """Copy the directory ``src`` to ``dest`` in the VM (tar over ssh)."""
+        tar = subprocess.Popen(["tar", "-C", str(src), "-cf", "-", "."], stdout=subprocess.PIPE)
+        try:
+            r = subprocess.run(self.ssh_argv(f"mkdir -p {dest} && tar -xf - -C {dest}"),
+                               stdin=tar.stdout, capture_output=True, text=True, timeout=timeout)
+        finally:
+            assert tar.stdout is not None
+            tar.stdout.close()
+            tar.wait(timeout=60)
+        assert r.returncode == 0 and tar.returncode == 0, \
+            f"copying {src} to the VM's {dest} failed: {r.stderr[-2000:]}"
 
     def must(self, command: str, timeout: float = 300) -> str:
         """stdout of ``command``; an assertion naming it, its output and the console if not 0."""
