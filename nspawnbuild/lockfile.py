@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,20 +149,23 @@ def _by_name(packages: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], str
     return {(str(p["name"]), str(p.get("arch", ""))): str(p["version"]) for p in packages}
 
 
+def _differences(old: Iterable[Mapping[str, Any]], new: Iterable[Mapping[str, Any]]
+                 ) -> Iterator[tuple[str, str, str | None, str | None]]:
+    """``(name, arch, old version, new version)`` for each package that differs, sorted; a
+    version is None on the side that lacks the package."""
+    a, b = _by_name(old), _by_name(new)
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            yield key[0], key[1], a.get(key), b.get(key)
+
+
 def changes(old: Iterable[Mapping[str, Any]], new: Iterable[Mapping[str, Any]]) -> list[str]:
     """What differs between two package sets, one line each, sorted by package: ``+ NAME
     VERSION (ARCH)`` added, ``- ...`` removed, ``~ NAME OLD -> NEW (ARCH)`` another version."""
-    a, b = _by_name(old), _by_name(new)
-    lines = []
-    for key in sorted(set(a) | set(b)):
-        name, arch = key
-        if key not in a:
-            lines.append(f"+ {name} {b[key]} ({arch})")
-        elif key not in b:
-            lines.append(f"- {name} {a[key]} ({arch})")
-        elif a[key] != b[key]:
-            lines.append(f"~ {name} {a[key]} -> {b[key]} ({arch})")
-    return lines
+    return [f"+ {name} {v_new} ({arch})" if v_old is None
+            else f"- {name} {v_old} ({arch})" if v_new is None
+            else f"~ {name} {v_old} -> {v_new} ({arch})"
+            for name, arch, v_old, v_new in _differences(old, new)]
 
 
 def compare(locked: Iterable[Mapping[str, Any]], installed: Iterable[Mapping[str, Any]],
@@ -170,17 +173,11 @@ def compare(locked: Iterable[Mapping[str, Any]], installed: Iterable[Mapping[str
     """BuildError (exit 1) naming every package where the build's ``installed`` set differs
     from the lock's: the archive no longer has a locked version (the package manager took
     another), or the recipe now installs other packages."""
-    a, b = _by_name(locked), _by_name(installed)
-    lines = []
-    for key in sorted(set(a) | set(b)):
-        name, arch = key
-        if key not in b:
-            lines.append(f"{name} {a[key]} ({arch}): locked, not installed")
-        elif key not in a:
-            lines.append(f"{name} {b[key]} ({arch}): installed, not in the lock")
-        elif a[key] != b[key]:
-            lines.append(f"{name} ({arch}): locked {a[key]}, the build installed {b[key]}: "
-                         f"the archive no longer has {a[key]}")
+    lines = [f"{name} {want} ({arch}): locked, not installed" if got is None
+             else f"{name} {got} ({arch}): installed, not in the lock" if want is None
+             else f"{name} ({arch}): locked {want}, the build installed {got}: "
+                  f"the archive no longer has {want}"
+             for name, arch, want, got in _differences(locked, installed)]
     if lines:
         raise BuildError(
             f"the image does not match its lock {lock_name} ({len(lines)} packages); nothing "

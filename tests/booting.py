@@ -36,3 +36,13 @@ def wait_for(boot: subprocess.Popen[bytes], console: Path, text: str,
         assert time.monotonic() < deadline, screen(console)[-3000:]
         time.sleep(1)
     return screen(console)
+
+
+def stop(boot: subprocess.Popen[bytes], timeout: float) -> None:
+    """End a boot that is still running: SIGTERM (nspawn's poweroff request), then SIGKILL."""
+    if boot.poll() is None:
+        boot.terminate()
+        try:
+            boot.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            boot.kill()

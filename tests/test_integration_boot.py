@@ -169,10 +169,5 @@ authorized_keys = ["{pub}"]
         assert boot.wait(timeout=90) == 0
     finally:
         trusted.unlink(missing_ok=True)
-        if boot.poll() is None:
-            boot.terminate()
-            try:
-                boot.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                boot.kill()
+        booting.stop(boot, 30)
     assert (images / machine / "etc/ssh/ssh_host_ed25519_key").exists()

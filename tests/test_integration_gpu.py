@@ -202,9 +202,4 @@ mode = "host"
         assert inside("getent", "group", "render").stdout.split(":")[2] == "992"
     finally:
         trusted.unlink(missing_ok=True)
-        if boot.poll() is None:
-            boot.terminate()
-            try:
-                boot.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                boot.kill()
+        booting.stop(boot, 60)
