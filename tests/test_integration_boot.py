@@ -54,10 +54,27 @@ def cgroup() -> Iterator[str]:
         yield " ".join(str(d / "cgroup.procs") for d in dirs)
     finally:
         for d in dirs:
-            for sub in sorted(d.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-                if sub.is_dir():
-                    sub.rmdir()
-            d.rmdir()
+            _remove_cgroup(d)
+
+
+def _remove_cgroup(top: Path, patience: float = 60) -> None:
+    """Remove a test cgroup once the container's processes have left it. A stopped boot's
+    script(1) can exit while the container is still shutting down (CI once found journald's
+    cgroup busy), so wait for every cgroup below to empty, then kill what is left."""
+    deadline, killed = time.monotonic() + patience, False
+    while True:
+        subs = sorted((p for p in top.rglob("*") if p.is_dir()),
+                      key=lambda p: len(p.parts), reverse=True) + [top]
+        pids = [pid for sub in subs
+                for pid in (sub / "cgroup.procs").read_text().split()]
+        if not pids or (killed and time.monotonic() > deadline):
+            break  # rmdir below says which cgroup is still busy
+        if time.monotonic() > deadline:
+            subprocess.run(["kill", "-9", *pids], check=False)
+            deadline, killed = time.monotonic() + 10, True
+        time.sleep(0.5)
+    for sub in subs:
+        sub.rmdir()
 
 
 @pytest.fixture

@@ -76,7 +76,8 @@ def test_a_driver_pin_the_archive_lacks_lists_the_versions_it_has(env: Env) -> N
     says which versions trixie has (read from the archive, not from a table here)."""
     recipe = env.tmp / "oldpin.toml"
     recipe.write_text(f'extends = "{ROOT / "recipes" / "ollama-gpu.toml"}"\nname = "oldpin"\n'
-                      '[features.gpu-nvidia]\ndriver_version = "535.309.01"\n')
+                      '[base]\ncomponents = ["main", "non-free"]\n'
+                      '[features.gpu-nvidia]\ndriver = "image"\ndriver_version = "535.309.01"\n')
     r = env.nspawnbuild("build", str(recipe))
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stdout + r.stderr
     listed = [line for line in r.stderr.splitlines()
