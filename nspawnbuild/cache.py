@@ -1,4 +1,5 @@
-"""The build cache: bootstrap trees by key, downloads by sha256. List and prune it.
+"""The build cache: base and package-layer trees by key, packages and downloads by sha256.
+List and prune it.
 
 An entry's last use is the mtime of its ``info.json`` (bootstraps, touched on every build that
 uses them) or of the file itself (downloads), so pruning by age keeps what is in use.
@@ -26,7 +27,7 @@ SIZE = re.compile(r"^(\d+(?:\.\d+)?)([KMGT]?)i?B?$", re.IGNORECASE)
 
 @dataclass
 class Entry:
-    kind: str  # "bootstrap" or "source"
+    kind: str  # "bootstrap", "layer", "package" or "source"
     key: str
     path: Path
     size: int
@@ -65,6 +66,27 @@ def entries(cache: Path) -> list[Entry]:
             desc = (f"{base.get('distro', '?')} {base.get('release', '?')} {base.get('arch', '?')},"
                     f" {len(spec.get('packages', []))} packages")
             out.append(Entry("bootstrap", d.name, d, tree_size(d), info.stat().st_mtime, desc))
+    layers = cache / "layers"
+    if layers.is_dir():
+        for d in sorted(layers.iterdir()):
+            info = d / "info.json"
+            if d.name.startswith(".") or not info.is_file():
+                continue
+            try:
+                spec = json.loads(info.read_text()).get("spec", {})
+            except ValueError:
+                spec = {}
+            desc = (f"package layer on base {str(spec.get('bootstrap_key', '?'))[:12]}, "
+                    f"{len(spec.get('packages', []))} packages")
+            out.append(Entry("layer", d.name, d, tree_size(d), info.stat().st_mtime, desc))
+    packages = cache / "packages"  # nspawnbuild.pkgcache: one downloaded package per digest
+    if packages.is_dir():
+        for d in sorted(packages.iterdir()):
+            if d.name.startswith(".") or not d.is_dir():
+                continue
+            names = [f.name for f in d.iterdir()]
+            out.append(Entry("package", d.name, d, tree_size(d), d.stat().st_mtime,
+                             names[0] if len(names) == 1 else "package"))
     src = cache / "sources"
     if src.is_dir():
         for f in sorted(src.iterdir()):
@@ -99,7 +121,8 @@ def prune(cache: Path, *, older_than_days: float | None, max_size: int | None,
             total -= e.size
     if not dry_run:
         for e in doomed:
-            lock = e.path.with_name(f"{e.key}.lock" if e.kind == "bootstrap" else f".{e.key}.lock")
+            lock = e.path.with_name(f"{e.key}.lock" if e.kind in ("bootstrap", "layer")
+                                    else f".{e.key}.lock")
             with exclusive(lock, wait=True, what=f"cache entry {e.key}"):
                 remove_tree(e.path)
     return doomed

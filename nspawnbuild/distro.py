@@ -7,14 +7,24 @@ Modelled on mkosi's ``distribution/<distro>.py``: one class per distro; the fiel
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from .errors import Problem
+from .pkgcache import Use
 from .recipe.sourcemap import SourceMap
 from .steplog import StepLog
+
+
+class ImageRunner(Protocol):
+    """What runs a command inside the image being built (the build's
+    :class:`~nspawnbuild.sandbox.Sandbox`): named here so that the distro interface does not
+    depend on the sandbox's machinery."""
+
+    def run(self, log: StepLog, command: Sequence[str], *, step: str, network: bool = True,
+            env: Mapping[str, str] | None = None) -> None: ...
 
 
 @dataclass(frozen=True, order=True)
@@ -131,8 +141,9 @@ class Distro(ABC):
 
     @abstractmethod
     def bootstrap(self, dest: Path, packages: list[str], epoch: int, log: StepLog,
-                  cache: Path) -> None:
-        """Create a root filesystem at ``dest`` (absent) with ``packages`` installed.
+                  cache: Path) -> Use | None:
+        """Create a root filesystem at ``dest`` (absent) with ``packages`` installed; returns
+        how the package cache was used, or None when the bootstrapper is not offered it.
 
         Every process is run through ``log`` (the build log, the sandbox's limits); ``epoch``
         is the recipe's SOURCE_DATE_EPOCH. ``cache`` is the build's download cache, for a
@@ -141,8 +152,24 @@ class Distro(ABC):
         """
 
     def base_packages(self) -> list[str]:
-        """Packages every image of this distro needs to boot in systemd-nspawn."""
+        """Packages every image of this distro needs to boot in systemd-nspawn: the base layer
+        (bootstrapped once, shared by every recipe on it) holds these and nothing else."""
         return []
+
+    #: bump when the way ``install_layer()`` installs changes: part of the package layer's key
+    layer_revision: ClassVar[int] = 1
+
+    def install_layer(self, root: Path, packages: list[str], epoch: int, log: StepLog,
+                      cache: Path, sandbox: ImageRunner) -> Use:
+        """Install ``packages`` on the base at ``root`` (the mounted overlay whose upper layer
+        becomes the cached package layer); returns how the package cache was used.
+
+        The default runs :meth:`install_command` in the sandbox, as a post-step would, and
+        counts nothing; a distro whose package manager can be offered cached packages does so.
+        """
+        sandbox.run(log, self.install_command(packages), step="package layer", network=True,
+                    env={"SOURCE_DATE_EPOCH": str(epoch)})
+        return Use()
 
     def components(self) -> tuple[str, ...]:
         """The archive components (areas) the recipe enabled, for distros whose archive has them

@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import BuildError
@@ -50,6 +51,35 @@ def exclusive(path: Path, *, wait: bool, what: str) -> Iterator[None]:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def exclusive_unless(path: Path, done: Callable[[], bool], *, poll: float = 0.5) -> Iterator[bool]:
+    """An exclusive ``flock`` on ``path`` (yields True), or False as soon as ``done()`` holds
+    while another holds the lock: the work it guards was done by that other holder.
+
+    A build waiting to make a cache entry must not block on the lock until it is free: in one
+    process (``-j``, doit's threads) the build that made the entry takes it shared for the rest
+    of the run right after, and a blocking wait for the exclusive lock would never end.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if done():
+                    yield False
+                    return
+                time.sleep(poll)
+                continue
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield True
+            return
     finally:
         os.close(fd)
 

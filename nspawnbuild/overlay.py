@@ -61,12 +61,19 @@ def _safe(path: Path) -> str:
 
 @dataclass(frozen=True)
 class ImageTree:
-    """One build's overlay: ``lower`` (the cache entry's tree), ``layer`` (upper + work dirs),
-    ``merged`` (the mount point the build works on)."""
+    """One build's overlay: ``lower`` (the cached base's tree), ``layer`` (upper + work dirs),
+    ``merged`` (the mount point the build works on); ``above``: read-only layers between the
+    base and the build's own (the cached package layer), top first."""
 
     lower: Path
     layer: Path
     merged: Path
+    above: tuple[Path, ...] = ()
+
+    @property
+    def lowers(self) -> tuple[Path, ...]:
+        """Every read-only layer, top first, as overlayfs's lowerdir lists them."""
+        return (*self.above, self.lower)
 
     @property
     def upper(self) -> Path:
@@ -92,7 +99,7 @@ class ImageTree:
     def mount(self) -> None:
         """The plain read-write overlay at ``merged``."""
         require_private_mount_namespace()
-        opts = (f"lowerdir={_safe(self.lower)},upperdir={_safe(self.upper)},"
+        opts = (f"lowerdir={':'.join(_safe(p) for p in self.lowers)},upperdir={_safe(self.upper)},"
                 f"workdir={_safe(self._work)},{OVERLAY_OPTIONS}")
         _mount(["mount", "-t", "overlay", "overlay", "-o", opts, str(self.merged)],
                f"the image overlay at {self.merged}")
@@ -101,26 +108,34 @@ class ImageTree:
         """Both layers as read-only lower layers (for packing a finished tree)."""
         require_private_mount_namespace()
         self.merged.mkdir(parents=True, exist_ok=True)
-        opts = f"ro,lowerdir={_safe(self.upper)}:{_safe(self.lower)},{OVERLAY_OPTIONS}"
+        lowers = ":".join(_safe(p) for p in (self.upper, *self.lowers))
+        opts = f"ro,lowerdir={lowers},{OVERLAY_OPTIONS}"
         _mount(["mount", "-t", "overlay", "overlay", "-o", opts, str(self.merged)],
                f"the finished image at {self.merged}")
 
     def umount(self) -> None:
         umount(self.merged)
-        for sub in ("upper", "lower"):
+        for sub in ("upper", *self._lower_maps()):
             umount(self._maps / sub)
+
+    def _lower_maps(self) -> list[str]:
+        """The ID-mapped mount points of the read-only layers, top first."""
+        return ["lower"] if not self.above else [f"lower{i}" for i in range(len(self.lowers))]
 
     @contextlib.contextmanager
     def idmapped(self, userns: UserNamespace) -> Iterator[Path]:
         """Swap the plain overlay for one on ID-mapped layers while a container runs in it."""
         umount(self.merged)
-        lower_map, rw_map = self._maps / "lower", self._maps / "upper"
-        for d in (lower_map, rw_map):
+        lower_maps = [self._maps / sub for sub in self._lower_maps()]
+        rw_map = self._maps / "upper"
+        for d in (*lower_maps, rw_map):
             d.mkdir(parents=True, exist_ok=True)
         try:
-            idmapped_bind(self.lower, lower_map, userns, read_only=True)
+            for layer, mapped in zip(self.lowers, lower_maps, strict=True):
+                idmapped_bind(layer, mapped, userns, read_only=True)
             idmapped_bind(self.layer, rw_map, userns, read_only=False)
-            opts = (f"lowerdir={_safe(lower_map)},upperdir={_safe(rw_map / 'upper')},"
+            lowers = ":".join(_safe(p) for p in lower_maps)
+            opts = (f"lowerdir={lowers},upperdir={_safe(rw_map / 'upper')},"
                     f"workdir={_safe(rw_map / 'work')},{OVERLAY_OPTIONS}")
             mount_as(userns.base, "overlay", self.merged, opts)
             yield self.merged

@@ -73,7 +73,16 @@ class Layout:
         return self.stage_dir(name) / dropin_name(name)
 
     def bootstrap_entry(self, key: str) -> Path:
+        """The cached base layer ``key`` (shared by every recipe on that base)."""
         return self.cache / "bootstrap" / key
+
+    def layer_entry(self, key: str) -> Path:
+        """The cached package layer ``key`` (a base and a package set)."""
+        return self.cache / "layers" / key
+
+    def cache_use(self, name: str) -> Path:
+        """How this run's bootstrap and package layer of ``name`` used the package cache."""
+        return self.work_dir(name) / "cache-use.json"
 
     def log(self, name: str, task: str) -> Path:
         return self.work_dir(name) / "logs" / f"{task}.log"

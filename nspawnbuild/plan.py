@@ -35,11 +35,18 @@ def plain(value: Any) -> Any:
 
 
 def collect_packages(recipe: Recipe[AnyFeature]) -> list[str]:
-    """The bootstrap package set: the distro's base, the recipe's, the features'; sorted."""
-    pkgs = set(recipe.distro.base_packages()) | set(recipe.packages)
+    """Every package the image is built with: the distro's base, the recipe's, the features';
+    sorted."""
+    return sorted(set(recipe.distro.base_packages()) | set(layer_packages(recipe)))
+
+
+def layer_packages(recipe: Recipe[AnyFeature]) -> list[str]:
+    """The package layer's set: the recipe's and its features' packages that the base layer
+    (the distro's base packages, shared by every recipe on that base) does not hold; sorted."""
+    pkgs = set(recipe.packages)
     for feature in recipe.features:
         pkgs.update(feature.packages(recipe))
-    return sorted(pkgs)
+    return sorted(pkgs - set(recipe.distro.base_packages()))
 
 
 def _checked(settings: Iterable[Setting], kind: str) -> list[Setting]:
@@ -83,6 +90,7 @@ class Plan:
 
     name: str
     bootstrap: dict[str, Any]
+    layer: dict[str, Any]
     rootfs: dict[str, Any]
     pack: dict[str, Any]
     config: dict[str, Any]
@@ -93,9 +101,15 @@ class Plan:
         """The digest of the bootstrap spec: the cache entry every stage after it builds on."""
         return str(self.rootfs["bootstrap_key"])
 
+    @property
+    def layer_key(self) -> str:
+        """The digest of the package layer's spec: the cached layer on that base."""
+        return str(self.rootfs["layer_key"])
+
     def documents(self) -> dict[str, dict[str, Any]]:
         """``{stage: spec}``, as ``resolve`` writes them to ``plan/STAGE.json``."""
-        return {"bootstrap": self.bootstrap, "rootfs": self.rootfs, "pack": self.pack,
+        return {"bootstrap": self.bootstrap, "layer": self.layer, "rootfs": self.rootfs,
+                "pack": self.pack,
                 "config": self.config, "manifest": self.manifest}
 
 
@@ -111,16 +125,26 @@ def make_plan(recipe: Recipe[AnyFeature], registry: Registry | None = None) -> P
     bootstrap: dict[str, Any] = {
         "format": PLAN_FORMAT,
         "base": plain(dict(sorted(recipe.base.items()))),
-        "packages": collect_packages(recipe),
+        "packages": sorted(set(distro.base_packages())),
         "bootstrapper": [tool, tool_version, distro.bootstrap_revision],
         "epoch": recipe.epoch,
     }
     extra = distro.bootstrap_inputs()
     if extra:  # inputs from outside the recipe (environment, host files): part of the key
         bootstrap["inputs"] = plain(extra)
+    # the package layer: what the recipe and its features add to the shared base, installed
+    # by the distro's package manager on top of it (keyed by the base and that set alone)
+    layer = {
+        "format": PLAN_FORMAT,
+        "bootstrap_key": digest(bootstrap),
+        "packages": layer_packages(recipe),
+        "installer": [distro.name, distro.layer_revision],
+        "epoch": recipe.epoch,
+    }
     rootfs = {
         "format": PLAN_FORMAT,
         "bootstrap_key": digest(bootstrap),
+        "layer_key": digest(layer),
         "name": recipe.name,
         "epoch": recipe.epoch,
         "features": plain(recipe.feature_tables),
@@ -157,9 +181,11 @@ def make_plan(recipe: Recipe[AnyFeature], registry: Registry | None = None) -> P
     }
     if recipe.data.get("state"):  # only when named: every other manifest stays as it was
         manifest["state"] = list(recipe.data["state"])
+    if recipe.output.sbom != ("spdx",):  # the SBOMs beyond the SPDX one; only when asked for
+        manifest["sbom"] = list(recipe.output.sbom)
     needs = {f.name: n for f in recipe.features if (n := plain(f.host_needs(recipe))) is not None}
     if needs:  # what install must ask of the target host (hostneeds.py); only when some
         manifest["host_needs"] = needs
     if "network" in recipe.feature_tables:  # what install needs to make instances of it
         manifest["network"] = NetSpec.from_table(plain(recipe.feature_tables["network"])).as_dict()
-    return Plan(recipe.name, bootstrap, rootfs, pack, config, manifest)
+    return Plan(recipe.name, bootstrap, layer, rootfs, pack, config, manifest)

@@ -15,13 +15,16 @@ from rich.text import Text
 
 from .install import read_sums
 from .paths import BUILD_LOG, dropin_name, nspawn_name
+from .pkgcache import read_use
 from .recipe.defaults import ZSTD_IMPORT_SINCE
 from .signing import SIGNATURE
 from .sizes import human_size
 
 
-def build_summary(out: Path) -> dict[str, Any]:
-    """What a build published: the files with size and sha256 (from its manifest)."""
+def build_summary(out: Path, cache_use: Path | None = None) -> dict[str, Any]:
+    """What a build published: the files with size and sha256 (from its manifest); with
+    ``cache_use``, how this run's bootstrap and package layer used the package cache (none
+    of either ran when both layers were in the cache: nothing installed, nothing downloaded)."""
     manifest = json.loads((out / "manifest.json").read_text())
     files: list[dict[str, Any]] = [{"file": str(p.relative_to(out)), "size": p.stat().st_size}
                                    for p in sorted(out.rglob("*"))
@@ -34,7 +37,8 @@ def build_summary(out: Path) -> dict[str, Any]:
     return {"name": manifest["name"], "dir": str(out), "files": files,
             "tarball": tarball, "log": str(out / BUILD_LOG),
             "signature": SIGNATURE if signed else None,
-            "pull_min_systemd": ZSTD_IMPORT_SINCE if str(tarball).endswith(".zst") else None}
+            "pull_min_systemd": ZSTD_IMPORT_SINCE if str(tarball).endswith(".zst") else None,
+            **({"package_cache": read_use(cache_use).as_dict()} if cache_use else {})}
 
 
 def pull_line(summary: dict[str, Any]) -> str:
@@ -58,6 +62,10 @@ def format_summary(summary: dict[str, Any]) -> Text:
         text.append(f"  {f['file']:{width}} ").append(f"{human_size(f['size']):>10}", style="cyan")
         text.append(f"  {f['sha256'] or ''}\n", style="dim")
     text.append(f"  build log: {summary['log']}\n", style="dim")
+    if "package_cache" in summary:
+        use = summary["package_cache"]
+        text.append(f"  packages: {use['from_cache']} from the cache, {use['downloaded']} "
+                    f"downloaded ({human_size(use['downloaded_bytes'])})\n", style="dim")
     text.append(f"  {pull_line(summary)}\n", style="dim")
     if summary.get("signature"):
         text.append(f"  signed: {summary['signature']}; check it with: nspawnbuild verify {out} "

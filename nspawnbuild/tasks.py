@@ -120,8 +120,8 @@ def action_resolve(options: Options, name: str, documents: dict[str, Any]) -> No
 
 
 @_guarded
-def action_bootstrap(options: Options, recipe: AnyRecipe, key: str) -> None:
-    pipeline.bootstrap(options, recipe, key)
+def action_bootstrap(options: Options, recipe: AnyRecipe, key: str, layer_key: str) -> None:
+    pipeline.bootstrap(options, recipe, key, layer_key)
 
 
 @_guarded
@@ -172,16 +172,19 @@ def recipe_tasks(options: Options, recipe: AnyRecipe, plan: Plan,
            "uptodate": [config_changed(digest(docs))], "verbosity": 0}
     yield {"basename": "bootstrap", "name": name,
            "doc": f"bootstrap {recipe.base['distro']} {recipe.base.get('release', '')} "
-                  f"(cache key {plan.bootstrap_key[:12]})",
-           "actions": [(action_bootstrap, [options, recipe, plan.bootstrap_key])],
-           "file_dep": [plan_files["bootstrap"]],
-           "uptodate": [(pipeline.cache_entry_exists, [layout, plan.bootstrap_key])],
+                  f"(base {plan.bootstrap_key[:12]}) and its package layer "
+                  f"({plan.layer_key[:12]})",
+           "actions": [(action_bootstrap, [options, recipe, plan.bootstrap_key, plan.layer_key])],
+           "file_dep": [plan_files["bootstrap"], plan_files["layer"]],
+           "uptodate": [(pipeline.cache_entry_exists,
+                         [layout, plan.bootstrap_key, plan.layer_key])],
            "verbosity": 0}
     yield {"basename": "rootfs", "name": name, "doc": "features, files, post-steps, scrub",
            "actions": [(action_rootfs, [options, recipe])],
            "file_dep": [plan_files["rootfs"]], "task_dep": [f"bootstrap:{name}"],
            "targets": [rootfs_json],
-           "uptodate": [(pipeline.rootfs_current, [layout, name, plan.bootstrap_key])],
+           "uptodate": [(pipeline.rootfs_current,
+                         [layout, name, plan.bootstrap_key, plan.layer_key])],
            "verbosity": 0}
     yield {"basename": "pack", "name": name, "doc": "pack the rootfs into a tarball",
            "actions": [(action_pack, [options, name])],

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from nspawnbuild.digests import sha256_file
-from nspawnbuild.distro import Distro, Package
+from nspawnbuild.distro import Distro, ImageRunner, Package
 from nspawnbuild.errors import BuildError, Problem
 from nspawnbuild.fetch import fetch
 from nspawnbuild.hookspecs import hookimpl
 from nspawnbuild.host import machine_arch
 from nspawnbuild.imagefs import empty_dir, make_dirs, read_text_in_root, resolve_in_root, write_file
+from nspawnbuild.pkgcache import Use
 from nspawnbuild.recipe.sourcemap import SourceMap
 from nspawnbuild.sandbox import isolated
 from nspawnbuild.steplog import StepLog
@@ -182,28 +183,45 @@ class Alpine(Distro):
         mirror = self.mirror()
         return f"{mirror}/{self.branch}/main\n{mirror}/{self.branch}/community\n"
 
-    def apk_argv(self, apk: Path, dest: Path, packages: list[str]) -> list[str]:
-        return [str(apk), "--root", str(dest), "--initdb", "--arch", self.arch, "--no-progress",
-                "--no-cache", "add", *packages]
+    def apk_argv(self, apk: Path, dest: Path, packages: list[str], *,
+                 initdb: bool = True) -> list[str]:
+        return [str(apk), "--root", str(dest), *(["--initdb"] if initdb else []),
+                "--arch", self.arch, "--no-progress", "--no-cache", "add", *packages]
 
     def bootstrap(self, dest: Path, packages: list[str], epoch: int, log: StepLog,
                   cache: Path) -> None:
-        url, sha = self.apk_static()
         keys, repositories = self.keys(), self.repositories()
-        log.note(f"fetching apk.static from {url} (sha256 {sha})")
-        cached = fetch(url, sha, cache, log=log)
+        apk = self._fetch_apk(cache, log)  # before anything is written
         dest.mkdir(parents=True)
         for key in keys:
             write_file(dest, f"/etc/apk/keys/{key.name}", key.read_bytes())
         write_file(dest, "/etc/apk/repositories", repositories.encode())
+        self._apk_add(dest, packages, epoch, log, apk, initdb=True)
+        self.make_nspawn_ready(dest)
+
+    def install_layer(self, root: Path, packages: list[str], epoch: int, log: StepLog,
+                      cache: Path, sandbox: ImageRunner) -> Use:
+        """The static apk with ``--root`` on the base, as the bootstrap ran (the image's keys
+        and repositories, which the bootstrap wrote). Not offered the package cache."""
+        self._apk_add(root, packages, epoch, log, self._fetch_apk(cache, log), initdb=False)
+        return Use()
+
+    def _fetch_apk(self, cache: Path, log: StepLog) -> Path:
+        """The static apk, from the download cache (checked against its sha256)."""
+        url, sha = self.apk_static()
+        log.note(f"fetching apk.static from {url} (sha256 {sha})")
+        return fetch(url, sha, cache, log=log)
+
+    def _apk_add(self, dest: Path, packages: list[str], epoch: int, log: StepLog, cached: Path,
+                 *, initdb: bool) -> None:
         with tempfile.TemporaryDirectory(prefix=".apk-", dir=dest.parent) as tmp:
             apk = Path(tmp) / "apk.static"  # beside the tree, never in it
             shutil.copyfile(cached, apk)
             apk.chmod(0o755)
-            argv = self.apk_argv(apk, dest, packages)
-            log.run(isolated(argv), step="bootstrap (apk)", shown_command=" ".join(argv),
+            argv = self.apk_argv(apk, dest, packages, initdb=initdb)
+            step = "bootstrap (apk)" if initdb else "package layer (apk)"
+            log.run(isolated(argv), step=step, shown_command=" ".join(argv),
                     env={"SOURCE_DATE_EPOCH": str(epoch)})
-        self.make_nspawn_ready(dest)
 
     def make_nspawn_ready(self, root: Path) -> None:
         """What alpine-nspawn-install does after apk: the tree boots under systemd-nspawn."""

@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
-from nspawnbuild import host
-from nspawnbuild.distro import Distro, Package
+from nspawnbuild import host, pkgcache
+from nspawnbuild.distro import Distro, ImageRunner, Package
 from nspawnbuild.errors import BuildError, HostToolMissing, Problem
 from nspawnbuild.fetch import Refused, read_confined
 from nspawnbuild.hookspecs import hookimpl
@@ -425,7 +425,7 @@ class Debian(Distro):
         return [f"--keyring={private if tool == 'mmdebstrap' else files[0]}"]
 
     def bootstrap(self, dest: Path, packages: list[str], epoch: int, log: StepLog,
-                  cache: Path) -> None:
+                  cache: Path) -> pkgcache.Use | None:
         tool, _ = self.bootstrapper()
         base = self.base
         env = {"SOURCE_DATE_EPOCH": str(epoch), "LC_ALL": "C.UTF-8"}
@@ -449,11 +449,24 @@ class Debian(Distro):
             raise BuildError("a lock file's versions need mmdebstrap (it puts apt's pins in "
                              "place before apt resolves); install it with: apt-get install "
                              "mmdebstrap")
+        debs = dest.parent / f".debs-{dest.name}"
+        remove_tree(debs)
+        offered: dict[str, str] = {}
         if tool == "mmdebstrap":
             hooks = []
             if self.pins:  # in place before apt's first resolution, kept for post-steps
                 pins.write_text(pin_preferences(self.pins))
                 hooks.append(f"--setup-hook=upload {pins} {PINS_FILE}")
+            # the package cache, the way mmdebstrap's manual shows: offered before the download
+            # (apt checks each file against the signed index), every .deb kept afterwards,
+            # none left in the tree
+            offered = pkgcache.offer(cache, debs / "in", ".deb")
+            (debs / "out").mkdir()
+            hooks += ["--skip=essential/unlink",
+                      '--setup-hook=mkdir -p "$1"/var/cache/apt/archives',
+                      f"--setup-hook=sync-in {debs / 'in'} /var/cache/apt/archives/",
+                      f"--customize-hook=sync-out /var/cache/apt/archives {debs / 'out'}",
+                      '--customize-hook=rm -f "$1"/var/cache/apt/archives/*.deb']
             argv = self.mmdebstrap_argv(private, dest, packages, mirror, expired_ok, *hooks)
         else:
             if base["variant"] not in DEBOOTSTRAP_VARIANTS:
@@ -469,6 +482,11 @@ class Debian(Distro):
         try:
             log.run(isolated(argv), step=f"bootstrap ({tool})", env=env,
                     shown_command=" ".join(argv))
+            if tool != "mmdebstrap":
+                return None
+            use = self._count(dest, offered, pkgcache.take_in(cache, (debs / "out").glob("*.deb")))
+            log.note(use.line())
+            return use
         except BuildError as e:
             missing = dict((p, v) for v, p in MISSING_VERSION.findall(str(e)))
             if missing and tool == "mmdebstrap":
@@ -483,7 +501,43 @@ class Debian(Distro):
                              "weakens apt's protection against replayed old archives") from None
         finally:
             remove_tree(private)
+            remove_tree(debs)
             pins.unlink(missing_ok=True)
+
+    def _count(self, root: Path, offered: dict[str, str],
+               kept: dict[str, tuple[str, int]], before: frozenset[Package] = frozenset()
+               ) -> pkgcache.Use:
+        """The package cache's part in installing what dpkg now lists in ``root`` beyond
+        ``before``: each package's .deb by the name apt gives it (NAME_VERSION_ARCH.deb, the
+        epoch's colon escaped)."""
+        installed = [f"{p.name}_{p.version.replace(':', '%3a')}_{p.arch}.deb"
+                     for p in parse_dpkg_status(read_text_in_root(root, "/var/lib/dpkg/status") or "")
+                     if p not in before]
+        return pkgcache.count(installed, offered, kept)
+
+    def install_layer(self, root: Path, packages: list[str], epoch: int, log: StepLog,
+                      cache: Path, sandbox: ImageRunner) -> pkgcache.Use:
+        """apt-get install in the sandbox, from the archive state the base was bootstrapped
+        from (its package lists, no update: the layer and a lock file see one archive), offered
+        the cached .debs in /var/cache/apt/archives; what apt downloaded is kept, and no .deb
+        stays in the layer."""
+        before = frozenset(parse_dpkg_status(read_text_in_root(root, "/var/lib/dpkg/status")
+                                             or ""))
+        archives = resolve_in_root(root, "/var/cache/apt/archives")
+        offered = pkgcache.offer(cache, archives, ".deb")
+        try:
+            sandbox.run(log, ["apt-get", "install", "-y", "--no-install-recommends",
+                              "-o", "APT::Keep-Downloaded-Packages=true", *packages],
+                        step="package layer (apt-get install)", network=True,
+                        env={"SOURCE_DATE_EPOCH": str(epoch),
+                             "DEBIAN_FRONTEND": "noninteractive"})
+            kept = pkgcache.take_in(cache, sorted(archives.glob("*.deb")))
+        finally:
+            for deb in archives.glob("*.deb"):
+                deb.unlink()
+        use = self._count(root, offered, kept, before)
+        log.note(use.line())
+        return use
 
     def mmdebstrap_argv(self, private: Path, dest: Path, packages: list[str], mirror: list[str],
                         expired_ok: bool, *extra: str) -> list[str]:
@@ -599,14 +653,14 @@ class Ubuntu(Debian):
                 "installs there), see the README; a relative path is beside the recipe")
 
     def bootstrap(self, dest: Path, packages: list[str], epoch: int, log: StepLog,
-                  cache: Path) -> None:
+                  cache: Path) -> pkgcache.Use | None:
         if not self.keyrings and self.keyring and not Path(self.keyring).exists():
             raise BuildError(
                 f"{self.keyring} is missing on this host but is needed to verify Ubuntu's "
                 "archive; install it with: apt-get install ubuntu-keyring (Ubuntu, Debian 13); "
                 "on Debian 12, install Debian 13's ubuntu-keyring .deb (README: \"Ubuntu from a "
                 "Debian 12 host\"), or name a keyring file with [base] keyring")
-        super().bootstrap(dest, packages, epoch, log, cache)
+        return super().bootstrap(dest, packages, epoch, log, cache)
 
 
 @hookimpl

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from nspawnbuild.digests import sha256_file
-from nspawnbuild.distro import Distro, Package
+from nspawnbuild.distro import Distro, ImageRunner, Package
 from nspawnbuild.errors import BuildError, Problem
 from nspawnbuild.hookspecs import hookimpl
 from nspawnbuild.host import machine_arch, require_tool
 from nspawnbuild.imagefs import empty_dir, resolve_in_root
+from nspawnbuild.pkgcache import Use
 from nspawnbuild.recipe.sourcemap import SourceMap
 from nspawnbuild.sandbox import isolated
 from nspawnbuild.steplog import StepLog
@@ -175,6 +176,18 @@ class Fedora(Distro):
 
     def bootstrap(self, dest: Path, packages: list[str], epoch: int, log: StepLog,
                   cache: Path) -> None:
+        self._dnf_install(dest, packages, epoch, log, "bootstrap (dnf)")
+
+    def install_layer(self, root: Path, packages: list[str], epoch: int, log: StepLog,
+                      cache: Path, sandbox: ImageRunner) -> Use:
+        """The host's dnf with ``--installroot`` on the base, as the bootstrap ran: the image
+        needs no dnf of its own, and its repositories are the bootstrap's (the recipe's, or
+        the host's repository files). Not offered the package cache (counted as nothing)."""
+        self._dnf_install(root, packages, epoch, log, "package layer (dnf)")
+        return Use()
+
+    def _dnf_install(self, dest: Path, packages: list[str], epoch: int, log: StepLog,
+                     step: str) -> None:
         self.bootstrapper()
         repos = self.base.get("repos", [])
         if not repos and not self.host_repo_dirs():
@@ -200,7 +213,7 @@ class Fedora(Distro):
             if not self.base["gpgcheck"]:
                 argv.append("--nogpgcheck")
             argv += ["install", *packages]
-            log.run(isolated(argv), step="bootstrap (dnf)", shown_command=" ".join(argv),
+            log.run(isolated(argv), step=step, shown_command=" ".join(argv),
                     env={"HOME": str(conf), "SOURCE_DATE_EPOCH": str(epoch), "LC_ALL": "C.UTF-8"})
         self.clean(dest)  # the bootstrap cache needs no copy of the repository metadata
 

@@ -63,6 +63,31 @@ def test_prune_to_size_removes_least_recently_used_first(tmp_path: Path) -> None
     assert sorted(e.key for e in entries(cache)) == ["bbbb", "cccc"]
 
 
+def test_package_layers_and_cached_packages_are_listed_and_pruned(tmp_path: Path) -> None:
+    """The two kinds issue 15 added: a package layer (its info.json's mtime is its last use)
+    and a cached package (its digest directory's mtime)."""
+    now = time.time()
+    layer = tmp_path / "layers" / "ffff"
+    (layer / "root").mkdir(parents=True)
+    (layer / "info.json").write_text(json.dumps({"key": "ffff", "spec": {
+        "bootstrap_key": "a" * 64, "packages": ["curl", "jq"]}}))
+    os.utime(layer / "info.json", (now - 40 * DAY, now - 40 * DAY))
+    deb = tmp_path / "packages" / ("9" * 64)
+    deb.mkdir(parents=True)
+    (deb / "jq_1.7.1-6_amd64.deb").write_bytes(b"x" * 8192)
+    os.utime(deb, (now - 2 * DAY, now - 2 * DAY))
+    (tmp_path / "packages" / ".tmp-in-progress").mkdir()
+    rows = {e.key: e for e in entries(tmp_path)}
+    assert set(rows) == {"ffff", "9" * 64}
+    assert rows["ffff"].kind == "layer" and "2 packages" in rows["ffff"].description
+    assert rows["9" * 64].kind == "package"
+    assert rows["9" * 64].description == "jq_1.7.1-6_amd64.deb" and rows["9" * 64].size >= 8192
+    gone = prune(tmp_path, older_than_days=30, max_size=None)
+    assert [e.key for e in gone] == ["ffff"] and not layer.exists() and deb.exists()
+    prune(tmp_path, older_than_days=1, max_size=None)
+    assert not deb.exists() and (tmp_path / "packages" / ".tmp-in-progress").exists()
+
+
 def test_parse_size() -> None:
     assert parse_size("20G") == 20 << 30 and parse_size("512") == 512
     assert parse_size("1.5MiB") == 3 << 19
@@ -93,4 +118,10 @@ def test_cache_key_is_the_bootstrap_key(tmp_path: Path) -> None:
     other.write_text(f'extends = "{ROOT / "recipes" / "debian-base.toml"}"\npackages = ["curl"]\n')
     r2 = subprocess.run([str(BIN / "nspawnbuild"), "cache-key", str(other)], capture_output=True,
                         text=True)
-    assert r2.returncode == 0 and r2.stdout != r.stdout
+    # another package set is another package layer on the same base: one key for both
+    assert r2.returncode == 0 and r2.stdout == r.stdout
+    other.write_text(f'extends = "{ROOT / "recipes" / "debian-base.toml"}"\n'
+                     '[base]\nrelease = "bookworm"\n')
+    r3 = subprocess.run([str(BIN / "nspawnbuild"), "cache-key", str(other)], capture_output=True,
+                        text=True)
+    assert r3.returncode == 0 and r3.stdout != r.stdout

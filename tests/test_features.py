@@ -149,7 +149,7 @@ def test_nvidia_without_a_version_is_the_host_driver_and_the_image_carries_none(
     makes them on the host (test_gpu_host.py); the manifest says what it must find there."""
     r = load(tmp_path, BASE + "[features.gpu-nvidia]\ndevices = [1, \"GPU-4b3c9d2e\"]\n")
     plan = make_plan(r)
-    assert not [p for p in plan.bootstrap["packages"] if "nvidia" in p or "cuda" in p]
+    assert not [p for p in plan.layer["packages"] if "nvidia" in p or "cuda" in p]
     assert "nvidia" not in nspawn_text(r) and "nvidia" not in dropin_text(r)
     assert plan.manifest["host_needs"] == {
         "gpu-nvidia": {"driver": "host", "check": True, "devices": ["1", "GPU-4b3c9d2e"]}}
@@ -171,11 +171,14 @@ def test_nvidia_driver_modes_refuse_what_does_not_apply(tmp_path: Path, body: st
 
 
 def test_nvidia_packages_are_pinned_to_the_driver_version(tmp_path: Path) -> None:
-    packages = make_plan(load(tmp_path, NVIDIA)).bootstrap["packages"]
+    plan = make_plan(load(tmp_path, NVIDIA))
+    packages = plan.layer["packages"]
     nvidia = [p for p in packages if "nvidia" in p or "cuda" in p]
     assert nvidia == ["libcuda1=535.183.01-*", "libnvidia-ml1=535.183.01-*",
                       "nvidia-smi=535.183.01-*"]
-    assert packages == sorted(packages) and "systemd-sysv" in packages
+    # the driver is the package layer's, never the shared base's
+    assert packages == sorted(packages) and "systemd-sysv" in plan.bootstrap["packages"]
+    assert not [p for p in plan.bootstrap["packages"] if "nvidia" in p]
 
 
 def test_nvidia_packages_follow_the_driver_version_on_ubuntu(tmp_path: Path) -> None:
@@ -548,12 +551,12 @@ def test_interfaces_file_for_static_ipv4_and_ipv6() -> None:
 
 
 def test_network_packages(tmp_path: Path) -> None:
-    plain = make_plan(load(tmp_path, BASE + "[features.network]\n")).bootstrap["packages"]
+    plain = make_plan(load(tmp_path, BASE + "[features.network]\n")).layer["packages"]
     dns = make_plan(load(tmp_path, BASE + '[features.network]\ndns = ["192.0.2.53"]\n'))
     ifupdown = make_plan(load(tmp_path, BASE + '[features.network]\nbackend = "ifupdown"\n'))
     assert "systemd-resolved" not in plain
-    assert "systemd-resolved" in dns.bootstrap["packages"]
-    assert "ifupdown" in ifupdown.bootstrap["packages"]
+    assert "systemd-resolved" in dns.layer["packages"]
+    assert "ifupdown" in ifupdown.layer["packages"]
 
 
 # -- basics, users, ssh: secrets and keys ------------------------------------------------------
@@ -718,7 +721,7 @@ def test_locales_the_locale_gen_way(tmp_path: Path) -> None:
                         ("write", "/etc/timezone", "0o644", "")]
     assert ctx.text("/etc/locale.gen") == "de_DE.UTF-8 UTF-8\n"
     assert ctx.text("/etc/default/locale") == ctx.text("/etc/locale.conf") == "LANG=de_DE.UTF-8\n"
-    assert {"locales", "tzdata"} <= set(make_plan(ctx.recipe).bootstrap["packages"])
+    assert {"locales", "tzdata"} <= set(make_plan(ctx.recipe).layer["packages"])
 
 
 def test_locales_only_c_runs_no_locale_gen(tmp_path: Path) -> None:

@@ -20,11 +20,12 @@ variations are applied from outside, with the real tools, the way a tester would
   year ahead); the bootstrapper and the steps keep the kernel's clock, because the build's
   fixed environment drops LD_PRELOAD, and nothing short of a VM or the host's clock shifts the
   kernel's clock (``unshare --time`` shifts only the monotonic and boot-time clocks);
-- file ordering: the cache directory on disorderfs with shuffled directory entries: the
-  bootstrap (dpkg, maintainer scripts) writes and reads its tree there, and the image's lower
-  layer and the packer read it through it. Not the work directory: overlayfs refuses an upper
-  layer on FUSE (no tmpfile, no RENAME_WHITEOUT), and a recipe with build steps cannot use a
-  FUSE cache either (ID-mapped mounts), so debian-base, which has none, is the recipe here.
+- file ordering: the cache directory on disorderfs with shuffled directory entries: the base's
+  bootstrap (dpkg, maintainer scripts of ~90 packages) writes and reads its tree there. The
+  package layer cannot: its sandbox needs ID-mapped layers, which FUSE refuses, so when the
+  build says so it runs again on the directory below disorderfs, where it finds the base
+  already made (as ``--check-reproducible`` does). Not the work directory: overlayfs refuses
+  an upper layer on FUSE (no tmpfile, no RENAME_WHITEOUT).
 
 The builds run two at a time (each its own directories and UID range) to keep the file's time
 down; each test case waits for its own build. A last case builds a recipe with a post-step
@@ -131,12 +132,21 @@ def build(base: Path, v: Variation | None, recipe: Path = RECIPE, cache: Path | 
            if k not in v.drop and not k.startswith("NSPAWNBUILD_") and k != "SOURCE_DATE_EPOCH"}
     env.update(REFERENCE_ENV)
     env.update(v.env)
-    with cache_dir(where, v.disorder) as own_cache:
-        c = cache or own_cache
+    def run(c: Path) -> subprocess.CompletedProcess[str]:
         argv = [*v.wrap, str(BIN / "nspawnbuild"), "build", str(recipe), "--out",
                 str(where / "out"), "--work-dir", str(where / "work"), "--cache-dir", str(c)]
-        r = subprocess.run(argv, cwd=where, env=env, capture_output=True, text=True,
-                           timeout=1200, preexec_fn=reference_umask)
+        return subprocess.run(argv, cwd=where, env=env, capture_output=True, text=True,
+                              timeout=1200, preexec_fn=reference_umask)
+
+    with cache_dir(where, v.disorder) as own_cache:
+        c = cache or own_cache
+        r = run(c)
+    if v.disorder and r.returncode != 0 and reproduce.IDMAP_REFUSED in r.stderr:
+        # the base was bootstrapped on disorderfs; the package layer's sandbox needs its
+        # layers ID-mapped, which FUSE refuses: it is made on the directory below, as
+        # --check-reproducible does
+        c = where / "cache.backing"
+        r = run(c)
     remove_tree(where / "work")  # the tarball is what is compared; the trees take the disk
     if not keep_cache:
         remove_tree(where / ("cache.backing" if v.disorder else "cache"))

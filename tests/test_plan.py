@@ -36,16 +36,22 @@ def test_recipes_on_the_same_base_share_the_bootstrap(tmp_path: Path) -> None:
     assert a.bootstrap_key == b.bootstrap_key
 
 
-def test_packages_and_release_change_the_bootstrap_key(tmp_path: Path) -> None:
+def test_packages_change_the_layer_and_release_the_base(tmp_path: Path) -> None:
+    """The base is keyed by what shapes it; the recipe's packages key only the layer on it,
+    so two recipes on one base share it and a package edit does not re-bootstrap."""
     a = plan_for(tmp_path, BASE)
-    assert a.bootstrap_key != plan_for(tmp_path, 'packages = ["curl"]\n' + BASE).bootstrap_key
-    assert a.bootstrap_key != plan_for(tmp_path, BASE + 'release = "bookworm"\n').bootstrap_key
-    assert a.bootstrap_key != plan_for(tmp_path, 'epoch = 1700000000\n' + BASE).bootstrap_key
+    curl = plan_for(tmp_path, 'packages = ["curl"]\n' + BASE)
+    assert a.bootstrap_key == curl.bootstrap_key and a.layer_key != curl.layer_key
+    assert curl.layer["bootstrap_key"] == curl.bootstrap_key  # the layer is of that base
+    for other in (plan_for(tmp_path, BASE + 'release = "bookworm"\n'),
+                  plan_for(tmp_path, 'epoch = 1700000000\n' + BASE)):
+        assert a.bootstrap_key != other.bootstrap_key and a.layer_key != other.layer_key
 
 
-def test_bootstrap_packages_include_the_init_system(tmp_path: Path) -> None:
-    pkgs = plan_for(tmp_path, 'packages = ["curl"]\n' + BASE).bootstrap["packages"]
-    assert pkgs == sorted(pkgs) and {"systemd-sysv", "dbus", "curl"} <= set(pkgs)
+def test_the_base_holds_the_init_system_and_the_layer_the_rest(tmp_path: Path) -> None:
+    plan = plan_for(tmp_path, 'packages = ["curl", "dbus"]\n' + BASE)
+    assert plan.bootstrap["packages"] == ["dbus", "systemd-sysv"]
+    assert plan.layer["packages"] == ["curl"]  # dbus is the base's already
 
 
 def test_output_change_touches_only_pack(tmp_path: Path) -> None:

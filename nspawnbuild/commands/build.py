@@ -92,9 +92,13 @@ def cmd_build(args: argparse.Namespace) -> int:
                                       keep=args.keep)
         return status
     keys = tasks.signing_keys(options, recipes)  # a key that cannot sign: exit 2, no work
+    uses = [options.layout.cache_use(r.name) for r in recipes]
+    for use in uses:  # written again by this run's bootstrap task, if it has work to do
+        use.unlink(missing_ok=True)
     if run_tasks(options, recipes, keys) != 0:
         return 1
-    summaries = [build_summary(options.layout.out_dir(r.name)) for r in recipes]
+    summaries = [build_summary(options.layout.out_dir(r.name), use)
+                 for r, use in zip(recipes, uses, strict=True)]
     if args.json:
         print(json.dumps(summaries, indent=2))
     elif not args.quiet:

@@ -1,0 +1,115 @@
+"""Two layers under every image, and the package cache, with the real mmdebstrap and apt.
+
+The base (the distro's bootstrap with its base packages alone) is one cache entry shared by
+every recipe on it; the recipe's and features' packages are a package layer on it, made by
+apt-get in the sandbox. Measured here, not assumed: a package added to a recipe does not run
+the bootstrapper again and downloads only what it adds; two recipes on one base make one base
+(also when built side by side with -j 2); and a build whose layers came from the cache gives
+the tarball a cold build in an empty cache gives.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, Env
+from nspawnbuild_plugins.debian import parse_dpkg_status
+
+pytestmark = pytest.mark.integration
+
+BASE = ROOT / "recipes" / "debian-base.toml"
+
+
+def recipe(env: Env, name: str, packages: list[str]) -> Path:
+    path = env.tmp / f"{name}.toml"
+    path.write_text(f'extends = "{BASE}"\nname = "{name}"\n'
+                    f"packages = {json.dumps(packages)}\n")
+    return path
+
+
+def build(env: Env, *args: str) -> list[dict[str, object]]:
+    r = env.nspawnbuild("build", "--json", *args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    summaries: list[dict[str, object]] = json.loads(r.stdout)
+    return summaries
+
+
+def packages(env: Env, name: str) -> set[tuple[str, str, str]]:
+    manifest = json.loads((env.out / name / "manifest.json").read_text())
+    return {(p["name"], p["version"], p["arch"]) for p in manifest["packages"]}
+
+
+def entries(cache: Path, kind: str) -> list[Path]:
+    d = cache / kind
+    return sorted(p for p in d.iterdir() if (p / "info.json").is_file()) if d.is_dir() else []
+
+
+def bootstrap_runs(env: Env, name: str) -> int:
+    """How many times the bootstrapper ran in this recipe's last bootstrap task."""
+    log = (env.work / "recipes" / name / "logs" / "bootstrap.log").read_text()
+    return log.count("bootstrap (mmdebstrap):")
+
+
+def tarball_sha(out: Path, name: str) -> str:
+    sums = dict(reversed(line.split("  ", 1)) for line in
+                (out / name / "SHA256SUMS").read_text().splitlines())
+    return sums[f"{name}.tar.gz"]
+
+
+def test_a_package_added_installs_only_it_on_the_shared_base(tmp_path: Path) -> None:
+    env = Env(tmp_path, tmp_path / "out", tmp_path / "work", tmp_path / "cache")
+    first = recipe(env, "layered", ["tree"])
+    cold = build(env, str(first))[0]
+    assert bootstrap_runs(env, "layered") == 1
+    use = cold["package_cache"]
+    assert isinstance(use, dict) and use["from_cache"] == 0 and use["downloaded"] > 80, use
+    assert len(entries(env.cache, "bootstrap")) == 1 and len(entries(env.cache, "layers")) == 1
+    before = packages(env, "layered")
+
+    # one package more: no bootstrap, only jq and what it pulls in downloaded (counted by the
+    # build and checked against the manifest's package lists)
+    recipe(env, "layered", ["tree", "jq"])
+    again = build(env, str(first))[0]
+    assert bootstrap_runs(env, "layered") == 0
+    added = packages(env, "layered") - before
+    assert ("jq" in {name for name, _v, _a in added}) and packages(env, "layered") >= before
+    use = again["package_cache"]
+    assert isinstance(use, dict)
+    assert use["downloaded"] == len(added), (use, added)
+    # every other package of the new layer (the image's, less the base's) came from the cache
+    status = (entries(env.cache, "bootstrap")[0] / "root/var/lib/dpkg/status").read_text()
+    base = {(p.name, p.version, p.arch) for p in parse_dpkg_status(status)}
+    layer = packages(env, "layered") - base
+    assert use["from_cache"] == len(layer) - len(added) > 0, (use, len(layer))
+    assert 0 < int(use["downloaded_bytes"]) < 5_000_000, use
+    assert len(entries(env.cache, "bootstrap")) == 1 and len(entries(env.cache, "layers")) == 2
+
+    # nothing changed: neither layer is made again, nothing installed or downloaded
+    same = build(env, str(first))[0]
+    assert same["package_cache"] == {"from_cache": 0, "downloaded": 0, "downloaded_bytes": 0}
+
+    # the same recipe in an empty cache (cold: base and layer made, every .deb downloaded)
+    # gives the same tarball as the build whose layers came from the cache
+    cold_env = Env(tmp_path / "c", tmp_path / "c" / "out", tmp_path / "c" / "work",
+                   tmp_path / "c" / "cache")
+    cold_env.tmp.mkdir()
+    recipe(cold_env, "layered", ["tree", "jq"])
+    fresh = build(cold_env, str(cold_env.tmp / "layered.toml"))[0]
+    assert isinstance(fresh["package_cache"], dict) and fresh["package_cache"]["from_cache"] == 0
+    assert tarball_sha(cold_env.out, "layered") == tarball_sha(env.out, "layered")
+
+
+def test_recipes_on_one_base_built_side_by_side_make_one_base(tmp_path: Path) -> None:
+    env = Env(tmp_path, tmp_path / "out", tmp_path / "work", tmp_path / "cache")
+    # (a recipe's packages add to debian-base's: these are two package sets)
+    a, b = recipe(env, "side-a", ["jq"]), recipe(env, "side-b", ["tree"])
+    build(env, "-j", "2", str(a), str(b))
+    assert len(entries(env.cache, "bootstrap")) == 1  # the other waited for it
+    assert len(entries(env.cache, "layers")) == 2
+    assert bootstrap_runs(env, "side-a") + bootstrap_runs(env, "side-b") == 1
+    names_a = {n for n, _v, _a in packages(env, "side-a")}
+    names_b = {n for n, _v, _a in packages(env, "side-b")}
+    assert "jq" in names_a - names_b and "tree" in names_b - names_a
