@@ -32,6 +32,8 @@ SETTING_VALUE = {"anyOf": [SCALAR, {"type": "array", "items": SCALAR}],
                  "x-hint": "a string, an integer or a boolean, or an array of them"}
 
 COMPRESSION_LEVELS = {"zstd": (1, 22), "xz": (0, 9), "gzip": (1, 9), "none": (0, 0)}
+#: ``[output] sbom``: the SBOM formats a build can publish; "spdx" is always among them
+SBOM_FORMATS = ("spdx", "cyclonedx")
 
 #: the most entries a list may have (in one recipe file, and after ``extends`` is applied):
 #: a bound on what a hostile recipe can make validation and the build chew on, far above what
@@ -224,6 +226,18 @@ def core_schema() -> dict[str, Any]:
                                        "hosts can pull: zstd when target_systemd is 258 or "
                                        "more, else gzip)."},
                     "level": {"type": "integer", "minimum": 0, "maximum": 22},
+                    "sbom": {
+                        # the SPDX SBOM is always published (the manifest records it, and its
+                        # digest stays what it was); CycloneDX is added beside it on request
+                        "type": "array", "uniqueItems": True,
+                        "items": {"enum": list(SBOM_FORMATS)},
+                        "contains": {"const": "spdx", "x-why": "every build publishes its "
+                                     "SPDX SBOM; CycloneDX is published beside it"},
+                        "x-hint": 'e.g. sbom = ["spdx", "cyclonedx"]',
+                        "description": "The SBOMs to publish: \"spdx\" (NAME.spdx.json, "
+                                       "always) and optionally \"cyclonedx\" (NAME.cdx.json, "
+                                       "CycloneDX 1.6); default [\"spdx\"].",
+                    },
                     "sign": {
                         "type": "string", "minLength": 1, "maxLength": 4096,
                         "pattern": r"^[^\x00-\x1f]+$",

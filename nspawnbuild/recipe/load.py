@@ -30,7 +30,13 @@ from ..distro import Distro
 from ..errors import Problem, RecipeError
 from ..feature import AnyFeature
 from ..plugins import Registry, get_registry
-from ..schema import COMPRESSION_LEVELS, MACHINE_NAME_HINT, MACHINE_NAME_PATTERN, full_schema
+from ..schema import (
+    COMPRESSION_LEVELS,
+    MACHINE_NAME_HINT,
+    MACHINE_NAME_PATTERN,
+    SBOM_FORMATS,
+    full_schema,
+)
 from ..settings import Setting, suggest, table_to_settings
 from .defaults import (
     DEFAULT_EPOCH,
@@ -196,7 +202,10 @@ def _output(data: dict[str, Any], problems: Problems, target_systemd: int) -> Ou
     sign = out.get("sign")
     # a relative key file is found beside the recipe that names it, as [[files]] src is
     sign_dir = problems.sources.declaring_file("output.sign").parent if sign else None
-    return Output(out["compression"], out["level"], sign=sign, sign_dir=sign_dir)
+    # not filled into data: a recipe that does not name it resolves (and digests) as before
+    formats = out.get("sbom", ["spdx"])
+    sbom = tuple(f for f in SBOM_FORMATS if f in formats)  # the schema checked the words
+    return Output(out["compression"], out["level"], sign=sign, sign_dir=sign_dir, sbom=sbom)
 
 
 def _settings(kind: str, data: Mapping[str, Any], problems: Problems) -> list[Setting]:

@@ -72,6 +72,10 @@ def schema_problem(err: jsonschema.ValidationError) -> Found:
     if err.validator == "maxItems" and isinstance(inst, list):
         return path, (f"has {len(inst)} entries (with those of the recipes it extends); a recipe "
                       f"may have at most {schema.get('maxItems')}"), hint or list_hint(dotted(path))
+    if err.validator == "contains" and "const" in schema.get("contains", {}):
+        why = schema["contains"].get("x-why")  # the reason the list must hold it
+        return path, f"must list {short(schema['contains']['const'])}" + (
+            f": {why}" if why else ""), hint
     if err.validator == "uniqueItems" and isinstance(inst, list):
         twice = first_duplicate(inst)
         return path, "has non-unique elements" + (f": {short(twice[0])} is there twice"

@@ -114,6 +114,8 @@ class Output:
     sign: str | None = None
     #: the directory of the recipe file that set ``sign``: a relative key file is found there
     sign_dir: Path | None = None
+    #: ``sbom``: the SBOM formats published, "spdx" always first (``schema.SBOM_FORMATS``)
+    sbom: tuple[str, ...] = ("spdx",)
 
     def as_dict(self) -> dict[str, Any]:
         """What shapes the tarball (the pack stage's key, the manifest's record); the signing
@@ -180,11 +182,17 @@ class Recipe(Generic[F]):
         return hashlib.sha256(canonical_json(doc)).hexdigest()
 
 
+#: ``[output]`` keys that say what is published about the image, not what it is
+NOT_IDENTIFYING = ("sign", "sbom")
+
+
 def unsigned(data: Mapping[str, Any]) -> Mapping[str, Any]:
-    """``data`` without ``[output] sign``: the key that signs a set is not part of what the
-    set is (the digest is in manifest.json and the .nspawn), so the artifacts stay
-    byte-identical whether and by whom they are signed."""
+    """``data`` without ``[output] sign`` and ``sbom``: the key that signs a set and the SBOM
+    formats published beside it are not part of what the set is (the digest is in
+    manifest.json and the .nspawn), so the tarball and the .nspawn stay byte-identical whether
+    and by whom they are signed, and whether a CycloneDX SBOM is added (``sbom = ["spdx"]``
+    written out is the default, to the byte)."""
     output = data.get("output")
-    if not isinstance(output, Mapping) or "sign" not in output:
+    if not isinstance(output, Mapping) or not any(k in output for k in NOT_IDENTIFYING):
         return data
-    return {**data, "output": {k: v for k, v in output.items() if k != "sign"}}
+    return {**data, "output": {k: v for k, v in output.items() if k not in NOT_IDENTIFYING}}
