@@ -14,9 +14,10 @@ import os
 import re
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .digests import sha256_file
 from .lock import exclusive
@@ -50,35 +51,35 @@ def tree_size(path: Path) -> int:
     return total
 
 
-def entries(cache: Path) -> list[Entry]:
+def _describe_base(spec: dict[str, Any]) -> str:
+    base = spec.get("base", {})
+    return (f"{base.get('distro', '?')} {base.get('release', '?')} {base.get('arch', '?')}, "
+            f"{len(spec.get('packages', []))} packages")
+
+
+def _describe_layer(spec: dict[str, Any]) -> str:
+    return (f"package layer on base {str(spec.get('bootstrap_key', '?'))[:12]}, "
+            f"{len(spec.get('packages', []))} packages")
+
+
+def _tree_entries(top: Path, kind: str, describe: Callable[[dict[str, Any]], str]) -> list[Entry]:
+    """The complete entries (info.json written) of one tree kind: bases or package layers."""
     out: list[Entry] = []
-    boot = cache / "bootstrap"
-    if boot.is_dir():
-        for d in sorted(boot.iterdir()):
-            info = d / "info.json"
-            if d.name.startswith(".") or not info.is_file():
-                continue
-            try:
-                spec = json.loads(info.read_text()).get("spec", {})
-            except ValueError:
-                spec = {}
-            base = spec.get("base", {})
-            desc = (f"{base.get('distro', '?')} {base.get('release', '?')} {base.get('arch', '?')},"
-                    f" {len(spec.get('packages', []))} packages")
-            out.append(Entry("bootstrap", d.name, d, tree_size(d), info.stat().st_mtime, desc))
-    layers = cache / "layers"
-    if layers.is_dir():
-        for d in sorted(layers.iterdir()):
-            info = d / "info.json"
-            if d.name.startswith(".") or not info.is_file():
-                continue
-            try:
-                spec = json.loads(info.read_text()).get("spec", {})
-            except ValueError:
-                spec = {}
-            desc = (f"package layer on base {str(spec.get('bootstrap_key', '?'))[:12]}, "
-                    f"{len(spec.get('packages', []))} packages")
-            out.append(Entry("layer", d.name, d, tree_size(d), info.stat().st_mtime, desc))
+    for d in sorted(top.iterdir()) if top.is_dir() else []:
+        info = d / "info.json"
+        if d.name.startswith(".") or not info.is_file():
+            continue
+        try:
+            spec = json.loads(info.read_text()).get("spec", {})
+        except ValueError:
+            spec = {}
+        out.append(Entry(kind, d.name, d, tree_size(d), info.stat().st_mtime, describe(spec)))
+    return out
+
+
+def entries(cache: Path) -> list[Entry]:
+    out = _tree_entries(cache / "bootstrap", "bootstrap", _describe_base)
+    out += _tree_entries(cache / "layers", "layer", _describe_layer)
     packages = cache / "packages"  # nspawnbuild.pkgcache: one downloaded package per digest
     if packages.is_dir():
         for d in sorted(packages.iterdir()):
