@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT))
 
-from nspawnbuild.plan import make_plan  # noqa: E402
+from nspawnbuild.pack import SUFFIXES  # noqa: E402
+from nspawnbuild.plan import collect_packages, make_plan  # noqa: E402
 from nspawnbuild.recipe.load import load_recipe  # noqa: E402
 from nspawnbuild.reproduce import unpack  # noqa: E402
 
@@ -33,7 +34,7 @@ import json, resource, sys, time
 from pathlib import Path
 from nspawnbuild.pack import pack
 t = time.monotonic()
-r = pack(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), "zstd", int(sys.argv[4]))
+r = pack(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[5], int(sys.argv[4]))
 print(json.dumps({"seconds": time.monotonic() - t, "size": r.size,
                   "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 """
@@ -53,15 +54,21 @@ def sh(cmd: str) -> float:
 
 
 def build(recipe: Path | str, base: Path) -> tuple[float, str]:
-    took, r = timed([str(BIN / "nspawnbuild"), "build", str(recipe), "--out", str(base / "out"),
+    took, r = timed([str(BIN / "nspawnbuild"), "build", "--json", str(recipe),
+                     "--out", str(base / "out"),
                      "--work-dir", str(base / "work"), "--cache-dir", str(base / "cache")],
                     cwd=ROOT)
     return took, r.stdout
 
 
-def raw_tar_zstd(tree: Path, dest: Path, level: int, epoch: int) -> float:
+#: the raw compressor for each [output] compression, as the raw side of a comparison
+RAW = {"zstd": "zstd -q -T0 -{level}", "gzip": "gzip -n -{level}", "xz": "xz -T0 -{level}",
+       "none": "cat"}
+
+
+def raw_tar_zstd(tree: Path, dest: Path, level: int, epoch: int, comp: str = "zstd") -> float:
     return sh(f"tar --sort=name --numeric-owner --xattrs --xattrs-include='*' --mtime=@{epoch} "
-              f"--clamp-mtime -C {tree} -cf - . | zstd -q -T0 -{level} -o {dest} -f")
+              f"--clamp-mtime -C {tree} -cf - . | {RAW[comp].format(level=level)} > {dest}")
 
 
 def med(values: list[float]) -> float:
@@ -77,8 +84,12 @@ def main() -> None:
     recipe = load_recipe(args.recipe)
     plan = make_plan(recipe)
     base = plan.bootstrap["base"]
-    level, epoch = recipe.output["level"], recipe.epoch
-    pkgs = ",".join(plan.bootstrap["packages"])
+    # the recipe's own compression (debian-base's target systemd 257 makes it gzip), and on the
+    # raw side the same compressor at the same level
+    comp, level, epoch = recipe.output.compression, recipe.output.level, recipe.epoch
+    suffix = SUFFIXES[comp]
+    # the bootstrap spec holds the base layer's packages only: the image has them all
+    pkgs = ",".join(collect_packages(recipe))
     mm = (f"mmdebstrap --mode=root --variant={base['variant']} --architectures={base['arch']} "
           f"--components={','.join(base['components'])} --include={pkgs} --skip=output/dev")
     tmp = Path(tempfile.mkdtemp(prefix="nspawnbuild-bench-"))
@@ -89,11 +100,11 @@ def main() -> None:
         for i in range(args.runs):
             ours.append(build(recipe.path, tmp / f"cold{i}")[0])
             t_mm = sh(f"SOURCE_DATE_EPOCH={epoch} {mm} {base['release']} {tmp / f'raw{i}'}")
-            t_tar = raw_tar_zstd(tmp / f"raw{i}", tmp / f"raw{i}.tar.zst", level, epoch)
+            t_tar = raw_tar_zstd(tmp / f"raw{i}", tmp / f"raw{i}{suffix}", level, epoch, comp)
             raw.append(t_mm + t_tar)
             shutil.rmtree(tmp / f"raw{i}")
         cold = med(ours)
-        rows.append(("cold build vs mmdebstrap, then tar --sort=name | zstd -T0",
+        rows.append((f"cold build vs mmdebstrap, then tar --sort=name | {RAW[comp].format(level=level)}",
                      f"{cold:.1f} s", f"{med(raw):.1f} s", f"{cold / med(raw):.2f}×", "≤ 1.10×"))
 
         # 2-4. rebuilds, in the first cold build's directories
@@ -102,7 +113,7 @@ def main() -> None:
         rows.append(("rebuild with nothing changed", f"{med(noop):.2f} s", "", "", "≤ 0.5 s"))
 
         child = tmp / "child.toml"
-        tarball = b0 / "out" / recipe.name / f"{recipe.name}.tar.zst"
+        tarball = b0 / "out" / recipe.name / f"{recipe.name}{suffix}"
         nspawn_times, post_times, untouched, downloads = [], [], True, False
         body = f'extends = "{recipe.path}"\nname = "{recipe.name}"\n'
         child.write_text(body)
@@ -116,7 +127,7 @@ def main() -> None:
             child.write_text(body + f'[[post]]\nrun = "echo {i} > /etc/bench"\n')
             took, out = build(child, b0)
             post_times.append(took)
-            downloads |= "bootstrap:" in out and "bootstrap:" + recipe.name + " up to date" not in out
+            downloads |= json.loads(out)[0].get("package_cache", {}).get("downloaded", 0) > 0
         rows.append(("rebuild after an [nspawn]-only change", f"{med(nspawn_times):.2f} s", "", "",
                      f"≤ 1 s, tarball {'untouched' if untouched else 'REWRITTEN'}"))
         rows.append(("rebuild after a post-step change", f"{med(post_times):.1f} s", f"{cold:.1f} s",
@@ -128,20 +139,21 @@ def main() -> None:
         tree = unpack(next((b0 / "out" / recipe.name).glob("*.tar.*")), tmp / "tree")
         ours_pack, raw_pack, rss = [], [], []
         for i in range(args.runs):
-            _, r = timed([sys.executable, "-c", PACK_PROBE, str(tree), str(tmp / f"p{i}.tar.zst"),
-                          str(epoch), str(level)], cwd=ROOT)
+            _, r = timed([sys.executable, "-c", PACK_PROBE, str(tree), str(tmp / f"p{i}{suffix}"),
+                          str(epoch), str(level), comp], cwd=ROOT)
             probe = json.loads(r.stdout)
             ours_pack.append(probe["seconds"])
             rss.append(probe["maxrss_kib"] / 1024)
-            raw_pack.append(raw_tar_zstd(tree, tmp / f"t{i}.tar.zst", level, epoch))
-        rows.append((f"packing alone vs tar --sort=name --numeric-owner | zstd -T0 -{level}",
+            raw_pack.append(raw_tar_zstd(tree, tmp / f"t{i}{suffix}", level, epoch, comp))
+        rows.append((f"packing alone vs tar --sort=name --numeric-owner | "
+                     f"{RAW[comp].format(level=level)}",
                      f"{med(ours_pack):.1f} s", f"{med(raw_pack):.1f} s",
                      f"{med(ours_pack) / med(raw_pack):.2f}×", "≤ 1.2×"))
 
-        # 6. size vs mmdebstrap's own .tar.zst
-        sh(f"SOURCE_DATE_EPOCH={epoch} {mm} {base['release']} {tmp / 'mm.tar.zst'}")
-        ours_size, mm_size = tarball.stat().st_size, (tmp / "mm.tar.zst").stat().st_size
-        rows.append(("compressed size vs mmdebstrap's own .tar.zst", f"{ours_size / 2**20:.1f} MiB",
+        # 6. size vs mmdebstrap's own tarball of the same compression (its default level)
+        sh(f"SOURCE_DATE_EPOCH={epoch} {mm} {base['release']} {tmp / ('mm' + suffix)}")
+        ours_size, mm_size = tarball.stat().st_size, (tmp / ("mm" + suffix)).stat().st_size
+        rows.append((f"compressed size vs mmdebstrap's own {suffix}", f"{ours_size / 2**20:.1f} MiB",
                      f"{mm_size / 2**20:.1f} MiB", f"{ours_size / mm_size:.2f}×", "≤ 1.0×"))
         rows.append(("peak RSS of the packing process", f"{max(rss):.0f} MiB", "", "", "≤ 256 MiB"))
 
@@ -159,7 +171,7 @@ def main() -> None:
         print("|---|---|---|")
         for lv in (int(x) for x in args.levels.split(",")):
             _, r = timed([sys.executable, "-c", PACK_PROBE, str(tree), str(tmp / f"l{lv}.tar.zst"),
-                          str(epoch), str(lv)], cwd=ROOT)
+                          str(epoch), str(lv), "zstd"], cwd=ROOT)
             probe = json.loads(r.stdout)
             print(f"| {lv} | {probe['seconds']:.1f} s | {probe['size'] / 2**20:.1f} MiB |")
     finally:
