@@ -8,10 +8,17 @@ with Alpine's signing keys, which the build host provides (``[base] keys_dir``);
 
 No mirror and no download host is written here: the recipe (or the environment) names the
 mirror and where the static apk is fetched from; only its checksum is pinned.
+
+The package cache: apk is given a ``--cache-dir`` of its own beside the tree (never in it),
+offered the cached .apk files under the names apk gives its cache (:func:`apk_cache_name`:
+NAME-VERSION.CSUM.apk, CSUM the first 4 bytes of the package's identity checksum in hex); apk
+uses an offered file only for the package of that checksum in its signed index, and verifies
+it against that checksum as it installs it. What apk downloaded into that directory is kept.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shutil
@@ -20,6 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from nspawnbuild import pkgcache
 from nspawnbuild.digests import sha256_file
 from nspawnbuild.distro import Distro, ImageRunner, Package
 from nspawnbuild.errors import BuildError, Problem
@@ -68,6 +76,20 @@ def parse_apk_installed(text: str) -> list[Package]:
                                     source=fields.get("o", ""), license=fields.get("L", ""),
                                     digest=f"apk:{fields['C']}" if fields.get("C") else ""))
     return sorted(packages)
+
+
+def apk_cache_name(package: Package) -> str:
+    """The file name apk gives a package in its cache directory (``NAME-VERSION.CSUM.apk``,
+    CSUM: the first 4 bytes of the identity checksum, ``Q1`` + base64 SHA-1 in the database,
+    in hex); "" for a package without that checksum."""
+    csum = package.digest.removeprefix("apk:")
+    if not csum.startswith("Q1"):
+        return ""
+    try:
+        raw = base64.b64decode(csum[2:], validate=True)
+    except ValueError:
+        return ""
+    return f"{package.name}-{package.version}.{raw[:4].hex()}.apk" if len(raw) >= 4 else ""
 
 
 class Alpine(Distro):
@@ -184,27 +206,30 @@ class Alpine(Distro):
         return f"{mirror}/{self.branch}/main\n{mirror}/{self.branch}/community\n"
 
     def apk_argv(self, apk: Path, dest: Path, packages: list[str], *,
-                 initdb: bool = True) -> list[str]:
+                 initdb: bool = True, cache_dir: Path | None = None) -> list[str]:
+        cache = ["--cache-dir", str(cache_dir)] if cache_dir else ["--no-cache"]
         return [str(apk), "--root", str(dest), *(["--initdb"] if initdb else []),
-                "--arch", self.arch, "--no-progress", "--no-cache", "add", *packages]
+                "--arch", self.arch, "--no-progress", *cache, "add", *packages]
 
     def bootstrap(self, dest: Path, packages: list[str], epoch: int, log: StepLog,
-                  cache: Path) -> None:
+                  cache: Path) -> Use:
         keys, repositories = self.keys(), self.repositories()
         apk = self._fetch_apk(cache, log)  # before anything is written
         dest.mkdir(parents=True)
         for key in keys:
             write_file(dest, f"/etc/apk/keys/{key.name}", key.read_bytes())
         write_file(dest, "/etc/apk/repositories", repositories.encode())
-        self._apk_add(dest, packages, epoch, log, apk, initdb=True)
+        use = self._apk_add(dest, packages, epoch, log, apk, cache, initdb=True)
         self.make_nspawn_ready(dest)
+        return use
 
     def install_layer(self, root: Path, packages: list[str], epoch: int, log: StepLog,
                       cache: Path, sandbox: ImageRunner) -> Use:
         """The static apk with ``--root`` on the base, as the bootstrap ran (the image's keys
-        and repositories, which the bootstrap wrote). Not offered the package cache."""
-        self._apk_add(root, packages, epoch, log, self._fetch_apk(cache, log), initdb=False)
-        return Use()
+        and repositories, which the bootstrap wrote), offered the package cache as the
+        bootstrap is."""
+        return self._apk_add(root, packages, epoch, log, self._fetch_apk(cache, log), cache,
+                             initdb=False)
 
     def _fetch_apk(self, cache: Path, log: StepLog) -> Path:
         """The static apk, from the download cache (checked against its sha256)."""
@@ -213,15 +238,23 @@ class Alpine(Distro):
         return fetch(url, sha, cache, log=log)
 
     def _apk_add(self, dest: Path, packages: list[str], epoch: int, log: StepLog, cached: Path,
-                 *, initdb: bool) -> None:
+                 cache: Path, *, initdb: bool) -> Use:
+        before = frozenset(self.list_packages(dest))
         with tempfile.TemporaryDirectory(prefix=".apk-", dir=dest.parent) as tmp:
             apk = Path(tmp) / "apk.static"  # beside the tree, never in it
             shutil.copyfile(cached, apk)
             apk.chmod(0o755)
-            argv = self.apk_argv(apk, dest, packages, initdb=initdb)
+            cache_dir = Path(tmp) / "cache"  # apk's cache, beside the tree too
+            offered = pkgcache.offer(cache, cache_dir, ".apk")
+            argv = self.apk_argv(apk, dest, packages, initdb=initdb, cache_dir=cache_dir)
             step = "bootstrap (apk)" if initdb else "package layer (apk)"
             log.run(isolated(argv), step=step, shown_command=" ".join(argv),
                     env={"SOURCE_DATE_EPOCH": str(epoch)})
+            kept = pkgcache.take_in(cache, sorted(cache_dir.glob("*.apk")))
+        use = pkgcache.count([apk_cache_name(p) for p in self.list_packages(dest)
+                              if p not in before], offered, kept)
+        log.note(use.line())
+        return use
 
     def make_nspawn_ready(self, root: Path) -> None:
         """What alpine-nspawn-install does after apk: the tree boots under systemd-nspawn."""
@@ -285,4 +318,4 @@ def nspawnbuild_distros() -> list[type[Distro]]:
     return [Alpine]
 
 
-__all__ = ["Alpine", "parse_apk_installed"]
+__all__ = ["Alpine", "apk_cache_name", "parse_apk_installed"]

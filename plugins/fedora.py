@@ -6,10 +6,20 @@ an rpm database at Fedora's own path (``/usr/lib/sysimage/rpm``, set through a p
 ``~/.rpmmacros``: Debian's rpm would otherwise put it in root's home). No mirror is written
 here: without ``[[base.repos]]``, dnf uses the build host's repository files (on a Fedora host,
 Fedora's metalinks for the release and its updates).
+
+The package cache: dnf keeps its downloads (``keepcache``) in a private ``cachedir`` beside the
+tree, never in it, and is offered the cached .rpm files where dnf 4 looks for a repository's
+downloads (``CACHEDIR/REPOID-HASH/packages/``, :func:`repo_cache_id`); dnf uses an offered file
+only when its checksum matches the repository's metadata (and checks its signature when
+gpgcheck is on), else downloads it again. Offered only to the recipe's ``[[base.repos]]``: the
+build host's repositories (their ids and URLs are the host's files') are not offered the cache,
+though what dnf downloads from them is kept and counted. A ``file://`` repository is read in
+place by dnf: nothing is downloaded from it, and nothing is counted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -20,6 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from nspawnbuild import pkgcache
 from nspawnbuild.digests import sha256_file
 from nspawnbuild.distro import Distro, ImageRunner, Package
 from nspawnbuild.errors import BuildError, Problem
@@ -75,7 +86,7 @@ DNF_CONF = """\
 [main]
 gpgcheck={gpgcheck}
 install_weak_deps=False
-keepcache=False
+keepcache=True
 best=True
 skip_if_unavailable=False
 """
@@ -89,6 +100,23 @@ def source_name(sourcerpm: str) -> str:
     if not sourcerpm.endswith(".src.rpm") or sourcerpm.count("-") < 2:
         return ""
     return sourcerpm.removesuffix(".src.rpm").rsplit("-", 2)[0]
+
+
+def repo_cache_id(repo: Mapping[str, Any], releasever: str, basearch: str) -> str:
+    """The directory under dnf 4's cachedir that holds a repository's metadata and downloads
+    (libdnf's ``REPOID-HASH``): HASH is the first 16 hex digits of the sha256 of the metalink,
+    else the mirrorlist, else the first baseurl, with $releasever and $basearch substituted."""
+    url = str(repo.get("metalink") or repo.get("mirrorlist") or repo.get("baseurl")
+              or repo["name"])
+    for var, value in (("releasever", releasever), ("basearch", basearch)):
+        url = url.replace(f"${{{var}}}", value).replace(f"${var}", value)
+    return f"{repo['name']}-{hashlib.sha256(url.encode()).hexdigest()[:16]}"
+
+
+def rpm_file_name(package: Package) -> str:
+    """The file name dnf gives a package's download (NAME-VERSION-RELEASE.ARCH.rpm: no epoch)."""
+    version = re.sub(r"^\d+:", "", package.version)
+    return f"{package.name}-{version}.{package.arch}.rpm"
 
 
 def parse_rpm_query(text: str) -> list[Package]:
@@ -175,19 +203,19 @@ class Fedora(Distro):
                                for p in sorted(Path(d).glob("*.repo"))}}
 
     def bootstrap(self, dest: Path, packages: list[str], epoch: int, log: StepLog,
-                  cache: Path) -> None:
-        self._dnf_install(dest, packages, epoch, log, "bootstrap (dnf)")
+                  cache: Path) -> Use:
+        return self._dnf_install(dest, packages, epoch, log, "bootstrap (dnf)", cache)
 
     def install_layer(self, root: Path, packages: list[str], epoch: int, log: StepLog,
                       cache: Path, sandbox: ImageRunner) -> Use:
         """The host's dnf with ``--installroot`` on the base, as the bootstrap ran: the image
         needs no dnf of its own, and its repositories are the bootstrap's (the recipe's, or
-        the host's repository files). Not offered the package cache (counted as nothing)."""
-        self._dnf_install(root, packages, epoch, log, "package layer (dnf)")
-        return Use()
+        the host's repository files). Offered the package cache as the bootstrap is (see the
+        module's docstring)."""
+        return self._dnf_install(root, packages, epoch, log, "package layer (dnf)", cache)
 
     def _dnf_install(self, dest: Path, packages: list[str], epoch: int, log: StepLog,
-                     step: str) -> None:
+                     step: str, cache: Path) -> Use:
         self.bootstrapper()
         repos = self.base.get("repos", [])
         if not repos and not self.host_repo_dirs():
@@ -198,11 +226,22 @@ class Fedora(Distro):
                 'fedora-$releasever&arch=$basearch"\n  gpgkey = ["file:///path/to/RPM-GPG-KEY"]')
         with tempfile.TemporaryDirectory(prefix=".dnf-", dir=dest.parent) as tmp:
             conf = Path(tmp)
+            # dnf's cachedir beside the tree: given relative and dnf run in the tree, as dnf 4
+            # joins it to the installroot for its own files and libdnf to the working
+            # directory for the repositories' (an absolute one would leave a copy in the tree)
+            cachedir = conf / "cache"
+            offered: dict[str, str] = {}
+            for repo in repos:
+                offered = pkgcache.offer(cache, cachedir / repo_cache_id(
+                    repo, self.release, self.arch) / "packages", ".rpm")
+            before = frozenset(self.list_packages(dest)) if dest.is_dir() else frozenset()
+            dest.mkdir(parents=True, exist_ok=True)
             (conf / "dnf.conf").write_text(DNF_CONF.format(gpgcheck=int(self.base["gpgcheck"])))
             (conf / ".rpmmacros").write_text(f"%_dbpath {RPM_DBPATH}\n")
             argv = ["dnf", "-y", f"--installroot={dest}", f"--releasever={self.release}",
                     f"--forcearch={self.arch}", f"--config={conf / 'dnf.conf'}",
-                    "--setopt=install_weak_deps=False"]
+                    "--setopt=install_weak_deps=False", "--setopt=keepcache=True",
+                    f"--setopt=cachedir=../{conf.name}/cache"]
             if repos:
                 (conf / "repos").mkdir()
                 (conf / "repos" / "nspawnbuild.repo").write_text(
@@ -213,9 +252,15 @@ class Fedora(Distro):
             if not self.base["gpgcheck"]:
                 argv.append("--nogpgcheck")
             argv += ["install", *packages]
-            log.run(isolated(argv), step=step, shown_command=" ".join(argv),
+            log.run(isolated(["env", f"--chdir={dest}", *argv]), step=step,
+                    shown_command=" ".join(argv),
                     env={"HOME": str(conf), "SOURCE_DATE_EPOCH": str(epoch), "LC_ALL": "C.UTF-8"})
+            kept = pkgcache.take_in(cache, sorted(cachedir.glob("*/packages/*.rpm")))
         self.clean(dest)  # the bootstrap cache needs no copy of the repository metadata
+        use = pkgcache.count([rpm_file_name(p) for p in self.list_packages(dest)
+                              if p not in before], offered, kept)
+        log.note(use.line())
+        return use
 
     def install_command(self, packages: list[str]) -> list[str]:
         return ["dnf", "-y", "--setopt=install_weak_deps=False", "install", *packages]
@@ -283,7 +328,7 @@ def nspawnbuild_distros() -> list[type[Distro]]:
     return [Fedora]
 
 
-__all__ = ["Fedora", "parse_rpm_query", "repo_file"]
+__all__ = ["Fedora", "parse_rpm_query", "repo_cache_id", "repo_file", "rpm_file_name"]
 
 
 #: the biggest package database file copied for listing (Fedora's is tens of MiB)

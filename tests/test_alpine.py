@@ -133,3 +133,20 @@ def test_alpine_without_mirror_or_keys_says_what_to_set(env: Env) -> None:
                         NSPAWNBUILD_APK_STATIC_URL="")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "apk_static_url" in r.stderr or "no mirror" in r.stderr, r.stderr
+
+
+def test_apk_cache_names_and_its_cache_directory(tmp_path: Path) -> None:
+    import base64
+
+    from nspawnbuild.distro import Package
+    from nspawnbuild_plugins.alpine import apk_cache_name
+
+    csum = "Q1" + base64.b64encode(bytes.fromhex("deadbeef") + bytes(16)).decode()
+    assert apk_cache_name(Package("busybox", "1.37.0-r19", "x86_64", digest=f"apk:{csum}")) \
+        == "busybox-1.37.0-r19.deadbeef.apk"
+    assert apk_cache_name(Package("busybox", "1.37.0-r19", "x86_64")) == ""
+    assert apk_cache_name(Package("busybox", "1", "x86_64", digest="apk:Q1!!")) == ""
+    argv = Alpine({"distro": "alpine", "arch": "x86_64"}).apk_argv(
+        Path("/tmp/x/apk.static"), tmp_path / "root", ["openrc"], cache_dir=tmp_path / "c")
+    assert argv[-4:] == ["--cache-dir", str(tmp_path / "c"), "add", "openrc"]
+    assert "--no-cache" not in argv and "--allow-untrusted" not in argv

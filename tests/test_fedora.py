@@ -47,13 +47,18 @@ def test_dnf_command_line_and_configuration(monkeypatch: pytest.MonkeyPatch,
     d.bootstrap(tmp_path / "root", ["fedora-release", "systemd", "vim"], 1700000000, log,  # type: ignore[arg-type]
                 tmp_path / "cache")
     assert log.isolated
-    assert log.argv[:2] == ["dnf", "-y"]
-    assert f"--installroot={tmp_path / 'root'}" in log.argv
-    assert "--releasever=41" in log.argv and "--forcearch=x86_64" in log.argv
-    assert "--setopt=install_weak_deps=False" in log.argv and "--nogpgcheck" not in log.argv
-    assert log.argv[-4:] == ["install", "fedora-release", "systemd", "vim"]
-    assert any(a.startswith("--config=") for a in log.argv)  # never the host's dnf.conf
-    assert any(a.startswith("--setopt=reposdir=") for a in log.argv)
+    # run in the tree: dnf's cachedir, given relative, is beside it (the private directory)
+    assert log.argv[:2] == ["env", f"--chdir={tmp_path / 'root'}"]
+    argv = log.argv[2:]
+    assert argv[:2] == ["dnf", "-y"]
+    assert "--setopt=keepcache=True" in argv
+    assert [a for a in argv if a.startswith("--setopt=cachedir=../.dnf-") and a.endswith("/cache")]
+    assert f"--installroot={tmp_path / 'root'}" in argv
+    assert "--releasever=41" in argv and "--forcearch=x86_64" in argv
+    assert "--setopt=install_weak_deps=False" in argv and "--nogpgcheck" not in argv
+    assert argv[-4:] == ["install", "fedora-release", "systemd", "vim"]
+    assert any(a.startswith("--config=") for a in argv)  # never the host's dnf.conf
+    assert any(a.startswith("--setopt=reposdir=") for a in argv)
     assert "gpgcheck=1" in seen["dnf.conf"] and "install_weak_deps=False" in seen["dnf.conf"]
     assert seen[".rpmmacros"] == "%_dbpath /usr/lib/sysimage/rpm\n"
     assert "[local]\nname=local\nbaseurl=file:///srv/repo\ngpgcheck=1\n" in seen["nspawnbuild.repo"]
@@ -160,3 +165,19 @@ def test_clean_removes_dnf_caches_and_logs_only(tmp_path: Path) -> None:
     assert sorted(p.name for p in (root / "var/log").iterdir()) == ["messages"]
     assert (root / "var/lib/dnf/history.sqlite").exists()
     assert (root / "usr/lib/sysimage/rpm/rpmdb.sqlite").exists()
+
+
+def test_dnf_cache_directory_of_a_repository_and_the_names_of_its_downloads() -> None:
+    from nspawnbuild.distro import Package
+
+    # libdnf's REPOID-HASH: sha256 of the metalink, else the mirrorlist, else the first baseurl
+    assert fedora.repo_cache_id({"name": "local", "baseurl": "http://127.0.0.1:8765/"},
+                                "44", "x86_64") == "local-9e43572747173ea6"
+    both = {"name": "f", "baseurl": "http://a/", "metalink": "http://m/?r=$releasever&a=$basearch"}
+    import hashlib
+    assert fedora.repo_cache_id(both, "42", "x86_64") == \
+        "f-" + hashlib.sha256(b"http://m/?r=42&a=x86_64").hexdigest()[:16]
+    assert fedora.rpm_file_name(Package("bash", "5.2.26-3.fc41", "x86_64")) == \
+        "bash-5.2.26-3.fc41.x86_64.rpm"
+    assert fedora.rpm_file_name(Package("xorg-x11-drv-nvidia-cuda", "3:570.1-1.fc42", "x86_64")) \
+        == "xorg-x11-drv-nvidia-cuda-570.1-1.fc42.x86_64.rpm"  # no epoch in the file name

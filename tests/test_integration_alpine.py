@@ -18,6 +18,7 @@ import hashlib
 import http.server
 import json
 import os
+import shutil
 import sys
 import tarfile
 import threading
@@ -106,9 +107,13 @@ def mirror(repo: AlpineRepo, apk_static: Path) -> Iterator[str]:
         thread.join()
 
 
+#: the paths the test server was asked for (its log, not printed)
+REQUESTS: list[str] = []
+
+
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
-        pass
+        REQUESTS.append(self.path)
 
 
 def recipe(path: Path, mirror: str, apk_static: Path, keys: Path, extra: str = "") -> Path:
@@ -193,6 +198,42 @@ def test_alpine_image_with_the_real_apk(env: Env, mirror: str, apk_static: Path,
     assert not [n for n in files if n.endswith("apk.static") or "/.apk-" in n]  # no helper left
     assert not [n for n in files if n.startswith("./var/cache/apk/") and files[n].isfile()]
     assert "KillSignal=SIGTERM" in (out / "alpine-test.nspawn").read_text()
+
+
+def test_a_rebuild_in_one_cache_downloads_no_package_again(env: Env, mirror: str,
+                                                           apk_static: Path,
+                                                           repo: AlpineRepo) -> None:
+    path = recipe(env.tmp / "alpcache.toml", mirror, apk_static, repo.keys_dir)
+
+    cache = env.tmp / "one-cache"  # this test's own: the session's may hold packages already
+
+    def build(where: str) -> dict[str, int]:
+        r = env.nspawnbuild("build", "--json", str(path), NSPAWNBUILD_OUT=str(env.tmp / where),
+                            NSPAWNBUILD_WORK=str(env.tmp / f"work-{where}"),
+                            NSPAWNBUILD_CACHE=str(cache), **NO_PROXY)
+        assert r.returncode == 0, r.stdout + r.stderr
+        use: dict[str, int] = json.loads(r.stdout)[0]["package_cache"]
+        return use
+
+    # the base (alpine-base, alpine-baselayout, busybox, openrc, ifupdown-ng) and the layer
+    # (openssh-server, apk-tools): every package downloaded, under apk's cache names
+    REQUESTS.clear()
+    cold = build("one")
+    assert cold["from_cache"] == 0 and cold["downloaded"] == 7 and cold["downloaded_bytes"] > 0
+    assert len([q for q in REQUESTS if q.endswith(".apk")]) == 7, REQUESTS
+    names = sorted(p.name for p in (cache / "packages").glob("*/*.apk"))
+    assert len(names) == 7 and [n for n in names if n.startswith("openssh-server-10.0_p1-r7.")]
+    # the base and the package layer made again (a re-bootstrap), from the same package cache
+    shutil.rmtree(cache / "bootstrap")
+    shutil.rmtree(cache / "layers")
+    REQUESTS.clear()
+    again = build("two")
+    assert not [q for q in REQUESTS if q.endswith(".apk")], REQUESTS  # none fetched
+    assert again == {"from_cache": 7, "downloaded": 0, "downloaded_bytes": 0}, again
+    files = tree_files(tarball_of(env.tmp / "two" / "alpcache"))
+    assert not [n for n in files if n.endswith(".apk") or "/.apk-" in n]
+    assert not [n for n in files if n.startswith("./var/cache/apk/") and files[n].isfile()]
+    assert set(files) == set(tree_files(tarball_of(env.tmp / "one" / "alpcache")))
 
 
 def test_packages_signed_by_another_key_are_refused(env: Env, mirror: str, apk_static: Path,

@@ -6,10 +6,15 @@ session with the real rpmbuild, rpmsign (GPG) and createrepo_c, and served as ``
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
+import shutil
 import subprocess
 import sys
 import tarfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -89,6 +94,66 @@ def test_fedora_image_from_a_signed_local_repository(env: Env, signed_repo: RpmR
                         "--dbpath=/usr/lib/sysimage/rpm", "-q", "hello-nspawnbuild"],
                        capture_output=True, text=True)
     assert q.stdout.strip() == "hello-nspawnbuild-1.2.3-1.noarch", q.stderr
+
+
+#: the paths the test server was asked for (its log, not printed)
+REQUESTS: list[str] = []
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        REQUESTS.append(self.path)
+
+
+@pytest.fixture
+def served(signed_repo: RpmRepo) -> Iterator[str]:
+    """The signed repository on a loopback HTTP server: dnf downloads from it (a file://
+    repository is read in place, nothing downloaded)."""
+    handler = functools.partial(QuietHandler, directory=str(signed_repo.path))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+def test_a_rebuild_in_one_cache_downloads_no_package_again(env: Env, signed_repo: RpmRepo,
+                                                           served: str) -> None:
+    path = env.tmp / "fedcache.toml"
+    path.write_text(signed_repo.recipe("fedcache").replace(signed_repo.url, served))
+    no_proxy = {"no_proxy": "127.0.0.1", "NO_PROXY": "127.0.0.1"}
+
+    cache = env.tmp / "one-cache"  # this test's own: the session's may hold packages already
+
+    def build(where: str) -> dict[str, int]:
+        r = env.nspawnbuild("build", "--json", str(path), NSPAWNBUILD_OUT=str(env.tmp / where),
+                            NSPAWNBUILD_WORK=str(env.tmp / f"work-{where}"),
+                            NSPAWNBUILD_CACHE=str(cache), **no_proxy)
+        assert r.returncode == 0, r.stdout + r.stderr
+        use: dict[str, int] = json.loads(r.stdout)[0]["package_cache"]
+        return use
+
+    REQUESTS.clear()
+    cold = build("one")  # base (fedora-release, systemd) and layer (hello-nspawnbuild)
+    assert cold["from_cache"] == 0 and cold["downloaded"] == 3 and cold["downloaded_bytes"] > 0
+    assert len([q for q in REQUESTS if q.endswith(".rpm")]) == 3, REQUESTS
+    rpms = sorted(p.name for p in (cache / "packages").glob("*/*.rpm"))
+    assert rpms == ["fedora-release-44-1.noarch.rpm", "hello-nspawnbuild-1.2.3-1.noarch.rpm",
+                    "systemd-257.1-2.fc44.noarch.rpm"], rpms
+    # the base and the package layer made again (a re-bootstrap), from the same package cache
+    shutil.rmtree(cache / "bootstrap")
+    shutil.rmtree(cache / "layers")
+    REQUESTS.clear()
+    again = build("two")
+    assert not [q for q in REQUESTS if q.endswith(".rpm")], REQUESTS  # none fetched
+    assert again == {"from_cache": 3, "downloaded": 0, "downloaded_bytes": 0}, again
+    tree = members(tarball_of(env.tmp / "two" / "fedcache"))
+    assert not [n for n in tree if n.endswith(".rpm") or "/.dnf-" in n or "dnf/cache" in n]
+    assert set(tree) == set(members(tarball_of(env.tmp / "one" / "fedcache")))
 
 
 def test_unsigned_packages_are_refused(env: Env, unsigned_repo: RpmRepo) -> None:
