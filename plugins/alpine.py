@@ -213,6 +213,7 @@ class Alpine(Distro):
 
     def bootstrap(self, dest: Path, packages: list[str], epoch: int, log: StepLog,
                   cache: Path) -> Use:
+        self.apk_static()  # what is missing is said in this order: the apk URL, keys, mirror
         keys, repositories = self.keys(), self.repositories()
         apk = self._fetch_apk(cache, log)  # before anything is written
         dest.mkdir(parents=True)

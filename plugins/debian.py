@@ -526,8 +526,11 @@ class Debian(Distro):
         archives = resolve_in_root(root, "/var/cache/apt/archives")
         offered = pkgcache.offer(cache, archives, ".deb")
         try:
+            # dpkg without an fsync per file, as mmdebstrap installs the base: a layer that
+            # does not finish is thrown away, a finished one is recorded and checked on use
             sandbox.run(log, ["apt-get", "install", "-y", "--no-install-recommends",
-                              "-o", "APT::Keep-Downloaded-Packages=true", *packages],
+                              "-o", "APT::Keep-Downloaded-Packages=true",
+                              "-o", "Dpkg::Options::=--force-unsafe-io", *packages],
                         step="package layer (apt-get install)", network=True,
                         env={"SOURCE_DATE_EPOCH": str(epoch),
                              "DEBIAN_FRONTEND": "noninteractive"})
