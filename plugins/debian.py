@@ -303,6 +303,13 @@ class Debian(Distro):
 
     def bootstrapper(self) -> tuple[str, str]:
         if shutil.which("mmdebstrap"):
+            if self.arch != host_arch() and not shutil.which("arch-test"):
+                # mmdebstrap refuses a foreign architecture without it (exit 25, deep in the
+                # bootstrap): said before any work, with the package (a Recommends of
+                # mmdebstrap, so missing where it was installed without recommends)
+                raise HostToolMissing("arch-test", "arch-test",
+                                      f"by mmdebstrap to bootstrap a {self.arch} image on this "
+                                      f"{host_arch()} host")
             return "mmdebstrap", host.tool_version(["mmdebstrap", "--version"])
         if shutil.which("debootstrap"):
             return "debootstrap", host.tool_version(["debootstrap", "--version"])

@@ -74,6 +74,21 @@ def test_no_bootstrapper_names_the_package(monkeypatch: pytest.MonkeyPatch) -> N
         Debian({"distro": "debian"}).bootstrapper()
 
 
+def test_a_foreign_architecture_without_arch_test_names_the_package(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """mmdebstrap needs arch-test for a foreign architecture (it exits 25 without it): said
+    at planning, before any work."""
+    monkeypatch.setattr(debian.shutil, "which", only({"mmdebstrap"}))
+    foreign = "riscv64" if debian.host_arch() != "riscv64" else "amd64"
+    with pytest.raises(HostToolMissing, match="apt-get install arch-test"):
+        Debian({"distro": "debian", "arch": foreign}).bootstrapper()
+    assert Debian({"distro": "debian"}).bootstrapper()[0] == "mmdebstrap"  # native: not needed
+    monkeypatch.undo()  # only() wraps whatever `which` is now
+    if shutil.which("arch-test"):  # installed here (CI installs it): then it is enough
+        monkeypatch.setattr(debian.shutil, "which", only({"mmdebstrap", "arch-test"}))
+        assert Debian({"distro": "debian", "arch": foreign}).bootstrapper()[0] == "mmdebstrap"
+
+
 def test_parse_dpkg_status_keeps_installed_packages_only() -> None:
     text = """Package: zlib1g
 Status: install ok installed
