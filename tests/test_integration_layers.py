@@ -59,14 +59,22 @@ def tarball_sha(out: Path, name: str) -> str:
     return sums[f"{name}.tar.gz"]
 
 
-def test_a_package_added_installs_only_it_on_the_shared_base(tmp_path: Path) -> None:
+def test_one_base_for_two_recipes_a_package_added_and_a_cold_build_equal(tmp_path: Path) -> None:
+    """One file for the whole cycle, each base bootstrap being the slow part: two recipes
+    built side by side on an empty cache, one package added to one of them, a rebuild with
+    nothing changed, and the same recipe built cold in an empty cache."""
     env = Env(tmp_path, tmp_path / "out", tmp_path / "work", tmp_path / "cache")
-    first = recipe(env, "layered", ["tree"])
-    cold = build(env, str(first))[0]
-    assert bootstrap_runs(env, "layered") == 1
-    use = cold["package_cache"]
-    assert isinstance(use, dict) and use["from_cache"] == 0 and use["downloaded"] > 80, use
-    assert len(entries(env.cache, "bootstrap")) == 1 and len(entries(env.cache, "layers")) == 1
+    # (a recipe's packages add to debian-base's: these are two package sets)
+    first, side = recipe(env, "layered", ["tree"]), recipe(env, "side", ["file"])
+    cold = {s["name"]: s for s in build(env, "-j", "2", str(first), str(side))}
+    assert bootstrap_runs(env, "layered") + bootstrap_runs(env, "side") == 1  # one waited
+    assert len(entries(env.cache, "bootstrap")) == 1 and len(entries(env.cache, "layers")) == 2
+    uses = [s["package_cache"] for s in cold.values()]
+    assert all(isinstance(u, dict) for u in uses)
+    assert sum(int(u["downloaded"]) for u in uses if isinstance(u, dict)) > 80, uses
+    names = {n for n, _v, _a in packages(env, "layered")}
+    assert "tree" in names and "file" not in names
+    assert "file" in {n for n, _v, _a in packages(env, "side")}
     before = packages(env, "layered")
 
     # one package more: no bootstrap, only jq and what it pulls in downloaded (counted by the
@@ -85,7 +93,7 @@ def test_a_package_added_installs_only_it_on_the_shared_base(tmp_path: Path) -> 
     layer = packages(env, "layered") - base
     assert use["from_cache"] == len(layer) - len(added) > 0, (use, len(layer))
     assert 0 < int(use["downloaded_bytes"]) < 5_000_000, use
-    assert len(entries(env.cache, "bootstrap")) == 1 and len(entries(env.cache, "layers")) == 2
+    assert len(entries(env.cache, "bootstrap")) == 1 and len(entries(env.cache, "layers")) == 3
 
     # nothing changed: neither layer is made again, nothing installed or downloaded
     same = build(env, str(first))[0]
@@ -100,16 +108,3 @@ def test_a_package_added_installs_only_it_on_the_shared_base(tmp_path: Path) -> 
     fresh = build(cold_env, str(cold_env.tmp / "layered.toml"))[0]
     assert isinstance(fresh["package_cache"], dict) and fresh["package_cache"]["from_cache"] == 0
     assert tarball_sha(cold_env.out, "layered") == tarball_sha(env.out, "layered")
-
-
-def test_recipes_on_one_base_built_side_by_side_make_one_base(tmp_path: Path) -> None:
-    env = Env(tmp_path, tmp_path / "out", tmp_path / "work", tmp_path / "cache")
-    # (a recipe's packages add to debian-base's: these are two package sets)
-    a, b = recipe(env, "side-a", ["jq"]), recipe(env, "side-b", ["tree"])
-    build(env, "-j", "2", str(a), str(b))
-    assert len(entries(env.cache, "bootstrap")) == 1  # the other waited for it
-    assert len(entries(env.cache, "layers")) == 2
-    assert bootstrap_runs(env, "side-a") + bootstrap_runs(env, "side-b") == 1
-    names_a = {n for n, _v, _a in packages(env, "side-a")}
-    names_b = {n for n, _v, _a in packages(env, "side-b")}
-    assert "jq" in names_a - names_b and "tree" in names_b - names_a
