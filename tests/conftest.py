@@ -45,6 +45,17 @@ class Env:
                               env=self.environ(**extra), capture_output=True, text=True,
                               timeout=1200)
 
+    def package_cache_use(self, recipe: Path, where: str, cache: Path,
+                          **extra: str) -> dict[str, int]:
+        """Build ``recipe`` into its own out and work dirs (``where``) with ``cache``; what its
+        ``--json`` summary says of the package cache."""
+        r = self.nspawnbuild("build", "--json", str(recipe), NSPAWNBUILD_OUT=str(self.tmp / where),
+                             NSPAWNBUILD_WORK=str(self.tmp / f"work-{where}"),
+                             NSPAWNBUILD_CACHE=str(cache), **extra)
+        assert r.returncode == 0, r.stdout + r.stderr
+        use: dict[str, int] = json.loads(r.stdout)[0]["package_cache"]
+        return use
+
     def doit(self, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
         """``doit`` from the project root, the way the README tells a user to run it."""
         return subprocess.run([str(BIN / "doit"), *args], cwd=ROOT, env=self.environ(**extra),

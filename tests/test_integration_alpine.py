@@ -208,12 +208,7 @@ def test_a_rebuild_in_one_cache_downloads_no_package_again(env: Env, mirror: str
     cache = env.tmp / "one-cache"  # this test's own: the session's may hold packages already
 
     def build(where: str) -> dict[str, int]:
-        r = env.nspawnbuild("build", "--json", str(path), NSPAWNBUILD_OUT=str(env.tmp / where),
-                            NSPAWNBUILD_WORK=str(env.tmp / f"work-{where}"),
-                            NSPAWNBUILD_CACHE=str(cache), **NO_PROXY)
-        assert r.returncode == 0, r.stdout + r.stderr
-        use: dict[str, int] = json.loads(r.stdout)[0]["package_cache"]
-        return use
+        return env.package_cache_use(path, where, cache, **NO_PROXY)
 
     # the base (alpine-base, alpine-baselayout, busybox, openrc, ifupdown-ng) and the layer
     # (openssh-server, apk-tools): every package downloaded, under apk's cache names

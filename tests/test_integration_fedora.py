@@ -130,12 +130,7 @@ def test_a_rebuild_in_one_cache_downloads_no_package_again(env: Env, signed_repo
     cache = env.tmp / "one-cache"  # this test's own: the session's may hold packages already
 
     def build(where: str) -> dict[str, int]:
-        r = env.nspawnbuild("build", "--json", str(path), NSPAWNBUILD_OUT=str(env.tmp / where),
-                            NSPAWNBUILD_WORK=str(env.tmp / f"work-{where}"),
-                            NSPAWNBUILD_CACHE=str(cache), **no_proxy)
-        assert r.returncode == 0, r.stdout + r.stderr
-        use: dict[str, int] = json.loads(r.stdout)[0]["package_cache"]
-        return use
+        return env.package_cache_use(path, where, cache, **no_proxy)
 
     REQUESTS.clear()
     cold = build("one")  # base (fedora-release, systemd) and layer (hello-nspawnbuild)
