@@ -268,7 +268,9 @@ def make_layer(options: Options, recipe: AnyRecipe, key: str, base_contents: str
             if packages:
                 tree.mount()
                 try:
-                    with Sandbox(tree, recipe.name) as sandbox:
+                    # named for the layer, not the recipe: recipes with one package set share
+                    # it, and a maintainer script may write the container's name into a file
+                    with Sandbox(tree, f"layer-{layer_key[:12]}") as sandbox:
                         use = recipe.distro.install_layer(tree.merged, packages, spec["epoch"],
                                                           log, layout.cache, sandbox)
                 finally:
@@ -298,24 +300,34 @@ def use_entry(options: Options, recipe: AnyRecipe, key: str, log: StepLog,
     entry = layout.bootstrap_entry(key) if layer_key is None else layout.layer_entry(layer_key)
     kind = "bootstrap cache entry" if layer_key is None else "package layer cache entry"
     what = f"{kind} {entry.name}"
+    def problems() -> list[str]:
+        """What is wrong with the entry as it is now (empty when it can be used)."""
+        info = entry / "info.json"
+        expected = read_json(info).get("contents")
+        found = cache.verify_contents(entry, expected) if expected else ["no contents digest"]
+        if layer_key is not None and not found:
+            # a layer holds the package database as made on its base: on a base made again
+            # (damaged, or pruned before its layers) it would describe other files
+            base = read_json(layout.bootstrap_entry(key) / "info.json").get("contents")
+            if read_json(info).get("base", {}).get("contents") != base:
+                found = ["made on another copy of its base"]
+        return found
+
     for _attempt in range(2):
         hold_shared(_entry_lock(entry), what=what)
         info = entry / "info.json"
         if info.is_file():
-            expected = read_json(info).get("contents")
-            problems = cache.verify_contents(entry, expected)
-            if not problems and expected:
+            found = problems()
+            if not found:
                 cache.touch(info)  # last use, for `nspawnbuild cache prune --older-than`
-                return str(expected)
-            message = (f"note: {kind} {entry.name[:16]} is damaged "
-                       f"({'; '.join(problems) or 'no contents digest'}); dropped it, "
-                       "making it again")
+                return str(read_json(info)["contents"])
+            message = (f"note: {kind} {entry.name[:16]} is damaged ({'; '.join(found)}); "
+                       "dropped it, making it again")
             log.note(message)
             _say(message)
         release_shared(_entry_lock(entry))
         with exclusive(_entry_lock(entry), wait=True, what=what):
-            current = entry / "info.json"
-            if current.is_file() and cache.verify_contents(entry, read_json(current).get("contents")):
+            if (entry / "info.json").is_file() and problems():
                 remove_tree(entry)
         if layer_key is None:
             make_entry(options, recipe, key, log)

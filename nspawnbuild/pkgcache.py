@@ -2,11 +2,13 @@
 
 A bootstrap or a package layer is offered every cached file of its kind under the name the
 package manager gives it (``cache/packages/SHA256/FILE``), and afterwards the files it
-downloaded are taken in. Nothing here decides whether a file may be used: the package manager
-checks each offered file against its signed index (apt and dnf by hash, apk by signature) and
-downloads it again when it does not match, so a damaged or planted file costs a download,
-never a wrong package. Each package manager is offered copies, never the cache's own files,
-so that nothing run during the build can change a cached file in place.
+downloaded are taken in. A file another build left (a recipe may name its own archive, and a
+package's maintainer script may write into the download directory) must never become a
+package of this build: dnf checks a cached file's checksum against its repository metadata
+and apk its signature, but apt takes a file of the right size as already downloaded, so apt
+is offered only the files whose sha256 its own signed index gives for that name (``offer``'s
+``accept``). Each package manager is offered copies, never the cache's own files, so that
+nothing run during the build can change a cached file in place.
 
 What came from the cache and what was downloaded is counted per build (:class:`Use`), for the
 build log and ``nspawnbuild build --json``.
@@ -18,7 +20,8 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,10 +62,11 @@ def root(cache: Path) -> Path:
     return cache / DIR
 
 
-def cached(cache: Path, suffix: str) -> dict[str, Path]:
-    """``{file name: cached file}`` of one kind; of two files with one name (two archives'
-    builds of one version), the most recently used."""
-    found: dict[str, tuple[float, Path]] = {}
+def cached(cache: Path, suffix: str) -> dict[str, list[Path]]:
+    """``{file name: [cached files]}`` of one kind, the most recently used first (two archives
+    may build one version into different files; another build may have left a file under a
+    name it does not deserve)."""
+    found: dict[str, list[tuple[float, Path]]] = {}
     top = root(cache)
     if not top.is_dir():
         return {}
@@ -71,20 +75,39 @@ def cached(cache: Path, suffix: str) -> dict[str, Path]:
             continue
         for f in d.iterdir():
             if f.name.endswith(suffix) and f.is_file() and not f.is_symlink():
-                used = d.stat().st_mtime
-                if f.name not in found or found[f.name][0] < used:
-                    found[f.name] = (used, f)
-    return {name: path for name, (_used, path) in found.items()}
+                found.setdefault(f.name, []).append((d.stat().st_mtime, f))
+    return {name: [p for _used, p in sorted(paths, key=lambda x: (-x[0], str(x[1])))]
+            for name, paths in found.items()}
 
 
-def offer(cache: Path, dest: Path, suffix: str) -> dict[str, str]:
-    """Copy every cached file of one kind into ``dest`` (a directory the package manager reads
-    its downloads from); returns ``{file name: sha256}`` of what was offered."""
+def offer(cache: Path, dest: Path, suffix: str,
+          accept: Callable[[str, str], bool] | None = None) -> dict[str, str]:
+    """Copy the cached files of one kind that ``accept(file name, sha256)`` takes into
+    ``dest`` (a directory the package manager reads its downloads from); returns ``{file
+    name: sha256}`` of what was offered.
+
+    ``accept`` is where a consumer whose package manager does not check a file it finds
+    already downloaded (apt trusts one of the right size) offers only the files its own signed
+    index lists with that digest: another build's file is offered only when it is exactly the
+    one this archive would have downloaded. Each copy is a new file (never through a link the
+    directory might hold); a file pruned meanwhile is skipped."""
     offered: dict[str, str] = {}
     dest.mkdir(parents=True, exist_ok=True)
-    for name, path in sorted(cached(cache, suffix).items()):
-        shutil.copyfile(path, dest / name)
-        offered[name] = path.parent.name
+    for name, paths in sorted(cached(cache, suffix).items()):
+        path = next((p for p in paths if accept is None or accept(name, p.parent.name)), None)
+        if path is None:
+            continue
+        sha = path.parent.name
+        target = dest / name
+        target.unlink(missing_ok=True)
+        try:
+            with open(path, "rb") as src, \
+                    open(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                                 0o644), "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+        except FileNotFoundError:  # pruned since it was listed
+            continue
+        offered[name] = sha
         with contextlib.suppress(OSError):
             os.utime(path.parent)  # last use, for `nspawnbuild cache prune`
     return offered
@@ -104,9 +127,7 @@ def take_in(cache: Path, files: Iterable[Path]) -> dict[str, tuple[str, int]]:
         entry = top / sha
         if (entry / f.name).is_file():
             continue
-        tmp = top / f".{sha}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        tmp = Path(tempfile.mkdtemp(prefix=f".{sha}.tmp-", dir=top))  # -j threads share a pid
         shutil.copyfile(f, tmp / f.name)
         os.chmod(tmp / f.name, 0o644)
         try:

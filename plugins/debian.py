@@ -108,6 +108,15 @@ def archive_versions(lists: Path, names: set[str]) -> dict[str, list[str]]:
     return {name: sorted(versions) for name, versions in found.items()}
 
 
+def deb_file_key(name: str) -> tuple[str, str, str] | None:
+    """``(package, version, arch)`` of a .deb by the name apt gives its downloads
+    (NAME_VERSION_ARCH.deb, the epoch's colon escaped as %3a); None for any other name."""
+    parts = name.removesuffix(".deb").split("_")
+    if not name.endswith(".deb") or len(parts) != 3 or not all(parts):
+        return None
+    return parts[0], parts[1].replace("%3a", ":"), parts[2]
+
+
 def parse_dpkg_status(text: str) -> list[Package]:
     """Installed packages from /var/lib/dpkg/status (read, never executed); ``Source:`` (with
     its version in parentheses when it differs) names the source package, else the package's
@@ -321,8 +330,9 @@ class Debian(Distro):
 
     def base_packages(self) -> list[str]:
         # minbase has no init: systemd-sysv makes the image bootable with machinectl start,
-        # dbus lets machinectl login/shell talk to it.
-        return ["systemd-sysv", "dbus"]
+        # dbus lets machinectl login/shell talk to it; apt installs the package layer (Ubuntu's
+        # minbase comes without it, as does any variant below minbase)
+        return ["apt", "systemd-sysv", "dbus"]
 
     def snapshot_url(self) -> str | None:
         """The snapshot archive's base URL: the recipe's, else the environment's (a site's
@@ -464,14 +474,14 @@ class Debian(Distro):
             if self.pins:  # in place before apt's first resolution, kept for post-steps
                 pins.write_text(pin_preferences(self.pins))
                 hooks.append(f"--setup-hook=upload {pins} {PINS_FILE}")
-            # the package cache, the way mmdebstrap's manual shows: offered before the download
-            # (apt checks each file against the signed index), every .deb kept afterwards,
-            # none left in the tree
-            offered = pkgcache.offer(cache, debs / "in", ".deb")
-            (debs / "out").mkdir()
+            # the package cache: every .deb mmdebstrap downloaded is kept (its sync-out hook,
+            # as mmdebstrap's manual shows), none is left in the tree. The base is not offered
+            # cached files: apt takes any file of the right size as downloaded, and which
+            # digests the archive's signed index gives is known only after mmdebstrap's own
+            # update, when no hook runs before the download (the package layer is offered
+            # them, checked against the base's lists)
+            (debs / "out").mkdir(parents=True)
             hooks += ["--skip=essential/unlink",
-                      '--setup-hook=mkdir -p "$1"/var/cache/apt/archives',
-                      f"--setup-hook=sync-in {debs / 'in'} /var/cache/apt/archives/",
                       f"--customize-hook=sync-out /var/cache/apt/archives {debs / 'out'}",
                       '--customize-hook=rm -f "$1"/var/cache/apt/archives/*.deb']
             argv = self.mmdebstrap_argv(private, dest, packages, mirror, expired_ok, *hooks)
@@ -530,8 +540,13 @@ class Debian(Distro):
         stays in the layer."""
         before = frozenset(parse_dpkg_status(read_text_in_root(root, "/var/lib/dpkg/status")
                                              or ""))
+        lists = resolve_in_root(root, "/var/lib/apt/lists")
+        wanted = {key: name for name in pkgcache.cached(cache, ".deb")
+                  if (key := deb_file_key(name)) is not None}
+        index = {wanted[key]: sha for key, sha in archive_digests(lists, set(wanted)).items()}
         archives = resolve_in_root(root, "/var/cache/apt/archives")
-        offered = pkgcache.offer(cache, archives, ".deb")
+        offered = pkgcache.offer(cache, archives, ".deb",
+                                 accept=lambda name, sha: index.get(name) == sha)
         try:
             # dpkg without an fsync per file, as mmdebstrap installs the base: a layer that
             # does not finish is thrown away, a finished one is recorded and checked on use
@@ -541,9 +556,21 @@ class Debian(Distro):
                         step="package layer (apt-get install)", network=True,
                         env={"SOURCE_DATE_EPOCH": str(epoch),
                              "DEBIAN_FRONTEND": "noninteractive"})
-            kept = pkgcache.take_in(cache, sorted(archives.glob("*.deb")))
+        except BuildError as e:
+            missing = dict((p, v) for v, p in MISSING_VERSION.findall(str(e)))
+            if missing:
+                raise self._missing_message(e, missing, archive_versions(lists, set(missing)))\
+                    from None
+            raise
         finally:
-            for deb in archives.glob("*.deb"):
+            # resolved again: what ran in the sandbox may have replaced the directory with a
+            # link, which must not lead host root out of the tree
+            archives = resolve_in_root(root, "/var/cache/apt/archives")
+            downloaded = sorted(d for d in archives.glob("*.deb")
+                                if d.is_file() and not d.is_symlink()) \
+                if archives.is_dir() and not archives.is_symlink() else []
+            kept = pkgcache.take_in(cache, downloaded)
+            for deb in archives.glob("*.deb") if archives.is_dir() else []:
                 deb.unlink()
         use = self._count(root, offered, kept, before)
         log.note(use.line())
@@ -593,6 +620,11 @@ class Debian(Distro):
         finally:
             remove_tree(scratch)
             remove_tree(private)
+        return self._missing_message(error, missing, have)
+
+    def _missing_message(self, error: BuildError, missing: Mapping[str, str],
+                         have: Mapping[str, list[str]]) -> BuildError:
+        """apt's error with, for each pinned version it lacks, the versions the archive has."""
         where = f"{self.release} ({', '.join(self.base['components'])})"
         lines = [f"the archive has no version {want} of {name}; {where} has: "
                  + (", ".join(have.get(name, [])) or "none (the package is not there)")

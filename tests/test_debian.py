@@ -10,7 +10,7 @@ import pytest
 from nspawnbuild.errors import BuildError, HostToolMissing
 from nspawnbuild.sandbox import ISOLATE
 from nspawnbuild_plugins import debian
-from nspawnbuild_plugins.debian import Debian, parse_dpkg_status
+from nspawnbuild_plugins.debian import Debian, deb_file_key, parse_dpkg_status
 
 
 class FakeLog:
@@ -87,6 +87,13 @@ def test_a_foreign_architecture_without_arch_test_names_the_package(
     if shutil.which("arch-test"):  # installed here (CI installs it): then it is enough
         monkeypatch.setattr(debian.shutil, "which", only({"mmdebstrap", "arch-test"}))
         assert Debian({"distro": "debian", "arch": foreign}).bootstrapper()[0] == "mmdebstrap"
+
+
+def test_deb_file_names_give_package_version_and_arch() -> None:
+    assert deb_file_key("libc6_2.41-12_amd64.deb") == ("libc6", "2.41-12", "amd64")
+    assert deb_file_key("zlib1g_1%3a1.3.dfsg-3.1_amd64.deb") == ("zlib1g", "1:1.3.dfsg-3.1", "amd64")
+    for other in ("libc6_2.41-12.deb", "a_b_c_d.deb", "x_1_amd64.rpm", "_1_amd64.deb"):
+        assert deb_file_key(other) is None
 
 
 def test_parse_dpkg_status_keeps_installed_packages_only() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 from nspawnbuild import pkgcache
@@ -52,3 +53,27 @@ def test_the_count_file_reads_back_and_a_missing_one_is_nothing(tmp_path: Path) 
         {"from_cache": 2, "downloaded": 3, "downloaded_bytes": 4}
     assert pkgcache.read_use(tmp_path / "none.json").as_dict() == \
         {"from_cache": 0, "downloaded": 0, "downloaded_bytes": 0}
+
+
+def test_only_files_the_consumer_accepts_are_offered_and_links_are_not_followed(
+        tmp_path: Path) -> None:
+    """apt takes any file of the right size as downloaded: another build's file under a
+    package's name (newer, so it would be picked first) is passed over for the one whose
+    digest the consumer's index gives, and a link where the copy goes is replaced, never
+    written through."""
+    cache = tmp_path / "cache"
+    genuine = pkgcache.take_in(cache, [deb(tmp_path / "a", "less_1_amd64.deb", b"GOOD")])
+    planted = pkgcache.take_in(cache, [deb(tmp_path / "b", "less_1_amd64.deb", b"EVIL")])
+    good, evil = genuine["less_1_amd64.deb"][0], planted["less_1_amd64.deb"][0]
+    os.utime(cache / "packages" / good, (1, 1))  # the planted one is the most recently used
+    archives = tmp_path / "archives"
+    archives.mkdir()
+    victim = tmp_path / "host-file"
+    victim.write_bytes(b"host")
+    (archives / "less_1_amd64.deb").symlink_to(victim)
+    offered = pkgcache.offer(cache, archives, ".deb", accept=lambda name, sha: sha == good)
+    assert offered == {"less_1_amd64.deb": good}
+    assert (archives / "less_1_amd64.deb").read_bytes() == b"GOOD"
+    assert not (archives / "less_1_amd64.deb").is_symlink() and victim.read_bytes() == b"host"
+    assert pkgcache.offer(cache, tmp_path / "none", ".deb", accept=lambda n, s: False) == {}
+    assert evil != good

@@ -50,7 +50,7 @@ def test_packages_change_the_layer_and_release_the_base(tmp_path: Path) -> None:
 
 def test_the_base_holds_the_init_system_and_the_layer_the_rest(tmp_path: Path) -> None:
     plan = plan_for(tmp_path, 'packages = ["curl", "dbus"]\n' + BASE)
-    assert plan.bootstrap["packages"] == ["dbus", "systemd-sysv"]
+    assert plan.bootstrap["packages"] == ["apt", "dbus", "systemd-sysv"]
     assert plan.layer["packages"] == ["curl"]  # dbus is the base's already
 
 
