@@ -550,9 +550,14 @@ class Debian(Distro):
         try:
             # dpkg without an fsync per file, as mmdebstrap installs the base: a layer that
             # does not finish is thrown away, a finished one is recorded and checked on use
-            sandbox.run(log, ["apt-get", "install", "-y", "--no-install-recommends",
-                              "-o", "APT::Keep-Downloaded-Packages=true",
-                              "-o", "Dpkg::Options::=--force-unsafe-io", *packages],
+            install = ["apt-get", "install", "-y", "--no-install-recommends",
+                       "-o", "APT::Keep-Downloaded-Packages=true",
+                       "-o", "Dpkg::Options::=--force-unsafe-io", *packages]
+            if not [p for p in lists.glob("*_Packages") if not p.name.startswith("debootstrap.")]:
+                # a debootstrap base keeps no lists for its sources.list (only its own
+                # debootstrap.invalid_* ones): apt must read the archive first
+                install = ["sh", "-ec", 'apt-get update && exec "$@"', "sh", *install]
+            sandbox.run(log, install,
                         step="package layer (apt-get install)", network=True,
                         env={"SOURCE_DATE_EPOCH": str(epoch),
                              "DEBIAN_FRONTEND": "noninteractive"})
