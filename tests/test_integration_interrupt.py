@@ -77,7 +77,9 @@ SLOW_STEP = '[[post]]\nrun = "touch /etc/step-started; sleep 300"\n'
 
 
 def test_sigkill_during_bootstrap_leaves_nothing_behind(env: Env) -> None:
-    # a package set of its own, so that this build really bootstraps
+    # a cache of its own, so that this build really bootstraps (a package set of its own is
+    # only another package layer on the session's cached base)
+    env = Env(env.tmp, env.out, env.work, env.tmp / "own-cache")
     recipe = write_recipe(env.tmp / "killboot.toml", 'packages = ["hello"]\n')
     proc = start(env, recipe)
     boot = env.cache / "bootstrap"
@@ -89,6 +91,8 @@ def test_sigkill_during_bootstrap_leaves_nothing_behind(env: Env) -> None:
     r = env.nspawnbuild("build", str(recipe))
     assert r.returncode == 0, r.stdout + r.stderr
     assert not list(boot.glob(".*.tmp-*")), "the killed build's half bootstrap is still there"
+    assert not list((env.cache / "layers").glob(".*.tmp-*"))
+    assert not list(env.work.glob("recipes/*/.layer-build"))
 
 
 def test_sigkill_during_a_post_step_leaves_nothing_behind(env: Env) -> None:
