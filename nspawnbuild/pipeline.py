@@ -20,7 +20,6 @@ what the recorded plan says. None of them knows doit.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -218,8 +217,7 @@ def _new_entry(entry: Path, make: Callable[[Path], dict[str, Any]]) -> None:
             raise
 
 
-def make_entry(options: Options, recipe: AnyRecipe, key: str,
-               log: StepLog | None = None) -> pkgcache.Use:
+def make_entry(options: Options, recipe: AnyRecipe, key: str, log: StepLog) -> pkgcache.Use:
     """Bootstrap the base entry ``key`` (under its exclusive lock) and record its contents."""
     layout = options.layout
     spec = read_json(layout.plan_file(recipe.name, "bootstrap"))
@@ -227,14 +225,12 @@ def make_entry(options: Options, recipe: AnyRecipe, key: str,
 
     def make(tmp: Path) -> dict[str, Any]:
         nonlocal use
-        with StepLog(layout.log(recipe.name, "bootstrap")) if log is None else \
-                contextlib.nullcontext(log) as out:
-            distro = recipe.distro
-            out.note(f"bootstrapping {distro.name} {distro.release} {distro.arch} with "
-                     f"{spec['bootstrapper'][0]} {spec['bootstrapper'][1]}: the base, "
-                     f"{len(spec['packages'])} packages beyond the essential set")
-            use = distro.bootstrap(tmp / "root", spec["packages"], spec["epoch"], out,
-                                   cache=layout.cache) or pkgcache.Use()
+        distro = recipe.distro
+        log.note(f"bootstrapping {distro.name} {distro.release} {distro.arch} with "
+                 f"{spec['bootstrapper'][0]} {spec['bootstrapper'][1]}: the base, "
+                 f"{len(spec['packages'])} packages beyond the essential set")
+        use = distro.bootstrap(tmp / "root", spec["packages"], spec["epoch"], log,
+                               cache=layout.cache) or pkgcache.Use()
         return {"key": key, "spec": spec}
 
     _new_entry(layout.bootstrap_entry(key), make)
