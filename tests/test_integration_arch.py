@@ -72,29 +72,6 @@ def tar_text(tarball: Path, name: str) -> str:
     raise AssertionError(f"{name} is not in {tarball}")
 
 
-def children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
-
-
-def nspawn_below(pid: int) -> list[int]:
-    """The systemd-nspawn processes anywhere below ``pid``. How many shells stand between
-    script(1) and nspawn depends on the caller's SHELL and on whether that shell execs its
-    last command (CI found one more level than this machine has), so the tree is walked."""
-    found, todo = [], children(pid)
-    while todo:
-        p = todo.pop()
-        try:
-            comm = Path(f"/proc/{p}/comm").read_text().strip()
-        except FileNotFoundError:
-            continue
-        if comm == "systemd-nspawn":
-            found.append(p)  # its own children are the container: not searched
-        else:
-            todo.extend(children(p))
-    return found
-
-
 def kill_cgroup(procs_files: str) -> None:
     """Kill everything in the test's cgroups and below: the container's init, which a qemu-user
     boot cannot shut down itself (see the test). ``cgroup.kill`` (cgroup v2) kills the whole
@@ -155,13 +132,13 @@ def test_arm64_image_is_built_under_emulation_and_boots_as_far_as_qemu_user_allo
     console = env.tmp / "console.log"
     boot = booting.start(tree, machine, netns, cgroup, console)
     try:
-        booting.wait_for(boot, console, "Reached target multi-user.target")
+        booting.wait_booted(boot, console)
         log = booting.screen(console)
         assert "Detected architecture arm64." in log and "Welcome to Debian GNU/Linux" in log
-        nspawn = nspawn_below(boot.pid)
+        nspawn = booting.nspawn_below(boot.pid)
         assert len(nspawn) == 1, subprocess.run(["ps", "-ef", "--forest"], capture_output=True,
                                                 text=True).stdout[-3000:]
-        init = children(nspawn[0])
+        init = booting.children(nspawn[0])
         assert len(init) == 1, init
 
         def inside(*argv: str) -> str:
