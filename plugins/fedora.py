@@ -15,11 +15,19 @@ gpgcheck is on), else downloads it again. Offered only to the recipe's ``[[base.
 build host's repositories (their ids and URLs are the host's files') are not offered the cache,
 though what dnf downloads from them is kept and counted. A ``file://`` repository is read in
 place by dnf: nothing is downloaded from it, and nothing is counted.
+
+A lock file's versions (``self.pins``): before each install, ``dnf repoquery`` lists the
+repositories' versions of the locked names; every other version is given to dnf as
+``excludepkgs`` (so dependencies resolve to the locked versions too, and no file of the image
+holds the pins) and each requested package as ``NAME-[EPOCH:]VERSION-RELEASE``. A locked
+version the repositories no longer have fails the build before dnf installs anything, naming
+the packages. The pins are part of the base's cache key.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -91,6 +99,10 @@ best=True
 skip_if_unavailable=False
 """
 
+#: what ``dnf repoquery`` prints of each available package (the versions a lock's pins are
+#: checked against); EPOCHNUM-less: repoquery's %{epoch} is 0 without one
+REPOQUERY_FORMAT = r"%{name}\t%{epoch}\t%{version}-%{release}\t%{arch}"
+
 QUERY_FORMAT = (r"%{NAME}\t%{EPOCHNUM}\t%{VERSION}-%{RELEASE}\t%{ARCH}\t%{SIZE}"
                 r"\t%{LICENSE}\t%{SOURCERPM}\t%{SHA256HEADER}\n")
 
@@ -100,6 +112,55 @@ def source_name(sourcerpm: str) -> str:
     if not sourcerpm.endswith(".src.rpm") or sourcerpm.count("-") < 2:
         return ""
     return sourcerpm.removesuffix(".src.rpm").rsplit("-", 2)[0]
+
+
+def lock_version(epoch: str, version_release: str) -> str:
+    """The version a lock records of an rpm (:func:`parse_rpm_query`): ``[EPOCH:]VERSION-RELEASE``,
+    no epoch when it is 0."""
+    return f"{epoch}:{version_release}" if epoch not in ("", "0", "(none)") else version_release
+
+
+def parse_repoquery(text: str) -> dict[str, set[tuple[str, str]]]:
+    """``{name: {(lock version, arch)}}`` from ``dnf repoquery --qf REPOQUERY_FORMAT``; dnf's
+    other lines (the metadata's download progress) are left out."""
+    found: dict[str, set[tuple[str, str]]] = {}
+    for line in text.splitlines():
+        parts = line.split("\t")
+        if len(parts) == 4 and all(parts):
+            name, epoch, version, arch = parts
+            found.setdefault(name, set()).add((lock_version(epoch, version), arch))
+    return found
+
+
+def pinned_specs(packages: list[str], pins: Mapping[str, str]) -> list[str]:
+    """The install arguments of ``packages`` with a lock's ``pins``: ``NAME-[EPOCH:]VERSION-
+    RELEASE`` for a locked name (dnf takes the epoch there), the argument as it is otherwise (a
+    name the lock does not hold, a provide, a spec with a version of its own)."""
+    return [f"{p}-{pins[p]}" if p in pins else p for p in packages]
+
+
+def lock_excludes(available: Mapping[str, set[tuple[str, str]]],
+                  pins: Mapping[str, str]) -> list[str]:
+    """Every available package of a locked name in another version than the locked one, as
+    ``NAME-EPOCH:VERSION-RELEASE.ARCH`` for dnf's ``excludepkgs``: dnf then resolves the
+    dependencies to the locked versions too (as apt's pins do), and nothing of it stays in the
+    image (a command-line option, not a configuration file of the tree)."""
+    out = []
+    for name in sorted(set(available) & set(pins)):
+        for version, arch in sorted(available[name]):
+            if version != pins[name]:
+                evr = version if ":" in version else f"0:{version}"
+                out.append(f"{name}-{evr}.{arch}")
+    return out
+
+
+def missing_locked(available: Mapping[str, set[tuple[str, str]]],
+                   pins: Mapping[str, str]) -> dict[str, list[str]]:
+    """``{name: [versions the repositories have]}`` for each locked package the repositories
+    hold only in other versions (a name they do not hold at all is left to dnf: a package a
+    post-step installs from a repository of its own)."""
+    return {name: sorted(v for v, _ in available[name]) for name in sorted(pins)
+            if name in available and pins[name] not in {v for v, _ in available[name]}}
 
 
 def repo_cache_id(repo: Mapping[str, Any], releasever: str, basearch: str) -> str:
@@ -197,10 +258,14 @@ class Fedora(Distro):
         return [d for d in HOST_REPO_DIRS if Path(d).is_dir() and any(Path(d).glob("*.repo"))]
 
     def bootstrap_inputs(self) -> dict[str, Any]:
-        if self.base.get("repos"):
-            return {}
-        return {"host_repos": {str(p): sha256_file(p) for d in self.host_repo_dirs()
-                               for p in sorted(Path(d).glob("*.repo"))}}
+        inputs: dict[str, Any] = {}
+        if not self.base.get("repos"):
+            inputs["host_repos"] = {str(p): sha256_file(p) for d in self.host_repo_dirs()
+                                    for p in sorted(Path(d).glob("*.repo"))}
+        if self.pins:  # a lock's versions: another lock, another base
+            inputs["pins"] = hashlib.sha256(json.dumps(
+                self.pins, sort_keys=True).encode()).hexdigest()
+        return inputs
 
     def bootstrap(self, dest: Path, packages: list[str], epoch: int, log: StepLog,
                   cache: Path) -> Use:
@@ -251,16 +316,47 @@ class Fedora(Distro):
                 argv.append(f"--setopt=reposdir={','.join(self.host_repo_dirs())}")
             if not self.base["gpgcheck"]:
                 argv.append("--nogpgcheck")
+            env = {"HOME": str(conf), "SOURCE_DATE_EPOCH": str(epoch), "LC_ALL": "C.UTF-8"}
+            if self.pins:
+                argv += self._lock_options(argv, dest, conf, log, step, env)
+                packages = pinned_specs(packages, self.pins)
             argv += ["install", *packages]
             log.run(isolated(["env", f"--chdir={dest}", *argv]), step=step,
-                    shown_command=" ".join(argv),
-                    env={"HOME": str(conf), "SOURCE_DATE_EPOCH": str(epoch), "LC_ALL": "C.UTF-8"})
+                    shown_command=" ".join(argv), env=env)
             kept = pkgcache.take_in(cache, sorted(cachedir.glob("*/packages/*.rpm")))
         self.clean(dest)  # the bootstrap cache needs no copy of the repository metadata
         use = pkgcache.count([rpm_file_name(p) for p in self.list_packages(dest)
                               if p not in before], offered, kept)
         log.note(use.line())
         return use
+
+    def _lock_options(self, argv: list[str], dest: Path, conf: Path, log: StepLog, step: str,
+                      env: dict[str, str]) -> list[str]:
+        """dnf's options that hold it to the lock's versions: the repositories' versions of
+        the locked names asked of ``dnf repoquery`` (same configuration, same cache), and
+        every other version of them excluded; a BuildError naming each locked package whose
+        version the repositories no longer have, before anything is installed."""
+        listing = conf / "available.tsv"
+        query = [*argv, "--quiet", "repoquery", "--available", f"--qf={REPOQUERY_FORMAT}",
+                 *sorted(self.pins)]
+        # dnf has no output file: a shell sends the list to one (beside the tree, not in it)
+        log.run(isolated(["env", f"--chdir={dest}", "sh", "-c", 'exec "$@" > "$0"',
+                          str(listing), *query]),
+                step=f"{step}: the lock's versions", shown_command=" ".join(query), env=env)
+        available = parse_repoquery(listing.read_text())
+        missing = missing_locked(available, self.pins)
+        if missing:
+            raise BuildError(
+                f"{step}: the repositories no longer have the locked version of "
+                f"{len(missing)} packages; nothing was published:\n"
+                + "".join(f"  {name}: locked {self.pins[name]}, the repositories have "
+                          f"{', '.join(have)}\n" for name, have in missing.items())
+                + "  refresh the lock with: nspawnbuild lock --update RECIPE (it prints what "
+                "changed), or use repositories that still have those versions")
+        excludes = lock_excludes(available, self.pins)
+        log.note(f"the lock holds {len(self.pins)} packages; {len(excludes)} other versions "
+                 "in the repositories excluded")
+        return [f"--setopt=excludepkgs={','.join(excludes)}"] if excludes else []
 
     def install_command(self, packages: list[str]) -> list[str]:
         return ["dnf", "-y", "--setopt=install_weak_deps=False", "install", *packages]

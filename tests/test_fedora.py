@@ -181,3 +181,38 @@ def test_dnf_cache_directory_of_a_repository_and_the_names_of_its_downloads() ->
         "bash-5.2.26-3.fc41.x86_64.rpm"
     assert fedora.rpm_file_name(Package("xorg-x11-drv-nvidia-cuda", "3:570.1-1.fc42", "x86_64")) \
         == "xorg-x11-drv-nvidia-cuda-570.1-1.fc42.x86_64.rpm"  # no epoch in the file name
+
+
+def test_a_locks_versions_become_dnf_specs_and_excludes() -> None:
+    pins = {"systemd": "257.1-2.fc44", "xorg-x11-drv-nvidia-cuda": "3:570.1-1.fc42",
+            "gone": "1.0-1"}
+    # a locked name gets its version (the epoch where the lock has one); anything else stays
+    assert fedora.pinned_specs(["systemd", "xorg-x11-drv-nvidia-cuda", "tzdata",
+                                "/usr/bin/sh"], pins) == [
+        "systemd-257.1-2.fc44", "xorg-x11-drv-nvidia-cuda-3:570.1-1.fc42", "tzdata",
+        "/usr/bin/sh"]
+    listing = ("noise from dnf\n"
+               "systemd\t0\t257.1-2.fc44\tx86_64\nsystemd\t0\t258.1-1.fc44\tx86_64\n"
+               "systemd\t0\t258.1-1.fc44\ti686\n"
+               "xorg-x11-drv-nvidia-cuda\t3\t570.1-1.fc42\tx86_64\n"
+               "xorg-x11-drv-nvidia-cuda\t3\t575.2-1.fc42\tx86_64\n"
+               "gone\t0\t1.1-1\tnoarch\ntzdata\t0\t2025b-1\tnoarch\n")
+    available = fedora.parse_repoquery(listing)
+    assert available["xorg-x11-drv-nvidia-cuda"] == {("3:570.1-1.fc42", "x86_64"),
+                                                     ("3:575.2-1.fc42", "x86_64")}
+    # every other version of a locked name, in the NEVRA form dnf matches (epoch always said);
+    # an unlocked name (tzdata) is not touched
+    assert fedora.lock_excludes(available, pins) == [
+        "gone-0:1.1-1.noarch", "systemd-0:258.1-1.fc44.i686", "systemd-0:258.1-1.fc44.x86_64",
+        "xorg-x11-drv-nvidia-cuda-3:575.2-1.fc42.x86_64"]
+    assert fedora.missing_locked(available, pins) == {"gone": ["1.1-1"]}
+    assert fedora.missing_locked(available, {**pins, "elsewhere": "2-1"}) == {"gone": ["1.1-1"]}
+
+
+def test_a_lock_keys_the_fedora_base(tmp_path: Path) -> None:
+    distro = load_recipe(fedora_recipe(tmp_path)).distro
+    assert "pins" not in distro.bootstrap_inputs()
+    distro.pins = {"systemd": "257.1-2.fc44"}
+    first = distro.bootstrap_inputs()["pins"]
+    distro.pins = {"systemd": "257.1-3.fc44"}
+    assert distro.bootstrap_inputs()["pins"] != first

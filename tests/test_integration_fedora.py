@@ -7,6 +7,7 @@ session with the real rpmbuild, rpmsign (GPG) and createrepo_c, and served as ``
 from __future__ import annotations
 
 import functools
+import hashlib
 import http.server
 import json
 import shutil
@@ -23,7 +24,14 @@ from conftest import ROOT, Env, tar_stream, tarball_of, unpack
 from sbomcheck import check_sbom
 
 sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
-from rpmrepo import FEDORA_LIKE, RpmRepo, build_repo  # noqa: E402
+from rpmrepo import (  # noqa: E402
+    FEDORA_LIKE,
+    RpmPackage,
+    RpmRepo,
+    add_packages,
+    build_repo,
+    remove_packages,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -183,3 +191,85 @@ def test_a_host_without_dnf_is_told_which_package_to_install(env: Env,
     assert "'dnf' is not installed on this host but is needed to bootstrap fedora; install it " \
            "with: apt-get install dnf" in r.stderr
     assert not (env.out / "nodnf").exists()
+
+
+def tree_digests(tarball: Path) -> dict[str, tuple[int, int, str, str]]:
+    """Each member's mode, mtime, link target and content sha256."""
+    with tar_stream(tarball) as tar:
+        return {m.name: (m.mode, m.mtime, m.linkname,
+                         hashlib.sha256(tar.extractfile(m).read()).hexdigest()  # type: ignore[union-attr]
+                         if m.isfile() else "") for m in tar}
+
+
+def test_lock_pins_dnf_to_the_locked_versions_then_fails_when_they_are_gone(
+        env: Env, tmp_path: Path) -> None:
+    """Lock; the repository gets newer versions of the recipe's package and of its dependency
+    beside the locked ones: a clean locked build installs the locked ones (the same tarball);
+    the locked version removed: exit 1 naming it; ``lock --update`` prints the change."""
+    repo = build_repo(tmp_path / "rpm-lock", FEDORA_LIKE[:3])  # fedora-release, systemd, hello
+    path = env.tmp / "fedlock.toml"
+    path.write_text(repo.recipe("fedlock"))
+    lock_path = path.with_name("fedlock.lock.json")
+
+    def build(where: str) -> subprocess.CompletedProcess[str]:
+        # a cache of its own each time: the base is resolved against the repository as it is
+        return env.nspawnbuild("build", str(path), NSPAWNBUILD_OUT=str(env.tmp / where),
+                               NSPAWNBUILD_WORK=str(env.tmp / f"work-{where}"),
+                               NSPAWNBUILD_CACHE=str(env.tmp / f"cache-{where}"))
+
+    def versions(where: str) -> dict[str, str]:
+        manifest = json.loads((env.tmp / where / "fedlock" / "manifest.json").read_text())
+        return {p["name"]: p["version"] for p in manifest["packages"]}
+
+    r = env.nspawnbuild("lock", str(path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    locked = {p["name"]: p["version"] for p in json.loads(lock_path.read_text())["packages"]}
+    assert locked == {"fedora-release": "44-1", "systemd": "257.1-2.fc44",
+                      "hello-nspawnbuild": "1.2.3-1"}
+    r = build("one")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert versions("one") == locked
+
+    add_packages(repo, [
+        RpmPackage("systemd", "258.1", {"/usr/lib/systemd/systemd": "#!/bin/sh\\n"},
+                   release="1.fc44"),
+        RpmPackage("hello-nspawnbuild", "1.2.4", {"/usr/share/hello/hello.txt": "hello 4\\n"},
+                   requires=("systemd >= 258",))])
+    r = build("two")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert versions("two") == locked  # the dependency too: systemd 258.1 was never taken
+    log = (env.tmp / "two" / "fedlock" / "build.log").read_text()
+    assert "hello-nspawnbuild-1.2.3-1" in log and "excludepkgs=" in log
+    # the same tree as the first build's, but for dnf's history database (its transactions'
+    # times) and SQLite's shared-memory files, which differ between any two dnf builds
+    one, two = (tree_digests(tarball_of(env.tmp / w / "fedlock")) for w in ("one", "two"))
+    assert set(one) == set(two) and "./usr/lib/sysimage/rpm/rpmdb.sqlite" in one
+    assert {k for k in one if one[k] != two[k]} <= {
+        "./var/lib/dnf/history.sqlite", "./var/lib/dnf/history.sqlite-shm",
+        "./var/lib/dnf/history.sqlite-wal", "./usr/lib/sysimage/rpm/rpmdb.sqlite-shm"}
+
+    # an unlocked build of the same recipe takes the newer ones: the lock is what held them
+    unlocked = env.tmp / "unlocked" / "fedlock.toml"  # no lock beside it
+    unlocked.parent.mkdir()
+    shutil.copyfile(path, unlocked)
+    r = env.nspawnbuild("build", str(unlocked),
+                        NSPAWNBUILD_OUT=str(env.tmp / "free"),
+                        NSPAWNBUILD_WORK=str(env.tmp / "work-free"),
+                        NSPAWNBUILD_CACHE=str(env.tmp / "cache-free"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert versions("free")["hello-nspawnbuild"] == "1.2.4-1"
+    assert versions("free")["systemd"] == "258.1-1.fc44"
+
+    remove_packages(repo, ["hello-nspawnbuild-1.2.3-1.noarch.rpm"])
+    r = build("three")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    assert "hello-nspawnbuild: locked 1.2.3-1, the repositories have 1.2.4-1" in r.stderr, \
+        r.stderr
+    assert "nspawnbuild lock --update RECIPE" in r.stderr
+    assert not (env.tmp / "three" / "fedlock" / "manifest.json").exists()  # nothing published
+
+    r = env.nspawnbuild("lock", "--update", str(path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "~ hello-nspawnbuild 1.2.3-1 -> 1.2.4-1 (noarch)" in r.stdout.splitlines(), r.stdout
+    assert "~ systemd 257.1-2.fc44 -> 258.1-1.fc44 (noarch)" in r.stdout.splitlines(), r.stdout
