@@ -14,11 +14,24 @@ offered the cached .apk files under the names apk gives its cache (:func:`apk_ca
 NAME-VERSION.CSUM.apk, CSUM the first 4 bytes of the package's identity checksum in hex); apk
 uses an offered file only for the package of that checksum in its signed index, and verifies
 it against that checksum as it installs it. What apk downloaded into that directory is kept.
+
+A lock file's versions (``self.pins``): apk has no pins of its own (a ``NAME=VERSION`` in its
+world is an install request, not a preference), so the base and the package layer are resolved
+first with ``apk add --simulate``: each package the transaction would install in another
+version than the locked one is added to the request as ``NAME=VERSION``, and simulated again,
+until apk installs only locked versions (of the locked names); then the real ``apk add`` runs
+with those requests, and ``/etc/apk/world`` is written back to the names an unlocked build has
+there (no version), so the image is the one an unlocked build of those versions gives. A locked
+version the repository no longer has ("unable to select packages ... breaks: world[NAME=V]")
+fails the build before anything is installed, naming the packages. The pins are part of the
+base's cache key.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -76,6 +89,40 @@ def parse_apk_installed(text: str) -> list[Package]:
                                     source=fields.get("o", ""), license=fields.get("L", ""),
                                     digest=f"apk:{fields['C']}" if fields.get("C") else ""))
     return sorted(packages)
+
+
+#: apk's lines for what a transaction does: ``(1/3) Installing lib (1.0-r0)``,
+#: ``(2/3) Upgrading lib (1.0-r0 -> 1.1-r0)``
+APK_CHANGE = re.compile(r"^\(\d+/\d+\) (?:Installing|Upgrading|Downgrading|Replacing|"
+                        r"Reinstalling) (\S+) \((?:\S+ -> )?([^)\s]+)\)", re.M)
+#: apk's "unable to select packages" names a request it cannot meet: ``breaks: world[lib=1.0-r0]``
+#: (the version is gone), ``lib (no such package):`` (the name is)
+APK_BROKEN = re.compile(r"breaks: .*?world\[([^\]=<>~]+)=[^\]]*\]|^\s+(\S+) \(no such package\)",
+                        re.M)
+#: how many times a locked install is simulated at most (each adds a request, or it is done)
+MAX_LOCK_ROUNDS = 50
+
+
+def pinned_requests(packages: list[str], pins: Mapping[str, str]) -> list[str]:
+    """``NAME=VERSION`` for each locked name of ``packages``, the argument as it is otherwise."""
+    return [f"{p}={pins[p]}" if p in pins else p for p in packages]
+
+
+def apk_changes(text: str) -> dict[str, str]:
+    """``{name: version}`` of what a (simulated) ``apk add`` installs, from its output."""
+    return {m.group(1): m.group(2) for m in APK_CHANGE.finditer(text)}
+
+
+def broken_requests(text: str) -> list[str]:
+    """The names whose request apk could not meet, from its "unable to select" error."""
+    return sorted({m.group(1) or m.group(2) for m in APK_BROKEN.finditer(text)})
+
+
+def unlocked_world(before: str, packages: list[str]) -> str:
+    """``/etc/apk/world`` as an unlocked ``apk add PACKAGES`` leaves it: what it held, and the
+    names asked for, sorted, one a line (a request's ``=VERSION`` left out)."""
+    names = {re.split(r"[=<>~]", w, maxsplit=1)[0] for w in before.split()} | set(packages)
+    return "".join(f"{n}\n" for n in sorted(names))
 
 
 def apk_cache_name(package: Package) -> str:
@@ -182,7 +229,8 @@ class Alpine(Distro):
         return keys
 
     def bootstrap_inputs(self) -> dict[str, Any]:
-        """The mirror, the apk URL and the keys, wherever they come from (recipe or environment)."""
+        """The mirror, the apk URL and the keys, wherever they come from (recipe or environment);
+        a lock's versions."""
         inputs: dict[str, Any] = {}
         for name, get in (("mirror", self.mirror), ("apk_static", self.apk_static),
                           ("keys", lambda: {k.name: sha256_file(k) for k in self.keys()})):
@@ -190,6 +238,9 @@ class Alpine(Distro):
                 inputs[name] = get()
             except BuildError:  # said when bootstrapping; planning works without it
                 inputs[name] = None
+        if self.pins:  # another lock, another base
+            inputs["pins"] = hashlib.sha256(json.dumps(
+                self.pins, sort_keys=True).encode()).hexdigest()
         return inputs
 
     def bootstrapper(self) -> tuple[str, str]:
@@ -206,10 +257,12 @@ class Alpine(Distro):
         return f"{mirror}/{self.branch}/main\n{mirror}/{self.branch}/community\n"
 
     def apk_argv(self, apk: Path, dest: Path, packages: list[str], *,
-                 initdb: bool = True, cache_dir: Path | None = None) -> list[str]:
+                 initdb: bool = True, cache_dir: Path | None = None,
+                 simulate: bool = False) -> list[str]:
         cache = ["--cache-dir", str(cache_dir)] if cache_dir else ["--no-cache"]
         return [str(apk), "--root", str(dest), *(["--initdb"] if initdb else []),
-                "--arch", self.arch, "--no-progress", *cache, "add", *packages]
+                "--arch", self.arch, "--no-progress", *cache,
+                *(["--simulate"] if simulate else []), "add", *packages]
 
     def bootstrap(self, dest: Path, packages: list[str], epoch: int, log: StepLog,
                   cache: Path) -> Use:
@@ -247,15 +300,76 @@ class Alpine(Distro):
             apk.chmod(0o755)
             cache_dir = Path(tmp) / "cache"  # apk's cache, beside the tree too
             offered = pkgcache.offer(cache, cache_dir, ".apk")
-            argv = self.apk_argv(apk, dest, packages, initdb=initdb, cache_dir=cache_dir)
             step = "bootstrap (apk)" if initdb else "package layer (apk)"
-            log.run(isolated(argv), step=step, shown_command=" ".join(argv),
-                    env={"SOURCE_DATE_EPOCH": str(epoch)})
+            env = {"SOURCE_DATE_EPOCH": str(epoch)}
+            requests = packages
+            if self.pins:
+                # apk simulates only on a database, with the indexes in its cache: an empty
+                # database first (it fetches them), or the indexes fetched into the cache
+                if initdb:
+                    argv = self.apk_argv(apk, dest, [], initdb=True, cache_dir=cache_dir)
+                    initdb = False
+                else:
+                    argv = [str(apk), "--root", str(dest), "--arch", self.arch, "--no-progress",
+                            "--cache-dir", str(cache_dir), "update"]
+                log.run(isolated(argv), step=step, shown_command=" ".join(argv), env=env)
+                world = read_text_in_root(dest, "/etc/apk/world") or ""
+                requests = self._locked_requests(apk, dest, packages, cache_dir, log, step, env)
+            argv = self.apk_argv(apk, dest, requests, initdb=initdb, cache_dir=cache_dir)
+            log.run(isolated(argv), step=step, shown_command=" ".join(argv), env=env)
+            if self.pins:  # the image's world names packages, as an unlocked build's does
+                write_file(dest, "/etc/apk/world", unlocked_world(world, packages).encode())
             kept = pkgcache.take_in(cache, sorted(cache_dir.glob("*.apk")))
         use = pkgcache.count([apk_cache_name(p) for p in self.list_packages(dest)
                               if p not in before], offered, kept)
         log.note(use.line())
         return use
+
+    def _locked_requests(self, apk: Path, dest: Path, packages: list[str], cache_dir: Path,
+                         log: StepLog, step: str, env: dict[str, str]) -> list[str]:
+        """What ``apk add`` is asked for so that it installs the lock's versions: ``packages``
+        (a locked one as ``NAME=VERSION``), and ``NAME=VERSION`` for each dependency a
+        simulation installed in another version than the locked one, simulated again until
+        none is; a BuildError naming the packages whose locked version the repository no
+        longer has."""
+        requests = pinned_requests(packages, self.pins)
+        output = dest.parent / f".apk-simulate-{dest.name}"  # beside the tree, not in it
+        try:
+            for _round in range(MAX_LOCK_ROUNDS):
+                argv = self.apk_argv(apk, dest, requests, initdb=False, cache_dir=cache_dir,
+                                     simulate=True)
+                # the output read back, and shown in the log and in a failure's last lines
+                script = 'rc=0; "$@" > "$0" 2>&1 || rc=$?; cat "$0"; exit $rc'
+                try:
+                    log.run(isolated(["sh", "-c", script, str(output), *argv]),
+                            step=f"{step}: the lock's versions", shown_command=" ".join(argv),
+                            env=env)
+                except BuildError:
+                    text = output.read_text(errors="replace") if output.is_file() else ""
+                    gone = [n for n in broken_requests(text) if n in self.pins]
+                    if not gone:
+                        raise
+                    raise BuildError(
+                        f"{step}: the repository no longer has the locked version of "
+                        f"{len(gone)} packages; nothing was published:\n"
+                        + "".join(f"  {name}: locked {self.pins[name]}, apk: unable to select "
+                                  "it\n" for name in gone)
+                        + "  refresh the lock with: nspawnbuild lock --update RECIPE (it prints "
+                        "what changed), or use a mirror that still has those versions") from None
+                changes = apk_changes(output.read_text(errors="replace"))
+                wrong = sorted(n for n, v in changes.items()
+                               if n in self.pins and v != self.pins[n])
+                if not wrong:
+                    log.note(f"the lock's versions: apk asked for {len(requests)} packages "
+                             f"(the dependencies' locked versions included)")
+                    return requests
+                requests = [*[r for r in requests if r.split("=", 1)[0] not in wrong],
+                            *(f"{n}={self.pins[n]}" for n in wrong)]
+        finally:
+            output.unlink(missing_ok=True)
+        raise BuildError(f"{step}: apk did not settle on the lock's versions in "
+                         f"{MAX_LOCK_ROUNDS} simulations: refresh the lock with: nspawnbuild "
+                         "lock --update RECIPE")
 
     def make_nspawn_ready(self, root: Path) -> None:
         """What alpine-nspawn-install does after apk: the tree boots under systemd-nspawn."""

@@ -15,6 +15,7 @@ from conftest import Env
 from nspawnbuild.errors import BuildError
 from nspawnbuild.plan import collect_packages, nspawn_settings
 from nspawnbuild.recipe.load import load_recipe
+from nspawnbuild_plugins import alpine
 from nspawnbuild_plugins.alpine import Alpine, parse_apk_installed
 
 INSTALLED = """\
@@ -150,3 +151,37 @@ def test_apk_cache_names_and_its_cache_directory(tmp_path: Path) -> None:
         Path("/tmp/x/apk.static"), tmp_path / "root", ["openrc"], cache_dir=tmp_path / "c")
     assert argv[-4:] == ["--cache-dir", str(tmp_path / "c"), "add", "openrc"]
     assert "--no-cache" not in argv and "--allow-untrusted" not in argv
+
+
+def test_a_locks_versions_become_apk_requests_and_world_keeps_names() -> None:
+    pins = {"openssh-server": "10.0_p1-r7", "busybox": "1.37.0-r19"}
+    assert alpine.pinned_requests(["openssh-server", "apk-tools"], pins) == [
+        "openssh-server=10.0_p1-r7", "apk-tools"]
+    simulated = ("fetch http://127.0.0.1/alpine/v3.22/main/x86_64/APKINDEX.tar.gz\n"
+                 "(1/3) Installing busybox (1.38.0-r0)\n"
+                 "(2/3) Upgrading openrc (0.62.6-r0 -> 0.63.0-r0)\n"
+                 "(3/3) Installing openssh-server (10.0_p1-r7)\nOK: 1 MiB in 3 packages\n")
+    assert alpine.apk_changes(simulated) == {"busybox": "1.38.0-r0", "openrc": "0.63.0-r0",
+                                             "openssh-server": "10.0_p1-r7"}
+    unable = ("ERROR: unable to select packages:\n  lib-1.1-r0:\n"
+              "    breaks: world[lib=1.0-r0]\n    satisfies: app-1.0-r0[lib] base-1.0-r0[lib]\n"
+              "  app-1.1-r0:\n    breaks: world[app=1.0-r0]\n"
+              "  gone (no such package):\n    required by: world[gone=2-r0]\n")
+    assert alpine.broken_requests(unable) == ["app", "gone", "lib"]
+    assert alpine.broken_requests("ERROR: BAD signature\n") == []
+    # the world an unlocked build leaves: what it held and the names asked for, no versions
+    assert alpine.unlocked_world("alpine-base\nopenrc\n", ["openssh-server", "apk-tools"]) == \
+        "alpine-base\napk-tools\nopenrc\nopenssh-server\n"
+    assert alpine.unlocked_world("busybox=1.37.0-r19\n", []) == "busybox\n"
+
+
+def test_a_simulation_is_asked_for_and_a_lock_keys_the_base() -> None:
+    distro = Alpine({"distro": "alpine", "arch": "x86_64", "mirror": "http://127.0.0.1/alpine"})
+    argv = distro.apk_argv(Path("/a/apk"), Path("/r"), ["x=1-r0"], initdb=False,
+                           cache_dir=Path("/c"), simulate=True)
+    assert argv[-3:] == ["--simulate", "add", "x=1-r0"] and "--initdb" not in argv
+    assert "pins" not in distro.bootstrap_inputs()
+    distro.pins = {"busybox": "1.37.0-r19"}
+    first = distro.bootstrap_inputs()["pins"]
+    distro.pins = {"busybox": "1.37.0-r20"}
+    assert distro.bootstrap_inputs()["pins"] != first

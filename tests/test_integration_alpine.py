@@ -19,6 +19,7 @@ import http.server
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tarfile
 import threading
@@ -31,7 +32,15 @@ from conftest import ROOT, Env, tar_stream, tarball_of, unpack
 from sbomcheck import check_sbom
 
 sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
-from apkrepo import AlpineRepo, ApkPackage, build_apk_static, build_repo, busybox  # noqa: E402
+from apkrepo import (  # noqa: E402
+    AlpineRepo,
+    ApkPackage,
+    add_packages,
+    build_apk_static,
+    build_repo,
+    busybox,
+    remove_packages,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -253,3 +262,94 @@ def test_a_wrong_pinned_checksum_stops_before_apk_runs(env: Env, mirror: str, ap
     r = env.nspawnbuild("build", str(path), **NO_PROXY)
     assert r.returncode == 1 and "0" * 64 in r.stderr and right in r.stderr
     assert "bootstrap (apk)" not in r.stderr  # apk never ran
+
+
+def test_lock_pins_apk_to_the_locked_versions_then_fails_when_they_are_gone(
+        env: Env, apk_static: Path, tmp_path: Path) -> None:
+    """A repository of this test's own: build without a lock, lock, build with it (the same
+    tarball); newer versions of a recipe's package and of a base dependency published beside
+    the locked ones: a clean locked build installs the locked ones (the same tarball again);
+    the locked version removed: exit 1 naming it; ``lock --update`` prints the changes."""
+    own = build_repo(tmp_path / "alpine-lock", apk_static, packages(apk_static))
+    os.link(apk_static, own.root.parent / "apk.static")
+    handler = functools.partial(QuietHandler, directory=str(own.root.parent))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        _lock_round_trip(env, apk_static, own, f"http://127.0.0.1:{httpd.server_address[1]}")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+def _lock_round_trip(env: Env, apk_static: Path, own: AlpineRepo, url: str) -> None:
+    (env.tmp / "free").mkdir()  # a copy of the recipe with no lock beside it
+    unlocked = recipe(env.tmp / "free" / "alplock.toml", url, apk_static, own.keys_dir)
+    path = env.tmp / "alplock.toml"
+    shutil.copyfile(unlocked, path)
+    lock_path = path.with_name("alplock.lock.json")
+
+    def build(recipe_path: Path, where: str) -> subprocess.CompletedProcess[str]:
+        # a cache of its own each time: the base is resolved against the repository as it is
+        return env.nspawnbuild("build", str(recipe_path), NSPAWNBUILD_OUT=str(env.tmp / where),
+                               NSPAWNBUILD_WORK=str(env.tmp / f"work-{where}"),
+                               NSPAWNBUILD_CACHE=str(env.tmp / f"cache-{where}"), **NO_PROXY)
+
+    def manifest(where: str) -> dict[str, object]:
+        return dict(json.loads((env.tmp / where / "alplock" / "manifest.json").read_text()))
+
+    def versions(where: str) -> dict[str, str]:
+        return {p["name"]: p["version"] for p in manifest(where)["packages"]}  # type: ignore[attr-defined]
+
+    def tarball(where: str) -> str:
+        return str(manifest(where)["artifacts"]["tarball"]["sha256"])  # type: ignore[index]
+
+    r = build(unlocked, "zero")
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = env.nspawnbuild("lock", str(path), **NO_PROXY)
+    assert r.returncode == 0, r.stdout + r.stderr
+    locked = {p["name"]: p["version"] for p in json.loads(lock_path.read_text())["packages"]}
+    assert locked["openssh-server"] == "10.0_p1-r7" and locked["alpine-baselayout"] == "3.7.0-r0"
+    r = build(path, "one")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert versions("one") == locked == versions("zero")
+    # the image is the unlocked build's: apk's world names packages, no =VERSION left
+    assert tarball("one") == tarball("zero")
+    world = (unpack(tarball_of(env.tmp / "one" / "alplock"), env.tmp / "tree") / "etc/apk/world")
+    assert world.read_text() == "alpine-base\napk-tools\nifupdown-ng\nopenrc\nopenssh-server\n"
+
+    # newer versions beside the locked ones: the recipe's package (wanting a package the lock
+    # does not hold) and a dependency of the base that no recipe names
+    add_packages(own, apk_static, "community", [
+        ApkPackage("openssh-server", "10.2_p1-r0", {"/etc/init.d/sshd": "#!/sbin/openrc-run\n"},
+                   depends=("musl-locales",))])
+    add_packages(own, apk_static, "main", [
+        ApkPackage("alpine-baselayout", "3.8.0-r0", {"/etc/passwd": "root:x:0:0::/root:/bin/sh\n",
+                                                     "/etc/group": "root:x:0:root\n"})])
+    r = build(unlocked, "newer")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert versions("newer")["openssh-server"] == "10.2_p1-r0"  # what the lock holds back
+    assert versions("newer")["alpine-baselayout"] == "3.8.0-r0"
+    r = build(path, "two")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert versions("two") == locked
+    assert tarball("two") == tarball("one")
+    log = (env.tmp / "two" / "alplock" / "build.log").read_text()
+    assert "alpine-baselayout=3.7.0-r0" in log and "openssh-server=10.0_p1-r7" in log
+
+    remove_packages(own, apk_static, "community", ["openssh-server-10.0_p1-r7.apk"])
+    r = build(path, "three")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    assert "openssh-server: locked 10.0_p1-r7, apk: unable to select it" in r.stderr, r.stderr
+    assert "nspawnbuild lock --update RECIPE" in r.stderr
+    assert not (env.tmp / "three" / "alplock" / "manifest.json").exists()  # nothing published
+
+    r = env.nspawnbuild("lock", "--update", str(path), **NO_PROXY)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert "~ openssh-server 10.0_p1-r7 -> 10.2_p1-r0 (x86_64)" in lines, r.stdout
+    assert "~ alpine-baselayout 3.7.0-r0 -> 3.8.0-r0 (x86_64)" in lines, r.stdout
+    assert "+ musl-locales 0.1.0-r1 (x86_64)" in lines, r.stdout
