@@ -56,9 +56,12 @@ def exclusive(path: Path, *, wait: bool, what: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def exclusive_unless(path: Path, done: Callable[[], bool], *, poll: float = 0.5) -> Iterator[bool]:
+def exclusive_unless(path: Path, done: Callable[[], bool], *, poll: float = 0.5,
+                     waiting: Callable[[str], None] | None = None) -> Iterator[bool]:
     """An exclusive ``flock`` on ``path`` (yields True), or False as soon as ``done()`` holds
     while another holds the lock: the work it guards was done by that other holder.
+    ``waiting(holder)`` is called once, with the holder's pid, when the lock is taken: a
+    build that waits says for whom rather than seem to hang.
 
     A build waiting to make a cache entry must not block on the lock until it is free: in one
     process (``-j``, doit's threads) the build that made the entry takes it shared for the rest
@@ -66,6 +69,7 @@ def exclusive_unless(path: Path, done: Callable[[], bool], *, poll: float = 0.5)
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    told = False
     try:
         while True:
             try:
@@ -74,6 +78,10 @@ def exclusive_unless(path: Path, done: Callable[[], bool], *, poll: float = 0.5)
                 if done():
                     yield False
                     return
+                if waiting is not None and not told:
+                    waiting(os.pread(fd, 64, 0).decode(errors="replace").strip()
+                            or "another process")
+                    told = True
                 time.sleep(poll)
                 continue
             os.ftruncate(fd, 0)

@@ -10,8 +10,10 @@ rpm's header sha256, apk's checksum), and the archive's state (Debian: each Rele
 sha256 and Date; the recipe's snapshot).
 
 A build of a recipe with a lock (the file beside it, or ``--lock FILE``) pins the distro to
-those versions where it can (Debian and Ubuntu: an apt preferences file in the bootstrap and
-in every apt run of features and post-steps) and, for every distro, compares what it
+those versions (Debian and Ubuntu: an apt preferences file in the bootstrap and in every apt
+run of features and post-steps; Fedora: every other version of a locked name excluded from
+dnf; Alpine: each dependency apk would take in another version requested as NAME=VERSION;
+a post-step's own dnf or apk is not pinned) and, for every distro, compares what it
 installed with the lock: a package whose version differs, one the lock does not list, one
 the build did not install, fails the build (exit 1) naming each, before anything is
 published. The lock's sha256 is in the plan (the bootstrap cache key, the rootfs stage) and

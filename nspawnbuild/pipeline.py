@@ -193,12 +193,17 @@ def bootstrap(options: Options, recipe: AnyRecipe, key: str, layer_key: str | No
     pkgcache.write_use(layout.cache_use(recipe.name), use)
 
 
-def _new_entry(entry: Path, make: Callable[[Path], dict[str, Any]]) -> None:
+def _new_entry(entry: Path, make: Callable[[Path], dict[str, Any]], log: StepLog, what: str) -> None:
     """Make the cache entry ``entry`` under its exclusive lock: ``make(tmp)`` fills
     ``tmp/root`` and returns what info.json records beside the contents digest; the entry
-    appears complete or not at all."""
+    appears complete or not at all. While another build makes it, the log says so."""
     complete = (entry / "info.json").is_file
-    with exclusive_unless(_entry_lock(entry), complete) as mine:
+
+    def waiting(holder: str) -> None:
+        log.say(f"waiting for process {holder}, which is making the {what} "
+                f"{entry.name[:16]} (its lock {_entry_lock(entry)})")
+
+    with exclusive_unless(_entry_lock(entry), complete, waiting=waiting) as mine:
         if not mine or complete():  # another build made it meanwhile
             return
         for stale in entry.parent.glob(f".{entry.name}.tmp-*"):  # left by a killed build
@@ -233,7 +238,7 @@ def make_entry(options: Options, recipe: AnyRecipe, key: str, log: StepLog) -> p
                                cache=layout.cache) or pkgcache.Use()
         return {"key": key, "spec": spec}
 
-    _new_entry(layout.bootstrap_entry(key), make)
+    _new_entry(layout.bootstrap_entry(key), make, log, "base")
     return use
 
 
@@ -280,7 +285,7 @@ def make_layer(options: Options, recipe: AnyRecipe, key: str, base_contents: str
             remove_tree(build)
         return {"key": layer_key, "spec": spec, "base": {"key": key, "contents": base_contents}}
 
-    _new_entry(layout.layer_entry(layer_key), make)
+    _new_entry(layout.layer_entry(layer_key), make, log, "package layer")
     return use
 
 

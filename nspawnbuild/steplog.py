@@ -68,6 +68,13 @@ class StepLog:
         self._fh.write(f"[nspawnbuild {time.strftime('%H:%M:%S')}] {text}\n")
         self._fh.flush()
 
+    def say(self, text: str) -> None:
+        """A note the live display shows as well, as a step's latest line: for a build that
+        is waiting rather than working, which would otherwise look hung."""
+        self.note(text)
+        for listener in listeners:
+            listener(self.path, text)
+
     def run(
         self,
         argv: Sequence[str],
