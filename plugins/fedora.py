@@ -44,7 +44,7 @@ from nspawnbuild.distro import Distro, ImageRunner, Package
 from nspawnbuild.errors import BuildError, Problem
 from nspawnbuild.hookspecs import hookimpl
 from nspawnbuild.host import machine_arch, require_tool
-from nspawnbuild.imagefs import empty_dir, resolve_in_root
+from nspawnbuild.imagefs import empty_dir, remove_in_root, resolve_in_root
 from nspawnbuild.pkgcache import Use
 from nspawnbuild.recipe.sourcemap import SourceMap
 from nspawnbuild.sandbox import isolated
@@ -394,6 +394,19 @@ class Fedora(Distro):
             for f in [*log.glob("dnf*.log"), log / "hawkey.log"]:
                 if f.is_file() or f.is_symlink():
                     f.unlink()
+        # what makes two builds of the same packages differ: dnf's transaction history (the
+        # times it ran), of use only to a dnf in the image (which keeps there which packages
+        # were asked for), so dropped when the image has none, as mkosi drops it; and SQLite's
+        # shared-memory index of the rpm database, rebuilt from the database on the next open
+        # (the write-ahead log is dropped only when empty: it may hold commits)
+        if not any(resolve_in_root(root, f"/usr/bin/{dnf}", follow_final=False).is_symlink()
+                   or resolve_in_root(root, f"/usr/bin/{dnf}").exists()
+                   for dnf in ("dnf", "dnf-3", "dnf5")):
+            for name in ("history.sqlite", "history.sqlite-shm", "history.sqlite-wal"):
+                remove_in_root(root, f"/var/lib/dnf/{name}")
+        wal = resolve_in_root(root, f"{RPM_DBPATH}/rpmdb.sqlite-wal")
+        if not wal.is_symlink() and (not wal.exists() or (wal.is_file() and wal.stat().st_size == 0)):
+            remove_in_root(root, f"{RPM_DBPATH}/rpmdb.sqlite-shm")
 
     def validate(self, sources: SourceMap) -> list[Problem]:
         """Each ``[[base.repos]]`` entry names one source and a key to check it with, and no

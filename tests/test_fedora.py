@@ -160,11 +160,33 @@ def test_clean_removes_dnf_caches_and_logs_only(tmp_path: Path) -> None:
                 "var/lib/dnf/history.sqlite", "usr/lib/sysimage/rpm/rpmdb.sqlite"):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text("x")
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/bin/dnf").write_text("x")  # an image with its own dnf keeps dnf's history
     Fedora({"distro": "fedora"}).clean(root)
     assert (root / "var/cache/dnf").is_dir() and not any((root / "var/cache/dnf").iterdir())
     assert sorted(p.name for p in (root / "var/log").iterdir()) == ["messages"]
     assert (root / "var/lib/dnf/history.sqlite").exists()
     assert (root / "usr/lib/sysimage/rpm/rpmdb.sqlite").exists()
+
+
+def test_clean_drops_what_differs_between_two_builds_when_the_image_has_no_dnf(
+        tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    db = root / "usr/lib/sysimage/rpm"
+    for rel in ("var/lib/dnf/history.sqlite", "var/lib/dnf/history.sqlite-shm",
+                "var/lib/dnf/history.sqlite-wal", "usr/lib/sysimage/rpm/rpmdb.sqlite",
+                "usr/lib/sysimage/rpm/rpmdb.sqlite-shm"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("x")
+    (db / "rpmdb.sqlite-wal").write_text("")
+    Fedora({"distro": "fedora"}).clean(root)
+    assert not (root / "var/lib/dnf").exists() or not any((root / "var/lib/dnf").iterdir())
+    assert sorted(p.name for p in db.iterdir()) == ["rpmdb.sqlite", "rpmdb.sqlite-wal"]
+    # a write-ahead log with content may hold commits: its index stays beside it
+    (db / "rpmdb.sqlite-wal").write_text("commits")
+    (db / "rpmdb.sqlite-shm").write_text("x")
+    Fedora({"distro": "fedora"}).clean(root)
+    assert (db / "rpmdb.sqlite-shm").exists()
 
 
 def test_dnf_cache_directory_of_a_repository_and_the_names_of_its_downloads() -> None:
