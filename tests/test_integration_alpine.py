@@ -13,6 +13,7 @@ list read from apk's database, packing and the settings.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import http.server
@@ -103,6 +104,13 @@ def repo(tmp_path_factory: pytest.TempPathFactory, apk_static: Path) -> AlpineRe
 @pytest.fixture(scope="module")
 def mirror(repo: AlpineRepo, apk_static: Path) -> Iterator[str]:
     """http://127.0.0.1:PORT serving the repository under alpine/ and apk.static."""
+    with serving(repo, apk_static) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving(repo: AlpineRepo, apk_static: Path) -> Iterator[str]:
+    """``repo`` (under alpine/) and apk.static on a loopback HTTP server: its URL."""
     os.link(apk_static, repo.root.parent / "apk.static")
     handler = functools.partial(QuietHandler, directory=str(repo.root.parent))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -271,17 +279,8 @@ def test_lock_pins_apk_to_the_locked_versions_then_fails_when_they_are_gone(
     the locked ones: a clean locked build installs the locked ones (the same tarball again);
     the locked version removed: exit 1 naming it; ``lock --update`` prints the changes."""
     own = build_repo(tmp_path / "alpine-lock", apk_static, packages(apk_static))
-    os.link(apk_static, own.root.parent / "apk.static")
-    handler = functools.partial(QuietHandler, directory=str(own.root.parent))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        _lock_round_trip(env, apk_static, own, f"http://127.0.0.1:{httpd.server_address[1]}")
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
+    with serving(own, apk_static) as url:
+        _lock_round_trip(env, apk_static, own, url)
 
 
 def _lock_round_trip(env: Env, apk_static: Path, own: AlpineRepo, url: str) -> None:
