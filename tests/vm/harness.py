@@ -50,18 +50,38 @@ ROOT_SLACK = 3 << 30
 
 @dataclass(frozen=True)
 class HostSpec:
-    """One kind of target host: its recipe and what its systemd must say."""
+    """One kind of target host: its recipe and what its systemd must say (that version, or at
+    least it where ``exact`` is false: a moving release)."""
 
     name: str
     recipe: Path
     codename: str
     systemd: int
+    exact: bool = True
 
 
-HOSTS = {
+#: every kind of host the harness can make
+ALL_HOSTS = {
     "debian12": HostSpec("vmhost-bookworm", VM_DIR / "host-bookworm.toml", "bookworm", 252),
     "debian13": HostSpec("vmhost-trixie", VM_DIR / "host-trixie.toml", "trixie", 257),
+    "debian-sid": HostSpec("vmhost-sid", VM_DIR / "host-sid.toml", "forky", 258, exact=False),
+    "ubuntu2404": HostSpec("vmhost-noble", VM_DIR / "host-noble.toml", "noble", 255),
 }
+#: what CI boots; ``NSPAWNBUILD_VM_HOSTS`` (names of ALL_HOSTS, comma-separated) chooses others
+DEFAULT_HOSTS = ("debian12", "debian13")
+
+
+def selected_hosts() -> dict[str, HostSpec]:
+    """The hosts this run boots: ``$NSPAWNBUILD_VM_HOSTS``, else :data:`DEFAULT_HOSTS`."""
+    names = [n.strip() for n in os.environ.get("NSPAWNBUILD_VM_HOSTS", "").split(",") if n.strip()]
+    unknown = sorted(set(names) - set(ALL_HOSTS))
+    if unknown:
+        raise SystemExit(f"NSPAWNBUILD_VM_HOSTS: unknown host {', '.join(unknown)}; "
+                         f"known: {', '.join(sorted(ALL_HOSTS))}")
+    return {n: ALL_HOSTS[n] for n in (names or DEFAULT_HOSTS)}
+
+
+HOSTS = selected_hosts()
 
 
 def vm_cache_dir() -> Path:
