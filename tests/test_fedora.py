@@ -238,3 +238,21 @@ def test_a_lock_keys_the_fedora_base(tmp_path: Path) -> None:
     first = distro.bootstrap_inputs()["pins"]
     distro.pins = {"systemd": "257.1-3.fc44"}
     assert distro.bootstrap_inputs()["pins"] != first
+
+
+def test_clean_never_reaches_out_of_the_image_through_planted_links(tmp_path: Path) -> None:
+    """A post-step (root in the image) made dnf's and rpm's directories links to the host's:
+    clean() removes nothing outside the tree."""
+    host = tmp_path / "host"
+    (host / "dnf").mkdir(parents=True)
+    (host / "rpm").mkdir()
+    for f in (host / "dnf/history.sqlite", host / "rpm/rpmdb.sqlite-shm"):
+        f.write_text("host's")
+    root = tmp_path / "root"
+    (root / "var/lib").mkdir(parents=True)
+    (root / "usr/lib/sysimage").mkdir(parents=True)
+    (root / "var/lib/dnf").symlink_to(host / "dnf")
+    (root / "usr/lib/sysimage/rpm").symlink_to(host / "rpm")
+    Fedora({"distro": "fedora"}).clean(root)
+    assert (host / "dnf/history.sqlite").read_text() == "host's"
+    assert (host / "rpm/rpmdb.sqlite-shm").read_text() == "host's"
