@@ -50,8 +50,11 @@ LOCK_SCHEMA: dict[str, Any] = {
                  "properties": {"distro": _STR, "release": _STR, "arch": _STR}},
         "packages": {"type": "array", "maxItems": 100_000, "items": {
             "type": "object", "required": ["name", "version", "arch"],
-            "properties": {"name": {**_STR, "pattern": r"^[^\s=]+$"},
-                           "version": {**_STR, "pattern": r"^\S+$"}, "arch": _STR,
+            # a name is a package manager's argument: never an option ("--setopt=..."),
+            # only the characters deb, rpm and apk names use
+            "properties": {"name": {**_STR, "pattern": r"^[A-Za-z0-9_][A-Za-z0-9_+.~@-]*$"},
+                           "version": {**_STR, "pattern": r"^[A-Za-z0-9_][^\s,]*$"},
+                           "arch": _STR,
                            "digest": _STR}}},
     },
 }

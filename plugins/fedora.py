@@ -338,7 +338,7 @@ class Fedora(Distro):
         version the repositories no longer have, before anything is installed."""
         listing = conf / "available.tsv"
         query = [*argv, "--quiet", "repoquery", "--available", f"--qf={REPOQUERY_FORMAT}",
-                 *sorted(self.pins)]
+                 "--", *sorted(self.pins)]  # names, never options
         # dnf has no output file: a shell sends the list to one (beside the tree, not in it)
         log.run(isolated(["env", f"--chdir={dest}", "sh", "-c", 'exec "$@" > "$0"',
                           str(listing), *query]),

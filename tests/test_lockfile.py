@@ -55,6 +55,12 @@ def test_a_lock_is_read_with_its_digest(tmp_path: Path) -> None:
      '"packages": []}', "1 was expected"),
     ('{"format": 1, "name": "x", "base": {"distro": "d", "release": "r", "arch": "a"}, '
      '"packages": [{"name": "a=b", "version": "1", "arch": ""}]}', "does not match"),
+    # a hostile lock beside an untrusted recipe: its names reach the host's dnf/apk argv
+    ('{"format": 1, "name": "x", "base": {"distro": "d", "release": "r", "arch": "a"}, '
+     '"packages": [{"name": "--setopt=cachedir=/etc", "version": "1", "arch": ""}]}',
+     "does not match"),
+    ('{"format": 1, "name": "x", "base": {"distro": "d", "release": "r", "arch": "a"}, '
+     '"packages": [{"name": "a", "version": "-1,b", "arch": ""}]}', "does not match"),
 ])
 def test_a_bad_lock_is_refused_naming_the_file(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "bad.lock.json"
