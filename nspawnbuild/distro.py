@@ -6,6 +6,8 @@ Modelled on mkosi's ``distribution/<distro>.py``: one class per distro; the fiel
 
 from __future__ import annotations
 
+import hashlib
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -94,6 +96,11 @@ class Distro(ABC):
         #: set before the plan is made; a distro that can pins its package manager to them
         #: (and makes them part of :meth:`bootstrap_inputs`), every build checks them
         self.pins: dict[str, str] = {}
+
+    def pins_digest(self) -> str:
+        """The lock's versions as one digest, for :meth:`bootstrap_inputs`: another lock,
+        another base."""
+        return hashlib.sha256(json.dumps(self.pins, sort_keys=True).encode()).hexdigest()
 
     # -- identity -------------------------------------------------------------------------
     @property

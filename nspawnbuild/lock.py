@@ -14,6 +14,11 @@ from .errors import BuildError
 _held: dict[str, int] = {}
 
 
+def _holder(fd: int) -> str:
+    """The pid the lock's holder wrote into it."""
+    return os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+
+
 def hold(path: Path, *, what: str) -> None:
     """Take an exclusive lock on ``path`` for the rest of this process, or fail naming the holder.
 
@@ -27,7 +32,7 @@ def hold(path: Path, *, what: str) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+        holder = _holder(fd)
         os.close(fd)
         raise BuildError(f"{what} is being built by process {holder} (lock {path}); wait for "
                          "it to finish") from None
@@ -45,7 +50,7 @@ def exclusive(path: Path, *, wait: bool, what: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            holder = _holder(fd)
             raise BuildError(f"{what} is locked by process {holder} ({path}); wait for it to "
                              "finish") from None
         os.ftruncate(fd, 0)
@@ -79,8 +84,7 @@ def exclusive_unless(path: Path, done: Callable[[], bool], *, poll: float = 0.5,
                     yield False
                     return
                 if waiting is not None and not told:
-                    waiting(os.pread(fd, 64, 0).decode(errors="replace").strip()
-                            or "another process")
+                    waiting(_holder(fd))
                     told = True
                 time.sleep(poll)
                 continue

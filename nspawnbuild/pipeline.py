@@ -200,8 +200,10 @@ def _new_entry(entry: Path, make: Callable[[Path], dict[str, Any]], log: StepLog
     complete = (entry / "info.json").is_file
 
     def waiting(holder: str) -> None:
-        log.say(f"waiting for process {holder}, which is making the {what} "
-                f"{entry.name[:16]} (its lock {_entry_lock(entry)})")
+        who = ("another build of this run" if holder == str(os.getpid())  # -j: threads
+               else f"process {holder}")
+        log.say(f"waiting for {who}, which is making the {what} {entry.name[:16]} "
+                f"(its lock {_entry_lock(entry)})")
 
     with exclusive_unless(_entry_lock(entry), complete, waiting=waiting) as mine:
         if not mine or complete():  # another build made it meanwhile

@@ -30,8 +30,6 @@ base's cache key.
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
 import os
 import re
 import shutil
@@ -239,8 +237,7 @@ class Alpine(Distro):
             except BuildError:  # said when bootstrapping; planning works without it
                 inputs[name] = None
         if self.pins:  # another lock, another base
-            inputs["pins"] = hashlib.sha256(json.dumps(
-                self.pins, sort_keys=True).encode()).hexdigest()
+            inputs["pins"] = self.pins_digest()
         return inputs
 
     def bootstrapper(self) -> tuple[str, str]:
@@ -333,7 +330,7 @@ class Alpine(Distro):
         none is; a BuildError naming the packages whose locked version the repository no
         longer has."""
         requests = pinned_requests(packages, self.pins)
-        output = dest.parent / f".apk-simulate-{dest.name}"  # beside the tree, not in it
+        output = cache_dir.parent / "simulate.out"  # apk's scratch directory, beside the tree
         try:
             for _round in range(MAX_LOCK_ROUNDS):
                 argv = self.apk_argv(apk, dest, requests, initdb=False, cache_dir=cache_dir,
@@ -350,8 +347,9 @@ class Alpine(Distro):
                     if not gone:
                         raise
                     raise BuildError(
-                        f"{step}: the repository no longer has the locked version of "
-                        f"{len(gone)} packages; nothing was published:\n"
+                        f"{step}: apk could not select the locked version of {len(gone)} "
+                        "packages (the repository no longer has it, or it conflicts with "
+                        "what the recipe asks for now); nothing was published:\n"
                         + "".join(f"  {name}: locked {self.pins[name]}, apk: unable to select "
                                   "it\n" for name in gone)
                         + "  refresh the lock with: nspawnbuild lock --update RECIPE (it prints "

@@ -18,16 +18,16 @@ place by dnf: nothing is downloaded from it, and nothing is counted.
 
 A lock file's versions (``self.pins``): before each install, ``dnf repoquery`` lists the
 repositories' versions of the locked names; every other version is given to dnf as
-``excludepkgs`` (so dependencies resolve to the locked versions too, and no file of the image
-holds the pins) and each requested package as ``NAME-[EPOCH:]VERSION-RELEASE``. A locked
-version the repositories no longer have fails the build before dnf installs anything, naming
+``excludepkgs`` in the build's own dnf.conf, beside the tree (so dependencies resolve to the
+locked versions too, and no file of the image holds the pins), and each requested package as
+``NAME-[EPOCH:]VERSION-RELEASE``. A locked version the repositories no longer have fails the
+build before dnf installs anything, naming
 the packages. The pins are part of the base's cache key.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -144,7 +144,7 @@ def lock_excludes(available: Mapping[str, set[tuple[str, str]]],
     """Every available package of a locked name in another version than the locked one, as
     ``NAME-EPOCH:VERSION-RELEASE.ARCH`` for dnf's ``excludepkgs``: dnf then resolves the
     dependencies to the locked versions too (as apt's pins do), and nothing of it stays in the
-    image (a command-line option, not a configuration file of the tree)."""
+    image (the build's own dnf.conf, beside the tree, not a file of it)."""
     out = []
     for name in sorted(set(available) & set(pins)):
         for version, arch in sorted(available[name]):
@@ -263,8 +263,7 @@ class Fedora(Distro):
             inputs["host_repos"] = {str(p): sha256_file(p) for d in self.host_repo_dirs()
                                     for p in sorted(Path(d).glob("*.repo"))}
         if self.pins:  # a lock's versions: another lock, another base
-            inputs["pins"] = hashlib.sha256(json.dumps(
-                self.pins, sort_keys=True).encode()).hexdigest()
+            inputs["pins"] = self.pins_digest()
         return inputs
 
     def bootstrap(self, dest: Path, packages: list[str], epoch: int, log: StepLog,
@@ -356,7 +355,12 @@ class Fedora(Distro):
         excludes = lock_excludes(available, self.pins)
         log.note(f"the lock holds {len(self.pins)} packages; {len(excludes)} other versions "
                  "in the repositories excluded")
-        return [f"--setopt=excludepkgs={','.join(excludes)}"] if excludes else []
+        if excludes:  # in dnf.conf (beside the tree): one argument is limited to 128 KiB
+            line = f"excludepkgs={','.join(excludes)}"
+            with (conf / "dnf.conf").open("a") as f:
+                f.write(line + "\n")
+            log.note(f"dnf.conf: {line}")
+        return []
 
     def install_command(self, packages: list[str]) -> list[str]:
         return ["dnf", "-y", "--setopt=install_weak_deps=False", "install", *packages]
@@ -395,17 +399,20 @@ class Fedora(Distro):
                 if f.is_file() or f.is_symlink():
                     f.unlink()
         # what makes two builds of the same packages differ: dnf's transaction history (the
-        # times it ran), of use only to a dnf in the image (which keeps there which packages
-        # were asked for), so dropped when the image has none, as mkosi drops it; and SQLite's
-        # shared-memory index of the rpm database, rebuilt from the database on the next open
-        # (the write-ahead log is dropped only when empty: it may hold commits)
-        if not any(resolve_in_root(root, f"/usr/bin/{dnf}", follow_final=False).is_symlink()
-                   or resolve_in_root(root, f"/usr/bin/{dnf}").exists()
+        # times it ran; dnf 5's under /usr/lib/sysimage/libdnf5), of use only to a dnf in the
+        # image (which keeps there which packages were asked for), so dropped when the image
+        # has none, as mkosi drops it; and SQLite's shared-memory index of the rpm database,
+        # rebuilt from the database on the next open (the write-ahead log is dropped only
+        # when empty: it may hold commits)
+        if not any(os.path.lexists(resolve_in_root(root, f"/usr/bin/{dnf}", follow_final=False))
                    for dnf in ("dnf", "dnf-3", "dnf5")):
-            for name in ("history.sqlite", "history.sqlite-shm", "history.sqlite-wal"):
-                remove_in_root(root, f"/var/lib/dnf/{name}")
-        wal = resolve_in_root(root, f"{RPM_DBPATH}/rpmdb.sqlite-wal")
-        if not wal.is_symlink() and (not wal.exists() or (wal.is_file() and wal.stat().st_size == 0)):
+            for db in ("/var/lib/dnf/history.sqlite",
+                       "/usr/lib/sysimage/libdnf5/transaction_history.sqlite"):
+                for suffix in ("", "-shm", "-wal"):
+                    remove_in_root(root, db + suffix)
+        wal = resolve_in_root(root, f"{RPM_DBPATH}/rpmdb.sqlite-wal", follow_final=False)
+        if not os.path.lexists(wal) or (stat.S_ISREG(wal.lstat().st_mode)
+                                        and wal.lstat().st_size == 0):
             remove_in_root(root, f"{RPM_DBPATH}/rpmdb.sqlite-shm")
 
     def validate(self, sources: SourceMap) -> list[Problem]:
