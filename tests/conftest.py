@@ -22,6 +22,23 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
+def _free_space() -> str:
+    """Free space where the tests' trees go: a run that fills the disk fails every later
+    test's tmp_path with an error, so the header and the summary say how much there was."""
+    import shutil
+    import tempfile
+    free = shutil.disk_usage(tempfile.gettempdir()).free
+    return f"free space in {tempfile.gettempdir()}: {free / 2**30:.1f} GiB"
+
+
+def pytest_report_header() -> str:
+    return _free_space()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    terminalreporter.write_line(_free_space() + " (at the end)")
+
+
 @dataclass
 class Env:
     """Where one test's builds go, and how to run the tools against that layout."""
